@@ -1,0 +1,140 @@
+"""Synthetic sparse-coding data of seed 000 (Pokle et al. 2022), generated and augmented on the device.
+
+Data (Eq. 1): ``x = M z + e`` with a column-orthonormal dictionary ``M`` (p x d), a sparse latent ``z`` and Gaussian
+noise ``e ~ N(0, sigma^2 I_p)``. Views come from random masks: independent (Eq. 3) ``a1 = D1 x, a2 = D2 x`` or dependent
+(Eq. 2) ``a1 = 2 D x, a2 = 2 (I - D) x``, with diagonal ``D`` whose entries are 1 with probability ``1 - mask_prob``.
+
+The whole dataset is a tensor; each epoch is one shuffle and one batched masking, handed to the method as one block
+of mini-batches (a list of view pairs), so no per-sample Python code runs during training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+from torch import Tensor
+
+ViewPair = tuple[Tensor, Tensor]
+
+
+def make_dictionary(p: int, d: int, kind: str, generator: torch.Generator) -> Tensor:
+    """Ground-truth dictionary ``M`` (p x d): Q of the QR decomposition of a standard Gaussian matrix, or identity."""
+    if kind == "identity":
+        return torch.eye(p, d)
+    q, r = torch.linalg.qr(torch.randn(p, d, generator=generator))
+    return q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+
+
+def fixed_count_sizes(d: int, sparsity: float) -> tuple[int, int]:
+    """Numbers of -1 and +1 entries per sample in the official code's sampler.
+
+    ``n_neg = ceil(d s / 2)`` and ``n_pos = max(ceil(d s), n_neg + 1) - n_neg``, so every sample has at least one +1.
+    """
+    n_neg = math.ceil(d * sparsity / 2)
+    return n_neg, max(math.ceil(d * sparsity), n_neg + 1) - n_neg
+
+
+def sample_latents(n: int, d: int, sparsity: float, latent: str, sampler: str, generator: torch.Generator) -> Tensor:
+    """Sparse latents ``z`` (n x d).
+
+    - ``one_hot``: a single coordinate equal to 1.
+    - ``bernoulli`` (paper, Sec. 4.2): each ``z_i`` is non-zero with probability ``sparsity`` (+-1 with
+      ``sparsity / 2`` each when symmetric, 1 when binary); all-zero rows are drawn again.
+    - ``fixed_count`` (official code): a random set of ``n_neg`` coordinates is -1 and ``n_pos`` is +1
+      (:func:`fixed_count_sizes`); binary latents set all ``n_neg + n_pos`` of them to 1.
+    """
+    if latent == "one_hot":
+        return torch.nn.functional.one_hot(torch.randint(d, (n,), generator=generator), d).float()
+    if sampler == "fixed_count":
+        n_neg, n_pos = fixed_count_sizes(d, sparsity)
+        ranks = torch.rand(n, d, generator=generator).argsort(dim=1).argsort(dim=1)
+        z = (ranks < n_neg + n_pos).float()
+        if latent == "symmetric":
+            z = z - 2.0 * (ranks < n_neg).float()
+        return z
+    z = torch.zeros(n, d)
+    todo = torch.arange(n)
+    while todo.numel():
+        u = torch.rand(todo.numel(), d, generator=generator)
+        draw = (u < sparsity).float()
+        if latent == "symmetric":
+            draw = draw * torch.where(u < sparsity / 2, -1.0, 1.0)
+        z[todo] = draw
+        todo = todo[draw.abs().sum(dim=1) == 0]
+    return z
+
+
+def mask_views(x: Tensor, augmentation: str, mask_prob: float, generator: torch.Generator) -> ViewPair:
+    """Two masked views of every row of ``x`` (Eq. 3 independent, Eq. 2 dependent); masks keep ``1 - mask_prob``."""
+    keep = 1.0 - mask_prob
+    d1 = (torch.rand(x.shape, generator=generator, device=x.device) < keep).to(x.dtype)
+    if augmentation == "dependent":
+        return 2.0 * d1 * x, 2.0 * (1.0 - d1) * x
+    d2 = (torch.rand(x.shape, generator=generator, device=x.device) < keep).to(x.dtype)
+    return d1 * x, d2 * x
+
+
+class _EpochBlocks:
+    """The train loader: one item per epoch, the epoch's list of mini-batch view pairs (the last one partial
+    unless ``drop_last``)."""
+
+    def __init__(self, datamodule: SparseCodingDataModule) -> None:
+        self.datamodule = datamodule
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[list[ViewPair]]:
+        trainer = self.datamodule.trainer
+        yield self.datamodule.epoch_batches(trainer.current_epoch if trainer is not None else 0)
+
+
+class SparseCodingDataModule(L.LightningDataModule):
+    """Sparse-coding data (Eq. 1) with masking augmentation, held as device tensors.
+
+    Ground truth for metric callbacks: ``dictionary`` (M, p x d), ``latents`` (z, n x d) and ``inputs`` (x, n x p).
+    """
+
+    def __init__(self, n: int = 3000, p: int = 50, d: int = 10, sparsity: float = 0.1, latent: str = "symmetric",
+                 sampler: str = "fixed_count", dictionary: str = "orthonormal", noise_std: float = 0.0,
+                 augmentation: str = "dependent", mask_prob: float = 0.5, batch_size: int = 512,
+                 drop_last: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.augmentation, self.mask_prob, self.seed = augmentation, mask_prob, seed
+        generator = torch.Generator().manual_seed(seed)
+        self.dictionary = make_dictionary(p, d, dictionary, generator)
+        self.latents = sample_latents(n, d, sparsity, latent, sampler, generator)
+        self.noise = noise_std * torch.randn(n, p, generator=generator)
+        self.inputs = self.latents @ self.dictionary.T + self.noise
+        self._generator: torch.Generator | None = None
+
+    @property
+    def input_dim(self) -> int:
+        return self.inputs.shape[1]
+
+    def setup(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        for name in ("dictionary", "latents", "noise", "inputs"):
+            setattr(self, name, getattr(self, name).to(device))
+        self._generator = torch.Generator(device=device)
+
+    def epoch_batches(self, epoch: int) -> list[ViewPair]:
+        """Shuffle, mask and split the whole dataset for ``epoch``; seeded by (seed, epoch), so resumes are exact."""
+        if self._generator is None:
+            self.setup("fit")
+        generator = self._generator
+        generator.manual_seed(self.seed * 1_000_003 + epoch)
+        x = self.inputs[torch.randperm(len(self.inputs), generator=generator, device=self.inputs.device)]
+        view1, view2 = mask_views(x, self.augmentation, self.mask_prob, generator)
+        pairs = list(zip(view1.split(self.batch_size), view2.split(self.batch_size)))
+        return pairs[:-1] if self.drop_last and len(x) % self.batch_size and len(pairs) > 1 else pairs
+
+    def train_dataloader(self) -> _EpochBlocks:
+        return _EpochBlocks(self)
+
+    def transfer_batch_to_device(self, batch: list[ViewPair], device: torch.device, dataloader_idx: int):
+        return batch

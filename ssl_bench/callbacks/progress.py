@@ -1,0 +1,40 @@
+"""A progress bar over epochs, for runs of thousands of short epochs (synthetic data)."""
+
+from __future__ import annotations
+
+import sys
+
+import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
+from tqdm.auto import tqdm
+
+
+class EpochProgressBar(ProgressBar):
+    """One bar for the whole fit, advanced per epoch, showing the latest logged scalars."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bar: tqdm | None = None
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._enabled and trainer.is_global_zero:
+            self._bar = tqdm(total=trainer.max_epochs, initial=trainer.current_epoch, desc="fit", unit="epoch",
+                             dynamic_ncols=True, file=sys.stdout, mininterval=0.5)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._bar is not None:
+            metrics = {k: f"{float(v):.4f}" for k, v in trainer.logged_metrics.items() if k != "epoch"}
+            self._bar.set_postfix(metrics, refresh=False)
+            self._bar.update(1)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,121 @@
+"""``ssl-bench fit|sweep|report``: compose Hydra configs, validate them, run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from ssl_bench.config import ConfigError, RunConfig, to_run_config, unknown_key_error
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+GROUPS = ("data", "encoder", "method", "optim", "trainer", "logger")
+
+
+def available_configs() -> tuple[list[str], dict[str, list[str]]]:
+    """Experiment configs (everything outside the groups, but ``base``) and the options of each group."""
+    experiments = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml")
+                         if p.parts[len(CONFIG_DIR.parts)] not in GROUPS and p.stem != "base")
+    groups = {g: sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml")) for g in GROUPS}
+    return experiments, groups
+
+
+def configs_help() -> str:
+    experiments, groups = available_configs()
+    lines = ["experiment configs (--config NAME):", *(f"  {name}" for name in experiments), "",
+             "config groups (override with GROUP=OPTION, keys with GROUP.KEY=VALUE):"]
+    lines += [f"  {group}: {', '.join(options)}" for group, options in groups.items()]
+    return "\n".join(lines)
+
+
+def compose_config(config: str, overrides: list[str]) -> DictConfig:
+    """Compose ``config`` (a name under configs/ or a path to a YAML file) with Hydra ``overrides``."""
+    path = Path(config)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        config_dir, name = path.resolve().parent, path.stem
+        overrides = [f"hydra.searchpath=[file://{CONFIG_DIR}]", *overrides]
+    elif (CONFIG_DIR / f"{config}.yaml").is_file() and config.split("/")[0] not in GROUPS:
+        config_dir, name = CONFIG_DIR, config
+    else:
+        experiments, _ = available_configs()
+        raise ConfigError(f"unknown config '{config}'; choose one of: {', '.join(experiments)} (or a path to a .yaml)")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        message = str(err).strip().splitlines()[0]
+        if message.startswith("Could not override '"):
+            raise unknown_key_error(message.split("'")[1]) from None
+        raise ConfigError(message) from None
+    finally:
+        GlobalHydra.instance().clear()
+    if cfg.get("experiment", "adhoc") == "adhoc":
+        with open_dict(cfg):
+            cfg.experiment = name if config_dir == CONFIG_DIR else path.stem
+    return cfg
+
+
+def load(config: str, overrides: list[str]) -> RunConfig:
+    return to_run_config(compose_config(config, overrides))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-bench", description="Collapse studies of self-supervised learning.",
+                                     epilog=configs_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{fit,sweep,report}")
+    for command, text in (("fit", "train one run"), ("sweep", "run an experiment's grid x seeds, print its table")):
+        sub = commands.add_parser(command, help=text, description=text, epilog=configs_help(),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("--config", required=True, help="experiment config name or path to a YAML file")
+        sub.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.sparsity=0.2 seed=3 method=byol")
+        if command == "sweep":
+            sub.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+            sub.add_argument("--sweep-dir", type=Path, default=None, help="where the runs go (default runs/sweeps/...)")
+            sub.add_argument("--print-config", action="store_true", help="list the runs without starting them")
+        if command == "fit":
+            sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    report = commands.add_parser("report", help="print the table of a finished or partial sweep directory")
+    report.add_argument("sweep_dir", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "report":
+            from ssl_bench.sweep import report
+
+            print(report(args.sweep_dir))
+            return 0
+        cfg = load(args.config, args.overrides)
+        if args.command == "fit":
+            if args.print_config:
+                print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+                return 0
+            from ssl_bench.run import fit
+
+            summary = fit(cfg)
+            metrics = summary["metrics"]
+            if "maxcos/min" in metrics:
+                print(f"max-cosine max/median/min: {metrics['maxcos/max']:.3f} / {metrics['maxcos/median']:.3f} / "
+                      f"{metrics['maxcos/min']:.3f}")
+            print(f"run directory: {summary['run_dir']}")
+            return 0 if summary["status"] == "finished" else 1
+        from ssl_bench.sweep import run_sweep
+
+        return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
+                         dry_run=args.print_config)
+    except ConfigError as err:
+        print(f"ssl-bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Typed run configuration: dataclass schemas, validation and one-line errors.
+
+A composed Hydra config is merged into :class:`RunConfig`; a wrong key, type or range raises
+:class:`ConfigError`, which the CLI prints as one line naming the key and what is allowed (exit code 2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key and what is allowed."""
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key}={value} must be > 0")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{key}={value} must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    """Sparse-coding data ``x = M z + e`` (seed 000, Eq. 1) and its masking augmentation (Eqs. 2-3)."""
+
+    name: str = "sparse_coding"
+    n: int = 3000
+    p: int = 50
+    d: int = 10
+    sparsity: float = 0.1
+    latent: str = "symmetric"
+    sampler: str = "fixed_count"
+    dictionary: str = "orthonormal"
+    noise_std: Optional[float] = None
+    augmentation: str = "dependent"
+    mask_prob: float = 0.5
+    batch_size: int = 512
+    drop_last: bool = False
+
+    def validate(self, prefix: str) -> None:
+        _choice(f"{prefix}.name", self.name, ("sparse_coding",))
+        for key in ("n", "p", "d", "batch_size"):
+            _positive(f"{prefix}.{key}", getattr(self, key))
+        if not 0 < self.sparsity <= 1:
+            raise ConfigError(f"{prefix}.sparsity={self.sparsity} is out of range; allowed: 0 < sparsity <= 1")
+        if not 0 <= self.mask_prob < 1:
+            raise ConfigError(f"{prefix}.mask_prob={self.mask_prob} is out of range; allowed: 0 <= mask_prob < 1")
+        _choice(f"{prefix}.latent", self.latent, ("symmetric", "binary", "one_hot"))
+        _choice(f"{prefix}.sampler", self.sampler, ("fixed_count", "bernoulli"))
+        _choice(f"{prefix}.dictionary", self.dictionary, ("orthonormal", "identity"))
+        _choice(f"{prefix}.augmentation", self.augmentation, ("dependent", "independent"))
+        if self.dictionary == "identity" and self.p != self.d:
+            raise ConfigError(f"{prefix}.dictionary=identity needs p == d (got p={self.p}, d={self.d})")
+        if self.dictionary == "orthonormal" and self.p < self.d:
+            raise ConfigError(f"{prefix}.p={self.p} must be >= {prefix}.d={self.d} for an orthonormal dictionary")
+        if self.noise_std is not None:
+            _non_negative(f"{prefix}.noise_std", self.noise_std)
+
+    @property
+    def resolved_noise_std(self) -> float:
+        """The noise level; the official code's default is ``sqrt(ln d) / d``."""
+        return math.sqrt(math.log(self.d)) / self.d if self.noise_std is None else self.noise_std
+
+
+@dataclass
+class EncoderConfig:
+    """One- or two-layer encoder on sparse-coding data (seed 000, Sec. 4 and Eq. 14)."""
+
+    name: str = "sparse"
+    width: int = 50
+    layers: int = 1
+    batch_norm: bool = True
+    activation: str = "symmetric_relu"
+    bias: bool = True
+    bias_init: str = "default"
+    init_std: Optional[float] = None
+    warm_start: bool = False
+    warm_start_noise: Optional[float] = None
+    warm_start_c: Optional[float] = None
+    weight_norm: str = "none"
+
+    def validate(self, prefix: str) -> None:
+        _choice(f"{prefix}.name", self.name, ("sparse",))
+        _positive(f"{prefix}.width", self.width)
+        if self.layers not in (1, 2):
+            raise ConfigError(f"{prefix}.layers={self.layers} is not allowed; choose one of: 1, 2")
+        _choice(f"{prefix}.activation", self.activation, ("none", "relu", "symmetric_relu", "symmetric_relu_official"))
+        _choice(f"{prefix}.bias_init", self.bias_init, ("default", "zero"))
+        _choice(f"{prefix}.weight_norm", self.weight_norm, ("none", "row", "column"))
+        if self.init_std is not None:
+            _positive(f"{prefix}.init_std", self.init_std)
+        if self.warm_start_noise is not None and self.warm_start_c is not None:
+            raise ConfigError(f"{prefix}.warm_start_noise and {prefix}.warm_start_c are exclusive; set one of them")
+        if self.warm_start_noise is not None:
+            _non_negative(f"{prefix}.warm_start_noise", self.warm_start_noise)
+
+
+@dataclass
+class MethodConfig:
+    """Self-supervised objective and heads."""
+
+    name: str = "simclr"
+    temperature: float = 0.05
+    projector: str = "none"
+    predictor: str = "none"
+    target_update: str = "alternate"
+    ema_momentum: float = 0.99
+
+    def validate(self, prefix: str) -> None:
+        _choice(f"{prefix}.name", self.name, ("simclr", "simsiam", "byol"))
+        _positive(f"{prefix}.temperature", self.temperature)
+        _choice(f"{prefix}.projector", self.projector, ("none", "linear"))
+        _choice(f"{prefix}.predictor", self.predictor, ("none", "linear"))
+        _choice(f"{prefix}.target_update", self.target_update, ("alternate", "ema"))
+        if not 0 <= self.ema_momentum <= 1:
+            raise ConfigError(f"{prefix}.ema_momentum={self.ema_momentum} is out of range; allowed: [0, 1]")
+        if self.name == "simsiam" and self.predictor == "none":
+            raise ConfigError(f"{prefix}.predictor=none is not allowed for simsiam; use {prefix}.predictor=linear")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.005
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        _choice(f"{prefix}.name", self.name, ("sgd",))
+        _positive(f"{prefix}.lr", self.lr)
+        _non_negative(f"{prefix}.momentum", self.momentum)
+        _non_negative(f"{prefix}.weight_decay", self.weight_decay)
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 8000
+    accelerator: str = "cpu"
+    devices: int = 1
+    threads: int = 1
+    deterministic: bool = True
+    progress: str = "epochs"
+    log_every_n_epochs: int = 10
+    metrics_every_n_epochs: int = 100
+    checkpoint_every_n_epochs: int = 0
+
+    def validate(self, prefix: str) -> None:
+        for key in ("max_epochs", "devices", "threads", "log_every_n_epochs", "metrics_every_n_epochs"):
+            _positive(f"{prefix}.{key}", getattr(self, key))
+        _non_negative(f"{prefix}.checkpoint_every_n_epochs", self.checkpoint_every_n_epochs)
+        _choice(f"{prefix}.accelerator", self.accelerator, ("cpu", "gpu", "auto"))
+        _choice(f"{prefix}.progress", self.progress, ("epochs", "none"))
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"
+    mode: str = "auto"
+    project: str = "ssl-bench"
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+    def validate(self, prefix: str) -> None:
+        _choice(f"{prefix}.backend", self.backend, ("wandb", "none"))
+        _choice(f"{prefix}.mode", self.mode, ("auto", "online", "offline"))
+
+
+@dataclass
+class SweepConfig:
+    """A grid of named override sets x seeds; see ``ssl_bench.sweep``."""
+
+    seeds: list[int] = field(default_factory=lambda: [1])
+    grid: Any = None
+    metrics: list[str] = field(default_factory=lambda: ["maxcos/max", "maxcos/median", "maxcos/min"])
+    reference: Any = None
+
+    def validate(self, prefix: str) -> None:
+        if not self.seeds:
+            raise ConfigError(f"{prefix}.seeds is empty; give at least one seed, e.g. {prefix}.seeds=[1]")
+
+
+@dataclass
+class RunConfig:
+    experiment: str = "adhoc"
+    group: Optional[str] = None
+    seed: int = 1
+    run_dir: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if hasattr(value, "validate"):
+                value.validate(f.name)
+
+
+def _schema_node(key: str) -> Any:
+    node: Any = OmegaConf.structured(RunConfig)
+    for part in filter(None, key.split(".")):
+        node = node[part]
+    return node
+
+
+def unknown_key_error(key: str) -> ConfigError:
+    """The error for a key the schema does not have, listing the keys allowed beside it."""
+    parent = key.rpartition(".")[0]
+    try:
+        allowed = ", ".join(map(str, _schema_node(parent).keys()))
+    except (KeyError, AttributeError, ConfigKeyError):
+        return ConfigError(f"unknown key '{key}'; top-level keys: {', '.join(RunConfig.__dataclass_fields__)}")
+    return ConfigError(f"unknown key '{key}'; allowed keys{' of ' + parent if parent else ''}: {allowed}")
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Merge a composed config into the schema and validate it; raise :class:`ConfigError` on the first problem."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(plain, dict):
+        plain.pop("hydra", None)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), plain)
+    except ConfigKeyError as err:
+        raise unknown_key_error(err.full_key or str(err.key)) from None
+    except ValidationError as err:
+        if err.full_key is None or err.value is None:
+            raise ConfigError(str(err).splitlines()[0]) from None
+        parent, _, leaf = err.full_key.rpartition(".")
+        expected = _schema_node(parent)._get_node(leaf)._metadata.ref_type
+        name = getattr(expected, "__name__", str(expected).replace("typing.", ""))
+        raise ConfigError(f"{err.full_key}={err.value!r} has the wrong type; expected {name}") from None
+    run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    run.validate()
+    return run
+
+
+def to_yaml(run: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(run))

@@ -1,0 +1,102 @@
+"""Encoders for sparse-coding data (seed 000, Sec. 4): linear layer(s), optional batch norm, (symmetric) ReLU."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+ACTIVATIONS = ("none", "relu", "symmetric_relu", "symmetric_relu_official")
+
+
+class SparseLayer(nn.Module):
+    """``phi(BN(W a))`` with one of four activations, ``b`` a per-neuron bias:
+
+    - ``symmetric_relu`` (Eq. 14): ``relu(h - b) - relu(-h - b)``, zero on ``[-b, b]``;
+    - ``symmetric_relu_official`` (the official code): ``y = BN(W a + b)`` (or ``W a + b`` without BN) and
+      ``relu(y) - relu(2 b - y)``; without BN this equals Eq. 14 with threshold ``-b``, with BN it is shifted by ``b``;
+    - ``relu``: ``relu(h + b)``; ``none``: ``h + b`` (linear encoder).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, batch_norm: bool, activation: str, bias: bool) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r}; choose one of {ACTIVATIONS}")
+        self.activation = activation
+        self.linear = nn.Linear(in_dim, out_dim, bias=bias)
+        self.norm = nn.BatchNorm1d(out_dim) if batch_norm else nn.Identity()
+
+    def forward(self, a: Tensor) -> Tensor:
+        b = self.linear.bias
+        if self.activation == "symmetric_relu_official":
+            y = self.norm(self.linear(a))
+            return y if b is None else F.relu(y) - F.relu(2 * b - y)
+        h = self.norm(F.linear(a, self.linear.weight))
+        if self.activation == "symmetric_relu":
+            return F.relu(h) - F.relu(-h) if b is None else F.relu(h - b) - F.relu(-h - b)
+        h = h if b is None else h + b
+        return F.relu(h) if self.activation == "relu" else h
+
+
+class SparseEncoder(nn.Module):
+    """One- or two-layer encoder ``R^p -> R^m``; ``first_layer_weight`` (m x p) is what max-cosine reads."""
+
+    def __init__(self, input_dim: int, width: int, layers: int = 1, batch_norm: bool = True,
+                 activation: str = "symmetric_relu", bias: bool = True) -> None:
+        super().__init__()
+        dims = [input_dim] + [width] * layers
+        self.layers = nn.Sequential(*(SparseLayer(i, o, batch_norm, activation, bias)
+                                      for i, o in zip(dims[:-1], dims[1:])))
+        self.output_dim = width
+
+    @property
+    def first_layer_weight(self) -> Tensor:
+        return self.layers[0].linear.weight
+
+    def forward(self, a: Tensor) -> Tensor:
+        return self.layers(a)
+
+    @torch.no_grad()
+    def initialise(self, generator: torch.Generator, init_std: float | None, dictionary_dim: int,
+                   zero_bias: bool) -> None:
+        """Gaussian init ``W_ij ~ N(0, std^2)``, default ``std = sqrt(1 / (p d))`` (Sec. 4.2, official code).
+
+        Later layers use the same rule with their own input width; biases keep PyTorch's default
+        ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (official code) unless ``zero_bias`` (paper text).
+        """
+        for layer in self.layers:
+            weight = layer.linear.weight
+            std = init_std if init_std is not None else math.sqrt(1.0 / (weight.shape[1] * dictionary_dim))
+            weight.copy_(std * torch.randn(weight.shape, generator=generator))
+            if zero_bias and layer.linear.bias is not None:
+                layer.linear.bias.zero_()
+
+    @torch.no_grad()
+    def warm_start(self, dictionary: Tensor, noise_std: float, generator: torch.Generator) -> None:
+        """Rows of ``W`` from columns of ``M`` plus ``N(0, noise_std^2)`` noise (Sec. B.1.4).
+
+        With ``m > d`` the columns are drawn uniformly with replacement; with ``m <= d`` they are the first ``m``
+        columns in order (official code).
+        """
+        weight = self.first_layer_weight
+        m, d = weight.shape[0], dictionary.shape[1]
+        columns = torch.randint(d, (m,), generator=generator) if m > d else torch.arange(m)
+        atoms = dictionary.detach().cpu()[:, columns].T
+        weight.copy_((atoms + noise_std * torch.randn(atoms.shape, generator=generator)).to(weight))
+
+    @torch.no_grad()
+    def normalise_weights(self, mode: str) -> None:
+        """Project ``W`` after an optimizer step (Thm. 3): ``row``: ``||W_i.|| = 1``; ``column``: ``||W_.j|| = 1``."""
+        if mode == "none":
+            return
+        weight = self.first_layer_weight
+        weight.div_(weight.norm(dim=1 if mode == "row" else 0, keepdim=True).clamp_min(1e-12))
+
+
+def warm_start_noise(p: int, noise: float | None, c: float | None) -> float:
+    """Warm-start noise std: given directly, or ``p^(-c/2)`` from the exponent ``c`` (official code)."""
+    if noise is not None:
+        return noise
+    return p ** (-c / 2) if c is not None and c > 0 else 0.0

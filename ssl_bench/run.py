@@ -1,0 +1,111 @@
+"""One way through: config -> datamodule + method + callbacks -> Lightning Trainer -> loggers and run directory."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from datamodules.sparse_coding import SparseCodingDataModule
+from ssl_bench.callbacks import EpochProgressBar, MaxCosine
+from ssl_bench.config import RunConfig, to_yaml
+from ssl_bench.methods import build_method
+from ssl_bench.recorder import RunRecorder
+
+
+def build_datamodule(cfg: RunConfig) -> SparseCodingDataModule:
+    data = cfg.data
+    return SparseCodingDataModule(n=data.n, p=data.p, d=data.d, sparsity=data.sparsity, latent=data.latent,
+                                  sampler=data.sampler, dictionary=data.dictionary, noise_std=data.resolved_noise_std,
+                                  augmentation=data.augmentation, mask_prob=data.mask_prob,
+                                  batch_size=data.batch_size, drop_last=data.drop_last, seed=cfg.seed)
+
+
+def resolve_run_dir(cfg: RunConfig) -> Path:
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    return Path("runs") / cfg.experiment / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{cfg.seed}"
+
+
+def wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> L.pytorch.loggers.Logger:
+    """W&B online when credentials exist (``logger.mode=auto``), offline otherwise or when going online fails."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    online = cfg.logger.mode == "online" or (cfg.logger.mode == "auto" and wandb_has_credentials()
+                                             and os.environ.get("WANDB_MODE") != "offline")
+    kwargs: dict[str, Any] = dict(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.group or cfg.experiment,
+                                  name=f"{cfg.group or cfg.experiment}/seed{cfg.seed}", tags=list(cfg.logger.tags),
+                                  save_dir=str(run_dir), config=OmegaConf.to_container(OmegaConf.structured(cfg)))
+    if online:
+        try:
+            logger = WandbLogger(offline=False, **kwargs)
+            logger.experiment  # noqa: B018  (starts the run now, so a network failure falls back below)
+            return logger
+        except Exception as err:  # noqa: BLE001  (any failure to reach W&B means: log offline instead)
+            warnings.warn(f"W&B online logging failed ({err}); logging offline to {run_dir / 'wandb'}")
+    return WandbLogger(offline=True, **kwargs)
+
+
+def fit(cfg: RunConfig) -> dict[str, Any]:
+    """Train one run; write ``config.yaml``, ``metrics.jsonl``, ``summary.json`` (and W&B files) to its run dir."""
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    torch.set_num_threads(cfg.trainer.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*(does not have many workers|LightningModule.log|_DataFetcher).*")
+    L.seed_everything(cfg.seed, verbose=False)
+
+    datamodule = build_datamodule(cfg)
+    method = build_method(cfg, datamodule)
+    recorder = RunRecorder(run_dir)
+    loggers: list[Any] = [recorder]
+    if cfg.logger.backend == "wandb":
+        loggers.append(make_wandb_logger(cfg, run_dir))
+    callbacks: list[L.Callback] = [MaxCosine(cfg.trainer.metrics_every_n_epochs)]
+    if cfg.trainer.progress == "epochs":
+        callbacks.append(EpochProgressBar())
+    if cfg.trainer.checkpoint_every_n_epochs:
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
+                                                             every_n_epochs=cfg.trainer.checkpoint_every_n_epochs))
+    trainer = L.Trainer(max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator,
+                        devices=cfg.trainer.devices, logger=loggers, callbacks=callbacks,
+                        enable_checkpointing=bool(cfg.trainer.checkpoint_every_n_epochs),
+                        enable_progress_bar=cfg.trainer.progress != "none", enable_model_summary=False,
+                        deterministic=cfg.trainer.deterministic, log_every_n_steps=1, num_sanity_val_steps=0,
+                        default_root_dir=str(run_dir))
+    status = "failed"
+    try:
+        trainer.fit(method, datamodule=datamodule)
+        status = "interrupted" if trainer.interrupted else "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        summary = recorder.write_summary(status, epochs=trainer.current_epoch, run_dir=str(run_dir),
+                                         experiment=cfg.experiment, group=cfg.group or cfg.experiment, seed=cfg.seed)
+        for logger in loggers[1:]:
+            logger.finalize(status)
+        if cfg.logger.backend == "wandb":
+            import wandb
+
+            wandb.finish(quiet=True)
+    return summary
