@@ -64,7 +64,7 @@ def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> L.pytorch.loggers.Logger
     return WandbLogger(offline=True, **kwargs)
 
 
-def fit(cfg: RunConfig) -> dict[str, Any]:
+def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Train one run; write ``config.yaml``, ``metrics.jsonl``, ``summary.json`` (and W&B files) to its run dir."""
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
     loggers: list[Any] = [recorder]
     if cfg.logger.backend == "wandb":
         loggers.append(make_wandb_logger(cfg, run_dir))
-    callbacks: list[L.Callback] = [MaxCosine(cfg.trainer.metrics_every_n_epochs)]
+    callbacks: list[L.Callback] = [MaxCosine(cfg.trainer.metrics_every_n_epochs), *(extra_callbacks or [])]
     if cfg.trainer.progress == "epochs":
         callbacks.append(EpochProgressBar())
     if cfg.trainer.checkpoint_every_n_epochs:

@@ -91,6 +91,7 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     (sweep_dir / "sweep.json").write_text(json.dumps({
         "experiment": cfg.experiment, "config": config, "overrides": overrides, "metrics": list(cfg.sweep.metrics),
         "reference": cfg.sweep.reference, "axes": list(dict.fromkeys(a for p in points for a, _ in p.axes)),
+        "groups": [f"{cfg.experiment}/{p.label}" for p in points],
     }, indent=2) + "\n")
     todo = [run for run in runs if not _finished(run[2])]
     print(f"sweep {cfg.experiment}: {len(points)} points x {len(cfg.sweep.seeds)} seeds = {len(runs)} runs, "
@@ -134,6 +135,8 @@ def report(sweep_dir: Path) -> str:
     for summary_file in sorted(sweep_dir.rglob("summary.json")):
         summary = json.loads(summary_file.read_text())
         groups.setdefault(summary["group"], []).append(summary)
+    order = {group: i for i, group in enumerate(spec.get("groups", []))}
+    groups = dict(sorted(groups.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
     metrics = spec["metrics"]
     rows, axes_names = [], list(spec.get("axes", []))
     for group, summaries in groups.items():

@@ -30,6 +30,7 @@ class SSLMethod(L.LightningModule):
         self.log_every_n_epochs = log_every_n_epochs
         self.encoder = make_encoder()
         self._epoch_losses: list[Tensor] = []
+        self.block_optimizers: list = []
 
     @property
     def first_layer_weight(self) -> Tensor:
@@ -48,7 +49,8 @@ class SSLMethod(L.LightningModule):
                                 weight_decay=self.optim.weight_decay) for params in self.optimizer_parameters()]
 
     def update(self, index: int, view1: Tensor, view2: Tensor) -> Tensor:
-        """One optimization step on mini-batch ``index`` of the block; returns the detached loss."""
+        """One optimization step on mini-batch ``index`` of the block, with ``self.block_optimizers``; returns the
+        detached loss."""
         raise NotImplementedError
 
     def step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> Tensor:
@@ -68,6 +70,8 @@ class SSLMethod(L.LightningModule):
     def training_step(self, block: Block, block_idx: int) -> None:
         if isinstance(block, tuple):
             block = [block]
+        optimizers = self.optimizers()
+        self.block_optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         self._epoch_losses.extend(self.update(i, view1, view2) for i, (view1, view2) in enumerate(block))
 
     def on_train_epoch_end(self) -> None:

@@ -34,10 +34,10 @@ class BYOL(SSLMethod):
         if target_update == "ema":
             self.target.requires_grad_(False)
         width = self.encoder.output_dim
-        self.predictor = nn.Linear(width, width) if predictor == "linear" else nn.Identity()
+        self.predictor = nn.Linear(width, width) if predictor == "linear" else None
 
     def optimizer_parameters(self) -> list[Iterable[nn.Parameter]]:
-        heads = list(self.predictor.parameters())
+        heads = [] if self.predictor is None else list(self.predictor.parameters())
         if self.target_update == "ema":
             return [list(self.encoder.parameters()) + heads]
         return [list(self.encoder.parameters()) + heads, list(self.target.parameters()) + heads]
@@ -45,17 +45,18 @@ class BYOL(SSLMethod):
     def _pair_loss(self, trained: nn.Module, other: nn.Module, trained_view: Tensor, other_view: Tensor) -> Tensor:
         with torch.no_grad():
             reference = other(other_view)
-        return normalized_mse(self.predictor(trained(trained_view)), reference)
+        output = trained(trained_view)
+        return normalized_mse(output if self.predictor is None else self.predictor(output), reference)
 
     def update(self, index: int, view1: Tensor, view2: Tensor) -> Tensor:
-        optimizers = self.optimizers()
+        optimizers = self.block_optimizers
         if self.target_update == "alternate":
             if index % 2 == 0:
                 return self.step(optimizers[0], self._pair_loss(self.encoder, self.target, view1, view2))
             return self.step(optimizers[1], self._pair_loss(self.target, self.encoder, view2, view1))
         loss = self._pair_loss(self.encoder, self.target, view1, view2) \
             + self._pair_loss(self.encoder, self.target, view2, view1)
-        loss = self.step(optimizers, loss)
+        loss = self.step(optimizers[0], loss)
         with torch.no_grad():
             for target, online in zip(self.target.parameters(), self.encoder.parameters()):
                 target.lerp_(online, 1.0 - self.ema_momentum)

@@ -24,4 +24,4 @@ class SimCLR(SSLMethod):
     def update(self, index: int, view1: Tensor, view2: Tensor) -> Tensor:
         z1 = self.projector(self.encoder(view1))
         z2 = self.projector(self.encoder(view2))
-        return self.step(self.optimizers(), nt_xent(z1, z2, self.temperature))
+        return self.step(self.block_optimizers[0], nt_xent(z1, z2, self.temperature))

@@ -23,4 +23,4 @@ class SimSiam(SSLMethod):
     def update(self, index: int, view1: Tensor, view2: Tensor) -> Tensor:
         z1, z2 = self.encoder(view1), self.encoder(view2)
         loss = 0.5 * (negative_cosine(self.predictor(z1), z2) + negative_cosine(self.predictor(z2), z1))
-        return self.step(self.optimizers(), loss)
+        return self.step(self.block_optimizers[0], loss)

@@ -26,14 +26,16 @@ class SparseLayer(nn.Module):
             raise ValueError(f"activation={activation!r}; choose one of {ACTIVATIONS}")
         self.activation = activation
         self.linear = nn.Linear(in_dim, out_dim, bias=bias)
-        self.norm = nn.BatchNorm1d(out_dim) if batch_norm else nn.Identity()
+        self.norm = nn.BatchNorm1d(out_dim) if batch_norm else None
 
     def forward(self, a: Tensor) -> Tensor:
-        b = self.linear.bias
+        w, b = self.linear.weight, self.linear.bias
         if self.activation == "symmetric_relu_official":
-            y = self.norm(self.linear(a))
+            y = F.linear(a, w, b)
+            y = y if self.norm is None else self.norm(y)
             return y if b is None else F.relu(y) - F.relu(2 * b - y)
-        h = self.norm(F.linear(a, self.linear.weight))
+        h = F.linear(a, w)
+        h = h if self.norm is None else self.norm(h)
         if self.activation == "symmetric_relu":
             return F.relu(h) - F.relu(-h) if b is None else F.relu(h - b) - F.relu(-h - b)
         h = h if b is None else h + b
@@ -56,7 +58,9 @@ class SparseEncoder(nn.Module):
         return self.layers[0].linear.weight
 
     def forward(self, a: Tensor) -> Tensor:
-        return self.layers(a)
+        for layer in self.layers:
+            a = layer(a)
+        return a
 
     @torch.no_grad()
     def initialise(self, generator: torch.Generator, init_std: float | None, dictionary_dim: int,
