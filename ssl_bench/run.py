@@ -52,7 +52,9 @@ def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> L.pytorch.loggers.Logger
     online = cfg.logger.mode == "online" or (cfg.logger.mode == "auto" and wandb_has_credentials()
                                              and os.environ.get("WANDB_MODE") != "offline")
     kwargs: dict[str, Any] = dict(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.group or cfg.experiment,
-                                  name=f"{cfg.group or cfg.experiment}/seed{cfg.seed}", tags=list(cfg.logger.tags),
+                                  name=f"{cfg.group or cfg.experiment}/seed{cfg.seed}",
+                                  tags=list(dict.fromkeys([cfg.experiment, cfg.method.name, cfg.data.name,
+                                                           *cfg.logger.tags])),
                                   save_dir=str(run_dir), config=OmegaConf.to_container(OmegaConf.structured(cfg)))
     if online:
         try:
@@ -71,7 +73,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     torch.set_num_threads(cfg.trainer.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*(does not have many workers|LightningModule.log|_DataFetcher).*")
+    warnings.filterwarnings("ignore", message=".*(does not have many workers|LightningModule.log|_DataFetcher|treespec).*")
     L.seed_everything(cfg.seed, verbose=False)
 
     datamodule = build_datamodule(cfg)
@@ -107,5 +109,6 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
         if cfg.logger.backend == "wandb":
             import wandb
 
-            wandb.finish(quiet=True)
+            if wandb.run is not None:
+                wandb.finish(exit_code=0 if status == "finished" else 1)
     return summary
