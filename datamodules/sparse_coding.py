@@ -50,6 +50,9 @@ def sample_latents(n: int, d: int, sparsity: float, latent: str, sampler: str, g
         return torch.nn.functional.one_hot(torch.randint(d, (n,), generator=generator), d).float()
     if sampler == "fixed_count":
         n_neg, n_pos = fixed_count_sizes(d, sparsity)
+        if n_neg + n_pos > d:
+            raise ValueError(f"fixed_count latents need {n_neg + n_pos} non-zero coordinates but d={d}; "
+                             "lower the sparsity or raise d")
         ranks = torch.rand(n, d, generator=generator).argsort(dim=1).argsort(dim=1)
         z = (ranks < n_neg + n_pos).float()
         if latent == "symmetric":

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
+
+from datamodules.sparse_coding import fixed_count_sizes
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 
@@ -69,6 +71,10 @@ class DataConfig:
             raise ConfigError(f"{prefix}.p={self.p} must be >= {prefix}.d={self.d} for an orthonormal dictionary")
         if self.noise_std is not None:
             _non_negative(f"{prefix}.noise_std", self.noise_std)
+        non_zero = sum(fixed_count_sizes(self.d, self.sparsity))
+        if self.sampler == "fixed_count" and self.latent != "one_hot" and non_zero > self.d:
+            raise ConfigError(f"{prefix}.sparsity={self.sparsity} needs {non_zero} non-zero latents per sample with "
+                              f"the fixed_count sampler but {prefix}.d={self.d}; raise d or use sampler=bernoulli")
 
     @property
     def resolved_noise_std(self) -> float:
@@ -167,6 +173,14 @@ class TrainerConfig:
 
 
 @dataclass
+class CallbacksConfig:
+    """Metric callbacks; each reads the datamodule's ground truth and a small model interface."""
+
+    max_cosine: bool = True
+    max_cosine_signed: bool = False
+
+
+@dataclass
 class LoggerConfig:
     backend: str = "wandb"
     mode: str = "auto"
@@ -204,6 +218,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 

@@ -39,7 +39,7 @@ class RunRecorder(Logger):
         values = {k: float(v) for k, v in metrics.items()}
         self.final.update(values)
         if self._history is None:
-            self._history = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            self._history = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")
         self._history.write(json.dumps({"step": step, **values}) + "\n")
 
     @rank_zero_only

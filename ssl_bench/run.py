@@ -82,7 +82,9 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     loggers: list[Any] = [recorder]
     if cfg.logger.backend == "wandb":
         loggers.append(make_wandb_logger(cfg, run_dir))
-    callbacks: list[L.Callback] = [MaxCosine(cfg.trainer.metrics_every_n_epochs), *(extra_callbacks or [])]
+    callbacks: list[L.Callback] = list(extra_callbacks or [])
+    if cfg.callbacks.max_cosine:
+        callbacks.append(MaxCosine(cfg.trainer.metrics_every_n_epochs, absolute=not cfg.callbacks.max_cosine_signed))
     if cfg.trainer.progress == "epochs":
         callbacks.append(EpochProgressBar())
     if cfg.trainer.checkpoint_every_n_epochs:

@@ -81,6 +81,12 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be >= 1")
     points = expand_grid(cfg.sweep.grid)
+    grid_keys = {o.split("=", 1)[0].lstrip("+~") for p in points for o in p.overrides}
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in grid_keys:
+            raise ConfigError(f"{key} is set by the sweep's grid, so the override '{override}' would relabel its "
+                              "rows; change sweep.grid instead, or run `ssl-bench fit` for a single point")
     sweep_dir = sweep_dir or Path("runs") / "sweeps" / cfg.experiment / time.strftime("%Y%m%d-%H%M%S")
     runs = [(point, seed, sweep_dir / point.dirname / f"seed{seed}") for point in points for seed in cfg.sweep.seeds]
     if dry_run:

@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny run settings, the CLI in-process and as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# Never talk to W&B servers from the tests, and keep wandb quiet.
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ.setdefault("WANDB_CONSOLE", "off")
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Overrides that shrink any experiment to a fit of well under a second.
+TINY = [
+    "data.n=64",
+    "data.batch_size=32",
+    "data.p=12",
+    "data.d=4",
+    "encoder.width=8",
+    "trainer.max_epochs=3",
+    "trainer.progress=none",
+    "logger=none",
+]
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Every test runs on one intra-op thread (fit() also sets trainer.threads=1 by default)."""
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    return list(TINY)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``ssl_bench.cli.main(argv)`` in-process; return ``(exit_code, stdout, stderr)``."""
+    from ssl_bench.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:  # argparse --help / usage errors
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def fit_tiny(run_cli, tmp_path):
+    """Fit ``--config quickstart`` with the tiny overrides (plus ``extra``) into a fresh run dir; return
+    ``(exit_code, run_dir, summary)``."""
+    counter = iter(range(10_000))
+
+    def fit(*extra: str, config: str = "quickstart") -> tuple[int, Path, dict]:
+        run_dir = tmp_path / f"run{next(counter)}"
+        code, out, err = run_cli("fit", "--config", config, *TINY, f"run_dir={run_dir}", *extra)
+        summary_file = run_dir / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+        return code, run_dir, summary
+
+    return fit
+
+
+@pytest.fixture
+def cli_subprocess(tmp_path):
+    """Run ``python -m ssl_bench.cli ARGS`` in a subprocess (cwd = a tmp dir); return the CompletedProcess."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ssl_bench.cli", *map(str, args)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    return run
+
+
+def pytest_configure(config):
+    # lightning's own deprecation notice about torch's pytree API; not ours to fix
+    config.addinivalue_line("filterwarnings", "ignore:.*LeafSpec.*")

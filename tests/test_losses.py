@@ -1,0 +1,141 @@
+"""Losses against direct numpy implementations; stop-gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ssl_bench.losses import negative_cosine, normalized_mse, nt_xent
+
+
+def nt_xent_reference(z1: np.ndarray, z2: np.ndarray, tau: float) -> float:
+    """Loop over the 2B anchors: -log(exp(s_{i,i+}) / sum_{j != i} exp(s_ij)), averaged."""
+    z = np.concatenate([z1, z2]).astype(np.float64)
+    u = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n, b = len(u), len(z1)
+    total = 0.0
+    for i in range(n):
+        partner = (i + b) % n
+        sims = {j: float(u[i] @ u[j]) / tau for j in range(n) if j != i}
+        denom = sum(np.exp(s) for s in sims.values())
+        total += -(sims[partner] - np.log(denom))
+    return total / n
+
+
+def cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.array([x @ y / (np.linalg.norm(x) * np.linalg.norm(y)) for x, y in zip(a, b)])
+
+
+@pytest.mark.parametrize("batch,dim", [(1, 3), (2, 4), (3, 5), (8, 6), (17, 3)])
+@pytest.mark.parametrize("tau", [0.05, 0.5, 1.0])
+def test_nt_xent_matches_reference(batch, dim, tau):
+    rng = np.random.default_rng(batch * 100 + dim)
+    z1, z2 = rng.normal(size=(batch, dim)), rng.normal(size=(batch, dim))
+    expected = nt_xent_reference(z1, z2, tau)
+    got64 = nt_xent(torch.from_numpy(z1), torch.from_numpy(z2), tau).item()
+    got32 = nt_xent(torch.from_numpy(z1).float(), torch.from_numpy(z2).float(), tau).item()
+    assert got64 == pytest.approx(expected, rel=1e-10, abs=1e-10)
+    assert got32 == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+def test_nt_xent_single_pair_is_zero_and_perfect_alignment_is_low():
+    z = torch.randn(1, 4, dtype=torch.float64)
+    # B = 1: the partner is the only other view, so the softmax is certain
+    assert nt_xent(z, 2 * z, 0.5).item() == pytest.approx(0.0, abs=1e-12)
+    # views equal to one-hot codes of distinct classes: positives aligned, negatives orthogonal
+    e = torch.eye(4, dtype=torch.float64)
+    tau = 0.1
+    expected = -np.log(np.exp(1 / tau) / (np.exp(1 / tau) + 6 * np.exp(0.0)))
+    assert nt_xent(e, e, tau).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_nt_xent_invariances():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    base = nt_xent(z1, z2, 0.2)
+    scale = torch.rand(5, 1, dtype=torch.float64) + 0.5
+    torch.testing.assert_close(nt_xent(z1 * scale, z2 * scale.flip(0), 0.2), base)  # row scaling
+    perm = torch.randperm(5)
+    torch.testing.assert_close(nt_xent(z1[perm], z2[perm], 0.2), base)  # reorder the pairs
+    torch.testing.assert_close(nt_xent(z2, z1, 0.2), base)  # swap the views
+
+
+def test_nt_xent_gradcheck():
+    torch.manual_seed(1)
+    z1 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: nt_xent(a, b, 0.3), (z1, z2), eps=1e-6, atol=1e-6)
+
+
+def test_nt_xent_gradient_matches_reference_finite_differences():
+    rng = np.random.default_rng(7)
+    z1, z2, tau = rng.normal(size=(3, 4)), rng.normal(size=(3, 4)), 0.25
+    t1, t2 = torch.tensor(z1, requires_grad=True), torch.tensor(z2, requires_grad=True)
+    nt_xent(t1, t2, tau).backward()
+    eps = 1e-6
+    for arr, grad, which in ((z1, t1.grad, 0), (z2, t2.grad, 1)):
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            plus, minus = arr.copy(), arr.copy()
+            plus[idx] += eps
+            minus[idx] -= eps
+            args_p = (plus, z2) if which == 0 else (z1, plus)
+            args_m = (minus, z2) if which == 0 else (z1, minus)
+            num[idx] = (nt_xent_reference(*args_p, tau) - nt_xent_reference(*args_m, tau)) / (2 * eps)
+        np.testing.assert_allclose(grad.numpy(), num, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------------ normalized MSE
+
+
+def test_normalized_mse_value():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    got = normalized_mse(torch.from_numpy(a), torch.from_numpy(b)).item()
+    assert got == pytest.approx(2 - 2 * cos_rows(a, b).mean(), rel=1e-12)
+    na = a / np.linalg.norm(a, axis=1, keepdims=True)
+    nb = b / np.linalg.norm(b, axis=1, keepdims=True)
+    assert got == pytest.approx(((na - nb) ** 2).sum(axis=1).mean(), rel=1e-12)
+    assert normalized_mse(torch.from_numpy(a), torch.from_numpy(3 * a)).item() == pytest.approx(0.0, abs=1e-12)
+    assert normalized_mse(torch.from_numpy(a), torch.from_numpy(-a)).item() == pytest.approx(4.0, rel=1e-12)
+
+
+def test_normalized_mse_stops_gradient_to_target():
+    torch.manual_seed(2)
+    a = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    normalized_mse(a, b).backward()
+    assert b.grad is None
+    assert a.grad is not None and a.grad.abs().sum() > 0
+    # the gradient to the online argument is that of the loss with a constant target
+    a2 = a.detach().clone().requires_grad_(True)
+    normalized_mse(a2, b.detach()).backward()
+    torch.testing.assert_close(a.grad, a2.grad)
+
+
+def test_normalized_mse_target_only_loss_has_no_graph():
+    b = torch.randn(4, 3, requires_grad=True)
+    loss = normalized_mse(torch.randn(4, 3), b)
+    assert not loss.requires_grad
+
+
+# ----------------------------------------------------------------------------------------------- negative cosine
+
+
+def test_negative_cosine_value():
+    rng = np.random.default_rng(4)
+    p, z = rng.normal(size=(7, 4)), rng.normal(size=(7, 4))
+    got = negative_cosine(torch.from_numpy(p), torch.from_numpy(z)).item()
+    assert got == pytest.approx(-cos_rows(p, z).mean(), rel=1e-12)
+    assert negative_cosine(torch.from_numpy(p), torch.from_numpy(2 * p)).item() == pytest.approx(-1.0)
+
+
+def test_negative_cosine_stops_gradient_to_z():
+    torch.manual_seed(5)
+    p = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    negative_cosine(p, z).backward()
+    assert z.grad is None
+    assert p.grad is not None and p.grad.abs().sum() > 0
+    assert torch.autograd.gradcheck(lambda x: negative_cosine(x, z.detach()), (p.detach().requires_grad_(),))
