@@ -361,3 +361,15 @@ def test_sweep_rejects_an_override_of_a_grid_key(run_cli, tmp_path):
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "data.sparsity" in err
     assert not (tmp_path / "sweep").exists()
+
+
+def test_overrides_may_come_before_and_after_config(run_cli):
+    code, out, err = run_cli("fit", "logger=none", "--config", "quickstart", "trainer.max_epochs=7", "--print-config")
+    assert code == 0
+    assert "backend: none" in out and "max_epochs: 7" in out
+
+
+def test_unknown_option_is_a_usage_error(run_cli):
+    code, out, err = run_cli("fit", "--config", "quickstart", "--bogus")
+    assert code == 2
+    assert "unrecognized arguments: --bogus" in err
