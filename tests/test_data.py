@@ -266,3 +266,13 @@ def test_datamodule_seed_controls_everything():
     c = SparseCodingDataModule(n=50, p=12, d=4, noise_std=0.1, seed=2)
     assert torch.equal(a.inputs, b.inputs) and torch.equal(a.dictionary, b.dictionary)
     assert not torch.equal(a.inputs, c.inputs)
+
+
+def test_fixed_count_sparsity_01_and_02_draw_the_same_data_at_d10():
+    """Under the official sampler the Table 2 rows at sparsity 0.1 and 0.2 are the same runs."""
+    assert fixed_count_sizes(10, 0.1) == fixed_count_sizes(10, 0.2) == (1, 1)
+    low = SparseCodingDataModule(n=200, p=20, d=10, sparsity=0.1, noise_std=0.1, seed=3)
+    high = SparseCodingDataModule(n=200, p=20, d=10, sparsity=0.2, noise_std=0.1, seed=3)
+    torch.testing.assert_close(low.inputs, high.inputs, rtol=0, atol=0)
+    assert not torch.equal(low.latents, SparseCodingDataModule(n=200, p=20, d=10, sparsity=0.3, noise_std=0.1,
+                                                               seed=3).latents)
