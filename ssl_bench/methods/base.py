@@ -19,7 +19,7 @@ class SSLMethod(L.LightningModule):
     A training step receives a block (for synthetic data, one whole epoch) and calls :meth:`update` once per
     mini-batch; keeping the mini-batch loop here makes Lightning's per-step overhead once per block. Subclasses
     implement :meth:`update` and, for several optimizers, :meth:`optimizer_parameters`. Metric callbacks read the
-    model through ``first_layer_weight`` and ``embed``.
+    model through ``first_layer_weight``.
     """
 
     def __init__(self, make_encoder: Callable[[], nn.Module], optim: OptimConfig, weight_norm: str = "none",
@@ -36,10 +36,6 @@ class SSLMethod(L.LightningModule):
     def first_layer_weight(self) -> Tensor:
         """The online encoder's first-layer weight (m x p)."""
         return self.encoder.first_layer_weight
-
-    @torch.no_grad()
-    def embed(self, x: Tensor) -> Tensor:
-        return self.encoder(x)
 
     def optimizer_parameters(self) -> list[Iterable[nn.Parameter]]:
         return [self.parameters()]
