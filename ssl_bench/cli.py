@@ -9,10 +9,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from ssl_bench.config import ConfigError, RunConfig, to_run_config, unknown_key_error
+from ssl_bench.config import ConfigError, RunConfig, to_run_config, to_yaml, unknown_key_error
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("data", "encoder", "method", "optim", "trainer", "logger")
@@ -69,11 +69,12 @@ def load(config: str, overrides: list[str]) -> RunConfig:
 
 
 def _parser() -> argparse.ArgumentParser:
+    help_text = configs_help()
     parser = argparse.ArgumentParser(prog="ssl-bench", description="Collapse studies of self-supervised learning.",
-                                     epilog=configs_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     epilog=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{fit,sweep,report}")
     for command, text in (("fit", "train one run"), ("sweep", "run an experiment's grid x seeds, print its table")):
-        sub = commands.add_parser(command, help=text, description=text, epilog=configs_help(),
+        sub = commands.add_parser(command, help=text, description=text, epilog=help_text,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("--config", required=True, help="experiment config name or path to a YAML file")
         sub.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.sparsity=0.2 seed=3 method=byol")
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load(args.config, args.overrides)
         if args.command == "fit":
             if args.print_config:
-                print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+                print(to_yaml(cfg))
                 return 0
             from ssl_bench.run import fit
 

@@ -13,6 +13,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.sparse_coding import fixed_count_sizes
+from ssl_bench.nets.sparse import ACTIVATIONS
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 
@@ -104,7 +105,7 @@ class EncoderConfig:
         _positive(f"{prefix}.width", self.width)
         if self.layers not in (1, 2):
             raise ConfigError(f"{prefix}.layers={self.layers} is not allowed; choose one of: 1, 2")
-        _choice(f"{prefix}.activation", self.activation, ("none", "relu", "symmetric_relu", "symmetric_relu_official"))
+        _choice(f"{prefix}.activation", self.activation, ACTIVATIONS)
         _choice(f"{prefix}.bias_init", self.bias_init, ("default", "zero"))
         _choice(f"{prefix}.weight_norm", self.weight_norm, ("none", "row", "column"))
         if self.init_std is not None:
@@ -221,6 +222,11 @@ class RunConfig:
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    @property
+    def resolved_group(self) -> str:
+        """The W&B group and table row of this run: ``group``, or the experiment when no sweep set one."""
+        return self.group or self.experiment
 
     def validate(self) -> None:
         for f in fields(self):

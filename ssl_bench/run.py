@@ -51,8 +51,8 @@ def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> L.pytorch.loggers.Logger
     os.environ.setdefault("WANDB_SILENT", "true")
     online = cfg.logger.mode == "online" or (cfg.logger.mode == "auto" and wandb_has_credentials()
                                              and os.environ.get("WANDB_MODE") != "offline")
-    kwargs: dict[str, Any] = dict(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.group or cfg.experiment,
-                                  name=f"{cfg.group or cfg.experiment}/seed{cfg.seed}",
+    kwargs: dict[str, Any] = dict(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.resolved_group,
+                                  name=f"{cfg.resolved_group}/seed{cfg.seed}",
                                   tags=list(dict.fromkeys([cfg.experiment, cfg.method.name, cfg.data.name,
                                                            *cfg.logger.tags])),
                                   save_dir=str(run_dir), config=OmegaConf.to_container(OmegaConf.structured(cfg)))
@@ -105,7 +105,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
         raise
     finally:
         summary = recorder.write_summary(status, epochs=trainer.current_epoch, run_dir=str(run_dir),
-                                         experiment=cfg.experiment, group=cfg.group or cfg.experiment, seed=cfg.seed)
+                                         experiment=cfg.experiment, group=cfg.resolved_group, seed=cfg.seed)
         for logger in loggers[1:]:
             logger.finalize(status)
         if cfg.logger.backend == "wandb":

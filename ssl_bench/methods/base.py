@@ -26,7 +26,7 @@ class SSLMethod(L.LightningModule):
                  log_every_n_epochs: int = 1) -> None:
         super().__init__()
         self.automatic_optimization = False
-        self.make_encoder, self.optim, self.weight_norm = make_encoder, optim, weight_norm
+        self.optim, self.weight_norm = optim, weight_norm
         self.log_every_n_epochs = log_every_n_epochs
         self.encoder = make_encoder()
         self._epoch_losses: list[Tensor] = []
@@ -64,8 +64,6 @@ class SSLMethod(L.LightningModule):
                     module.normalise_weights(self.weight_norm)
 
     def training_step(self, block: Block, block_idx: int) -> None:
-        if isinstance(block, tuple):
-            block = [block]
         optimizers = self.optimizers()
         self.block_optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         self._epoch_losses.extend(self.update(i, view1, view2) for i, (view1, view2) in enumerate(block))
