@@ -37,6 +37,10 @@ class Point:
     def label(self) -> str:
         return ",".join(f"{axis}={value}" for axis, value in self.axes)
 
+    def group(self, experiment: str) -> str:
+        """The runs' W&B group and the key their table row is found by."""
+        return f"{experiment}/{self.label}"
+
     @property
     def dirname(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", self.label) or "default"
@@ -65,6 +69,11 @@ def expand_grid(grid: Any) -> list[Point]:
     return points or [Point((), ())]
 
 
+def _override_key(override: str) -> str:
+    """The config key of a Hydra override (``+data.n=3`` -> ``data.n``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def _quoted(value: str) -> str:
     """A Hydra override value that may hold ``=``, ``,`` or spaces."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -81,9 +90,9 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be >= 1")
     points = expand_grid(cfg.sweep.grid)
-    grid_keys = {o.split("=", 1)[0].lstrip("+~") for p in points for o in p.overrides}
+    grid_keys = {_override_key(o) for p in points for o in p.overrides}
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+        key = _override_key(override)
         if key in grid_keys:
             raise ConfigError(f"{key} is set by the sweep's grid, so the override '{override}' would relabel its "
                               "rows; change sweep.grid instead, or run `ssl-bench fit` for a single point")
@@ -97,7 +106,7 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     (sweep_dir / "sweep.json").write_text(json.dumps({
         "experiment": cfg.experiment, "config": config, "overrides": overrides, "metrics": list(cfg.sweep.metrics),
         "reference": cfg.sweep.reference, "axes": list(dict.fromkeys(a for p in points for a, _ in p.axes)),
-        "groups": [f"{cfg.experiment}/{p.label}" for p in points],
+        "groups": [p.group(cfg.experiment) for p in points],
     }, indent=2) + "\n")
     todo = [run for run in runs if not _finished(run[2])]
     print(f"sweep {cfg.experiment}: {len(points)} points x {len(cfg.sweep.seeds)} seeds = {len(runs)} runs, "
@@ -107,7 +116,7 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
         point, seed, run_dir = run
         run_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "ssl_bench.cli", "fit", "--config", config, *point.overrides,
-                   f"seed={seed}", f"run_dir={_quoted(str(run_dir))}", f"group={_quoted(f'{cfg.experiment}/{point.label}')}",
+                   f"seed={seed}", f"run_dir={_quoted(str(run_dir))}", f"group={_quoted(point.group(cfg.experiment))}",
                    "trainer.progress=none", *overrides]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         with open(run_dir / "log.txt", "w", encoding="utf-8") as log:
