@@ -306,29 +306,20 @@ def test_byol_alternate_updates_online_on_even_and_target_on_odd_minibatches():
     assert [c[0] for c in calls] == [0, 1, 2, 0, 1, 2]
     lr = cfg.optim.lr
     for index, v1, v2, before, after, loss in calls:
-        online, target, head = before["encoder"], before["target"], before["predictor"]
-        if index % 2 == 0:
-            assert same(after["target"], before["target"])
-            assert not same(after["encoder"], before["encoder"])
+        # even index: the online encoder learns on view 1 against the target on view 2; odd index: the reverse
+        trained_key, other_key = ("encoder", "target") if index % 2 == 0 else ("target", "encoder")
+        trained_view, other_view = (v1, v2) if index % 2 == 0 else (v2, v1)
+        trained, other, head = before[trained_key], before[other_key], before["predictor"]
+        assert same(after[other_key], before[other_key])
+        assert not same(after[trained_key], before[trained_key])
 
-            def loss_fn():
-                with torch.no_grad():
-                    reference = target(v2)
-                return normalized_mse(head(online(v1)), reference)
+        def loss_fn():
+            with torch.no_grad():
+                reference = other(other_view)
+            return normalized_mse(head(trained(trained_view)), reference)
 
-            new_online, new_head = sgd_expected([online, head], loss_fn, lr)
-            assert_params_equal(after["encoder"], new_online)
-        else:
-            assert same(after["encoder"], before["encoder"])
-            assert not same(after["target"], before["target"])
-
-            def loss_fn():
-                with torch.no_grad():
-                    reference = online(v1)
-                return normalized_mse(head(target(v2)), reference)
-
-            new_target, new_head = sgd_expected([target, head], loss_fn, lr)
-            assert_params_equal(after["target"], new_target)
+        new_trained, new_head = sgd_expected([trained, head], loss_fn, lr)
+        assert_params_equal(after[trained_key], new_trained)
         # the predictor is trained on both steps
         assert_params_equal(after["predictor"], new_head)
         assert not same(after["predictor"], before["predictor"])
