@@ -36,11 +36,18 @@ def _non_negative(key: str, value: float) -> None:
         raise ConfigError(f"{key}={value} must be >= 0")
 
 
+DATASETS = ("sparse_coding", "cifar10")
+
+
 @dataclass
 class DataConfig:
-    """Sparse-coding data ``x = M z + e`` (seed 000, Eq. 1) and its masking augmentation (Eqs. 2-3)."""
+    """The datamodule: ``sparse_coding`` (seed 000, Eq. 1: ``x = M z + e`` with masking augmentation, Eqs. 2-3) or
+    ``cifar10`` (torchvision's CIFAR-10 with two-view augmentations). ``batch_size`` is per process; each key below
+    the common ones belongs to the dataset named in its comment block."""
 
     name: str = "sparse_coding"
+    batch_size: int = 512
+    # sparse_coding
     n: int = 3000
     p: int = 50
     d: int = 10
@@ -51,11 +58,21 @@ class DataConfig:
     noise_std: Optional[float] = None
     augmentation: str = "dependent"
     mask_prob: float = 0.5
-    batch_size: int = 512
     drop_last: bool = False
+    # cifar10
+    root: str = "data/cifar10"
+    download: bool = False
+    verify_checksums: bool = True
+    num_workers: int = 4
+    views: str = "simclr"
+    crop_min_scale: float = 0.08
 
     def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.name", self.name, ("sparse_coding",))
+        _choice(f"{prefix}.name", self.name, DATASETS)
+        _non_negative(f"{prefix}.num_workers", self.num_workers)
+        _choice(f"{prefix}.views", self.views, ("simclr", "byol"))
+        if not 0 < self.crop_min_scale <= 1:
+            raise ConfigError(f"{prefix}.crop_min_scale={self.crop_min_scale} is out of range; allowed: (0, 1]")
         for key in ("n", "p", "d", "batch_size"):
             _positive(f"{prefix}.{key}", getattr(self, key))
         if not 0 < self.sparsity <= 1:
@@ -85,9 +102,12 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    """One- or two-layer encoder on sparse-coding data (seed 000, Sec. 4 and Eq. 14)."""
+    """The backbone: ``sparse``, the one- or two-layer encoder of seed 000 (Sec. 4 and Eq. 14; the keys up to
+    ``weight_norm``), or a torchvision ResNet (``resnet18`` | ``resnet50``) with the CIFAR stem (3x3 stride-1 conv, no
+    max-pool) when ``cifar_stem``."""
 
     name: str = "sparse"
+    cifar_stem: bool = True
     width: int = 50
     layers: int = 1
     batch_norm: bool = True
@@ -101,7 +121,7 @@ class EncoderConfig:
     weight_norm: str = "none"
 
     def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.name", self.name, ("sparse",))
+        _choice(f"{prefix}.name", self.name, ("sparse", "resnet18", "resnet50"))
         _positive(f"{prefix}.width", self.width)
         if self.layers not in (1, 2):
             raise ConfigError(f"{prefix}.layers={self.layers} is not allowed; choose one of: 1, 2")
@@ -116,41 +136,111 @@ class EncoderConfig:
             _non_negative(f"{prefix}.warm_start_noise", self.warm_start_noise)
 
 
+METHODS = ("simclr", "simsiam", "byol", "directclr", "adaptive_infonce")
+PROJECTORS = ("none", "linear", "mlp")
+PREDICTORS = ("none", "linear", "linear_nobias", "identity", "identity_frozen_diagonal", "mlp")
+
+
 @dataclass
 class MethodConfig:
-    """Self-supervised objective and heads."""
+    """Self-supervised objective and heads.
+
+    Heads: ``projector`` none | linear | mlp (``projector_layers`` Linear-BN-ReLU blocks of ``projector_hidden_dim``
+    then a Linear to ``projector_dim``, null = the backbone's width; ``projector_output_bn`` adds SimSiam's final
+    BN). ``predictor`` none | linear | linear_nobias | identity (identity-initialised, no bias; seed 001) |
+    identity_frozen_diagonal (only the off-diagonal is trained; seed 001) | mlp (Linear-BN-ReLU-Linear through
+    ``predictor_hidden_dim``); ``predictor_init=symmetric`` draws a linear head ``N(0, 1/h)`` and symmetrises it
+    (seed 003, Assump. 4).
+    """
 
     name: str = "simclr"
     temperature: float = 0.05
     projector: str = "none"
+    projector_hidden_dim: int = 2048
+    projector_dim: Optional[int] = None
+    projector_layers: int = 2
+    projector_output_bn: bool = False
     predictor: str = "none"
+    predictor_hidden_dim: int = 512
+    predictor_init: str = "default"
     target_update: str = "alternate"
     ema_momentum: float = 0.99
+    ema_momentum_end: Optional[float] = None
+    directclr_dim: int = 360
+    temperatures: Optional[list[float]] = None
+    temperature_groups: Optional[list[int]] = None
+    learn_temperature: bool = False
+    normalize: bool = True
+    standardize: bool = False
 
     def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.name", self.name, ("simclr", "simsiam", "byol"))
+        _choice(f"{prefix}.name", self.name, METHODS)
         _positive(f"{prefix}.temperature", self.temperature)
-        _choice(f"{prefix}.projector", self.projector, ("none", "linear"))
-        _choice(f"{prefix}.predictor", self.predictor, ("none", "linear"))
+        _choice(f"{prefix}.projector", self.projector, PROJECTORS)
+        _choice(f"{prefix}.predictor", self.predictor, PREDICTORS)
+        _choice(f"{prefix}.predictor_init", self.predictor_init, ("default", "symmetric"))
         _choice(f"{prefix}.target_update", self.target_update, ("alternate", "ema"))
-        if not 0 <= self.ema_momentum <= 1:
-            raise ConfigError(f"{prefix}.ema_momentum={self.ema_momentum} is out of range; allowed: [0, 1]")
+        for key in ("projector_hidden_dim", "projector_layers", "predictor_hidden_dim", "directclr_dim"):
+            _positive(f"{prefix}.{key}", getattr(self, key))
+        if self.projector_dim is not None:
+            _positive(f"{prefix}.projector_dim", self.projector_dim)
+        for key in ("ema_momentum", "ema_momentum_end"):
+            value = getattr(self, key)
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"{prefix}.{key}={value} is out of range; allowed: [0, 1]")
         if self.name == "simsiam" and self.predictor == "none":
             raise ConfigError(f"{prefix}.predictor=none is not allowed for simsiam; use {prefix}.predictor=linear")
+        if self.name == "byol" and self.target_update == "alternate" and self.projector != "none":
+            raise ConfigError(f"{prefix}.projector={self.projector} needs {prefix}.target_update=ema; the alternating "
+                              "updates of seed 000 have no projector")
+        if self.predictor_init == "symmetric" and self.predictor not in ("linear", "linear_nobias"):
+            raise ConfigError(f"{prefix}.predictor_init=symmetric needs {prefix}.predictor=linear or linear_nobias")
+        if self.temperatures is not None:
+            if not self.temperatures:
+                raise ConfigError(f"{prefix}.temperatures is empty; give one value per group, e.g. [1.0,0.7]")
+            for value in self.temperatures:
+                _positive(f"{prefix}.temperatures", value)
+        if self.temperature_groups is not None:
+            if self.temperatures is None or len(self.temperature_groups) != len(self.temperatures):
+                raise ConfigError(f"{prefix}.temperature_groups needs one size per entry of {prefix}.temperatures")
+            for size in self.temperature_groups:
+                _positive(f"{prefix}.temperature_groups", size)
 
 
 @dataclass
 class OptimConfig:
+    """Optimizer and learning-rate schedule.
+
+    ``lr`` is the learning rate at a global batch of 256 when ``scale_lr`` (``lr * global_batch / 256``, as SimCLR
+    and solo-learn), the learning rate itself otherwise. ``schedule=warmup_cosine`` warms up linearly over
+    ``warmup_epochs`` and follows a half cosine down to ``min_lr`` by the last step; it is applied after every
+    optimizer step. LARS (You et al. 2017) excludes biases and normalisation parameters from both the trust ratio
+    and weight decay (``exclude_bias_and_norm``). The online probe has its own learning rate and no weight decay.
+    """
+
     name: str = "sgd"
     lr: float = 0.005
     momentum: float = 0.0
     weight_decay: float = 0.0
+    scale_lr: bool = False
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    lars_eta: float = 0.02
+    lars_clip: bool = True
+    exclude_bias_and_norm: bool = True
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    probe_lr: float = 0.1
 
     def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.name", self.name, ("sgd",))
-        _positive(f"{prefix}.lr", self.lr)
-        _non_negative(f"{prefix}.momentum", self.momentum)
-        _non_negative(f"{prefix}.weight_decay", self.weight_decay)
+        _choice(f"{prefix}.name", self.name, ("sgd", "lars", "adamw"))
+        _choice(f"{prefix}.schedule", self.schedule, ("constant", "warmup_cosine"))
+        for key in ("lr", "lars_eta", "probe_lr"):
+            _positive(f"{prefix}.{key}", getattr(self, key))
+        for key in ("momentum", "weight_decay", "warmup_epochs", "min_lr"):
+            _non_negative(f"{prefix}.{key}", getattr(self, key))
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{prefix}.betas={list(self.betas)} must be two values in [0, 1), e.g. [0.9,0.999]")
 
 
 @dataclass
@@ -164,9 +254,18 @@ class TrainerConfig:
     log_every_n_epochs: int = 10
     metrics_every_n_epochs: int = 100
     checkpoint_every_n_epochs: int = 0
+    num_nodes: int = 1
+    strategy: str = "auto"
+    sync_batchnorm: bool = False
+    precision: str = "32-true"
+    val_every_n_epochs: int = 1
+    resume: Optional[str] = None
 
     def validate(self, prefix: str) -> None:
-        for key in ("max_epochs", "devices", "threads", "log_every_n_epochs", "metrics_every_n_epochs"):
+        _choice(f"{prefix}.strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))
+        _choice(f"{prefix}.precision", self.precision, ("32-true", "16-mixed", "bf16-mixed"))
+        for key in ("max_epochs", "devices", "threads", "log_every_n_epochs", "metrics_every_n_epochs", "num_nodes",
+                    "val_every_n_epochs"):
             _positive(f"{prefix}.{key}", getattr(self, key))
         _non_negative(f"{prefix}.checkpoint_every_n_epochs", self.checkpoint_every_n_epochs)
         _choice(f"{prefix}.accelerator", self.accelerator, ("cpu", "gpu", "auto"))
@@ -179,6 +278,16 @@ class CallbacksConfig:
 
     max_cosine: bool = True
     max_cosine_signed: bool = False
+    spectrum: bool = True
+    spectrum_samples: int = 2048
+    spectrum_tolerance: float = 1e-4
+    readout: bool = True
+    readout_epochs: int = 100
+    readout_batch_size: int = 512
+
+    def validate(self, prefix: str) -> None:
+        for key in ("spectrum_samples", "spectrum_tolerance", "readout_epochs", "readout_batch_size"):
+            _positive(f"{prefix}.{key}", getattr(self, key))
 
 
 @dataclass

@@ -14,15 +14,20 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.sparse_coding import SparseCodingDataModule
-from ssl_bench.callbacks import EpochProgressBar, MaxCosine
+from ssl_bench.callbacks import EigenSpectrum, EpochProgressBar, LinearReadout, MaxCosine
 from ssl_bench.config import RunConfig, to_yaml
 from ssl_bench.methods import build_method
 from ssl_bench.recorder import RunRecorder
 
 
-def build_datamodule(cfg: RunConfig) -> SparseCodingDataModule:
+def build_datamodule(cfg: RunConfig) -> L.LightningDataModule:
     data = cfg.data
+    if data.name == "cifar10":
+        return CIFAR10DataModule(root=data.root, download=data.download, verify_checksums=data.verify_checksums,
+                                 batch_size=data.batch_size, num_workers=data.num_workers, views=data.views,
+                                 crop_min_scale=data.crop_min_scale, seed=cfg.seed)
     return SparseCodingDataModule(n=data.n, p=data.p, d=data.d, sparsity=data.sparsity, latent=data.latent,
                                   sampler=data.sampler, dictionary=data.dictionary, noise_std=data.resolved_noise_std,
                                   augmentation=data.augmentation, mask_prob=data.mask_prob,
@@ -30,9 +35,16 @@ def build_datamodule(cfg: RunConfig) -> SparseCodingDataModule:
 
 
 def resolve_run_dir(cfg: RunConfig) -> Path:
+    """``run_dir``, or ``runs/<experiment>/<time>-seed<seed>``; processes that Lightning's DDP launcher starts
+    inherit the first process's directory through ``SSL_BENCH_RUN_DIR``."""
     if cfg.run_dir:
         return Path(cfg.run_dir)
-    return Path("runs") / cfg.experiment / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{cfg.seed}"
+    inherited = os.environ.get("SSL_BENCH_RUN_DIR")
+    if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
+        return Path(inherited)
+    run_dir = Path("runs") / cfg.experiment / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{cfg.seed}"
+    os.environ["SSL_BENCH_RUN_DIR"] = str(run_dir)
+    return run_dir
 
 
 def wandb_has_credentials() -> bool:
@@ -83,22 +95,30 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     if cfg.logger.backend == "wandb":
         loggers.append(make_wandb_logger(cfg, run_dir))
     callbacks: list[L.Callback] = list(extra_callbacks or [])
-    if cfg.callbacks.max_cosine:
-        callbacks.append(MaxCosine(cfg.trainer.metrics_every_n_epochs, absolute=not cfg.callbacks.max_cosine_signed))
+    every = cfg.trainer.metrics_every_n_epochs
+    if cfg.callbacks.max_cosine and cfg.encoder.name == "sparse" and hasattr(datamodule, "dictionary"):
+        callbacks.append(MaxCosine(every, absolute=not cfg.callbacks.max_cosine_signed))
+    if cfg.callbacks.spectrum:
+        callbacks.append(EigenSpectrum(every, cfg.callbacks.spectrum_samples, cfg.callbacks.spectrum_tolerance))
+    if cfg.callbacks.readout:
+        callbacks.append(LinearReadout(cfg.callbacks.readout_epochs, cfg.callbacks.readout_batch_size))
     if cfg.trainer.progress == "epochs":
         callbacks.append(EpochProgressBar())
     if cfg.trainer.checkpoint_every_n_epochs:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                                              every_n_epochs=cfg.trainer.checkpoint_every_n_epochs))
-    trainer = L.Trainer(max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator,
-                        devices=cfg.trainer.devices, logger=loggers, callbacks=callbacks,
+    t = cfg.trainer
+    trainer = L.Trainer(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+                        strategy=t.strategy, sync_batchnorm=t.sync_batchnorm, precision=t.precision,
+                        use_distributed_sampler=False, check_val_every_n_epoch=t.val_every_n_epochs,
+                        logger=loggers, callbacks=callbacks,
                         enable_checkpointing=bool(cfg.trainer.checkpoint_every_n_epochs),
                         enable_progress_bar=cfg.trainer.progress != "none", enable_model_summary=False,
                         deterministic=cfg.trainer.deterministic, log_every_n_steps=1, num_sanity_val_steps=0,
                         default_root_dir=str(run_dir))
     status = "failed"
     try:
-        trainer.fit(method, datamodule=datamodule)
+        trainer.fit(method, datamodule=datamodule, ckpt_path=t.resume)
         status = "interrupted" if trainer.interrupted else "finished"
     except KeyboardInterrupt:
         status = "interrupted"

@@ -1,63 +1,94 @@
-"""BYOL-style non-contrastive learning with an online and a target network (seed 000, Eqs. 4-5)."""
+"""BYOL-style non-contrastive learning with an online and a target network (Grill et al. 2020; seed 000, Eqs. 4-5)."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ssl_bench.config import OptimConfig
 from ssl_bench.losses import normalized_mse
 from ssl_bench.methods.base import SSLMethod
+from ssl_bench.optim import cosine_momentum
 
 
 class BYOL(SSLMethod):
-    """Online ``f_o``, target ``f_t``, optional linear predictor ``h``; loss ``2 - 2 cos`` (Eq. 4).
+    """Online ``g_o(f_o)``, target ``g_t(f_t)``, optional predictor ``h``; loss ``2 - 2 cos`` (seed 000, Eq. 4).
 
     ``target_update``:
 
+    - ``ema`` (BYOL): the target starts as a copy of the online network and follows
+      ``theta_t <- tau theta_t + (1 - tau) theta_o`` after every optimizer step, with ``tau`` rising from
+      ``ema_momentum`` to ``ema_momentum_end`` on a cosine over training (Grill et al. 2020, Sec. 3.2; constant
+      when ``ema_momentum_end`` is None). The schedule is a function of the training progress, so it continues
+      exactly after a resume. The loss is symmetrised over the two views.
     - ``alternate`` (seed 000): ``f_t`` is initialised independently and trained by its own SGD; mini-batches
       alternate, starting each epoch with the online step ``normalized_mse(h(f_o(a1)), sg(f_t(a2)))`` and then the
       target step ``normalized_mse(h(f_t(a2)), sg(f_o(a1)))``. The predictor, if any, acts on the branch being
       updated and is trained on both steps, as in the official code (the text's Eq. 5 puts it on the online branch).
-    - ``ema`` (BYOL): ``f_t`` starts as a copy of ``f_o`` and follows ``f_t <- mu f_t + (1 - mu) f_o`` after every
-      step; the loss is symmetrised over the two views.
     """
 
-    def __init__(self, make_encoder: Callable[[], nn.Module], optim: OptimConfig, predictor: str = "none",
-                 target_update: str = "alternate", ema_momentum: float = 0.99, **kwargs) -> None:
-        super().__init__(make_encoder, optim, **kwargs)
+    def __init__(self, make_encoder: Callable[[], nn.Module], *args, predictor: nn.Module | None,
+                 target_update: str = "alternate", ema_momentum: float = 0.99, ema_momentum_end: float | None = None,
+                 **kwargs) -> None:
+        super().__init__(make_encoder, *args, **kwargs)
         self.target_update, self.ema_momentum = target_update, ema_momentum
+        self.ema_momentum_end = ema_momentum if ema_momentum_end is None else ema_momentum_end
         self.target = make_encoder() if target_update == "alternate" else copy.deepcopy(self.encoder)
+        self.target_projector = copy.deepcopy(self.projector)
         if target_update == "ema":
             self.target.requires_grad_(False)
-        width = self.encoder.output_dim
-        self.predictor = nn.Linear(width, width) if predictor == "linear" else None
+            self.target_projector.requires_grad_(False)
+        self.predictor = predictor if predictor is not None else nn.Identity()
+        self.momentum = ema_momentum
 
-    def optimizer_parameters(self) -> list[Iterable[nn.Parameter]]:
-        heads = [] if self.predictor is None else list(self.predictor.parameters())
+    def online_parameters(self) -> list[nn.Parameter]:
+        return [*self.encoder.parameters(), *self.projector.parameters(), *self.predictor.parameters()]
+
+    def parameter_groups(self) -> list[list[dict[str, Any]]]:
         if self.target_update == "ema":
-            return [list(self.encoder.parameters()) + heads]
-        return [list(self.encoder.parameters()) + heads, list(self.target.parameters()) + heads]
+            return [[dict(params=self.online_parameters())]]
+        heads = list(self.predictor.parameters())
+        return [[dict(params=self.online_parameters())], [dict(params=[*self.target.parameters(), *heads])]]
 
-    def _pair_loss(self, trained: nn.Module, other: nn.Module, trained_view: Tensor, other_view: Tensor) -> Tensor:
+    def optimizer_index(self, index: int) -> int:
+        return index % 2 if self.target_update == "alternate" else 0
+
+    def _pair_loss(self, trained: nn.Module, other: nn.Module, trained_view: Tensor, other_view: Tensor,
+                   trained_head: nn.Module, other_head: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+        """The loss of ``trained`` against ``sg(other)``, and both encoders' features."""
         with torch.no_grad():
-            reference = other(other_view)
-        output = trained(trained_view)
-        return normalized_mse(output if self.predictor is None else self.predictor(output), reference)
+            other_features = other(other_view)
+        features = trained(trained_view)
+        loss = normalized_mse(self.predictor(trained_head(features)), other_head(other_features))
+        return loss, features, other_features
 
-    def update(self, index: int, view1: Tensor, view2: Tensor) -> Tensor:
-        optimizers = self.block_optimizers
+    def training_loss(self, index: int, view1: Tensor, view2: Tensor) -> tuple[Tensor, Tensor]:
+        if self.target_update == "alternate" and index % 2 == 1:
+            loss, _, online_features = self._pair_loss(self.target, self.encoder, view2, view1,
+                                                       self.target_projector, self.projector)
+            return loss, online_features
+        loss, features, _ = self._pair_loss(self.encoder, self.target, view1, view2, self.projector,
+                                            self.target_projector)
         if self.target_update == "alternate":
-            if index % 2 == 0:
-                return self.step(optimizers[0], self._pair_loss(self.encoder, self.target, view1, view2))
-            return self.step(optimizers[1], self._pair_loss(self.target, self.encoder, view2, view1))
-        loss = self._pair_loss(self.encoder, self.target, view1, view2) \
-            + self._pair_loss(self.encoder, self.target, view2, view1)
-        loss = self.step(optimizers[0], loss)
+            return loss, features
+        mirrored, _, _ = self._pair_loss(self.encoder, self.target, view2, view1, self.projector,
+                                         self.target_projector)
+        return loss + mirrored, features
+
+    def after_optimizer_step(self, index: int) -> None:
+        super().after_optimizer_step(index)
+        if self.target_update != "ema":
+            return
+        self.momentum = cosine_momentum(self.progress(index), self.ema_momentum, self.ema_momentum_end)
         with torch.no_grad():
-            for target, online in zip(self.target.parameters(), self.encoder.parameters()):
-                target.lerp_(online, 1.0 - self.ema_momentum)
-        return loss
+            online = [*self.encoder.parameters(), *self.projector.parameters()]
+            target = [*self.target.parameters(), *self.target_projector.parameters()]
+            torch._foreach_lerp_(target, online, 1.0 - self.momentum)
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        if self.target_update == "ema":
+            self.log("train/ema_momentum", self.momentum)
