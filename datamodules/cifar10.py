@@ -1,0 +1,225 @@
+"""CIFAR-10 (Krizhevsky 2009) through torchvision's own parser, with solo-learn's CIFAR augmentations.
+
+Every train item is two augmented views of one image and its label. Both views follow solo-learn's CIFAR recipe
+(``scripts/pretrain/cifar/augmentations/asymmetric.yaml``, applied in the order of its ``CifarTransform``):
+RandomResizedCrop(32, scale=(crop_min_scale, 1), bicubic), ColorJitter(0.4, 0.4, 0.2, 0.1) with p=0.8,
+RandomGrayscale(p=0.2), RandomHorizontalFlip(p=0.5), then ``(x / 255 - mean) / std`` with the CIFAR-10 channel
+statistics. ``views="simclr"`` uses this recipe for both views (solo-learn's own ``symmetric.yaml`` jitters harder,
+(0.8, 0.8, 0.8, 0.2), and blurs with p=0.5); ``views="byol"`` adds RandomSolarize(128 on uint8, i.e. 0.5 on [0, 1])
+with p=0.2 to view 2 only, as in ``asymmetric.yaml``. Evaluation images are only normalised.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.datasets import CIFAR10
+from torchvision.transforms import v2
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Solarisation probability of (view 1, view 2).
+VIEWS = {"simclr": (0.0, 0.0), "byol": (0.0, 0.2)}
+FILES = tuple(name for name, _ in CIFAR10.train_list + CIFAR10.test_list) + (CIFAR10.meta["filename"],)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The extracted ``cifar-10-batches-py`` folder is missing or incomplete."""
+
+
+class DatasetChecksumError(RuntimeError):
+    """The CIFAR-10 files are there but fail torchvision's md5 check."""
+
+
+class CIFAR10Files(CIFAR10):
+    """torchvision's CIFAR10 (download, md5 check and parsing) with the md5 check optional.
+
+    ``verify_checksums=False`` sets every expected md5 to ``None``, which torchvision's ``check_integrity`` reads as
+    "the file exists": files that are not the official ones (e.g. from :func:`write_cifar10_batches`) are parsed by
+    torchvision's own code, and a missing file still fails. A download still checks the archive's md5.
+    """
+
+    def __init__(self, root: str | Path, train: bool = True, transform: Callable | None = None,
+                 download: bool = False, verify_checksums: bool = True) -> None:
+        if not verify_checksums:
+            self.train_list = [[name, None] for name, _ in CIFAR10.train_list]
+            self.test_list = [[name, None] for name, _ in CIFAR10.test_list]
+            self.meta = {**CIFAR10.meta, "md5": None}
+        super().__init__(root, train=train, transform=transform, download=download)
+
+
+def eval_transform() -> v2.Compose:
+    """PIL image or uint8 tensor (..., 3, H, W) -> float32 ``(x / 255 - mean) / std``."""
+    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+
+
+def augmentation(crop_min_scale: float, solarize_prob: float) -> v2.Compose:
+    """solo-learn's CIFAR view recipe (module docstring); RandomSolarize(128) with ``solarize_prob`` if positive."""
+    solarize = [v2.RandomSolarize(threshold=128, p=solarize_prob)] if solarize_prob > 0 else []
+    return v2.Compose([
+        v2.RandomResizedCrop(32, scale=(crop_min_scale, 1.0), interpolation=v2.InterpolationMode.BICUBIC),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        *solarize,
+        v2.RandomHorizontalFlip(p=0.5),
+        *eval_transform().transforms,
+    ])
+
+
+def view_transforms(views: str, crop_min_scale: float) -> tuple[v2.Compose, v2.Compose]:
+    """The two view pipelines of ``views`` ("simclr" symmetric, "byol" asymmetric)."""
+    if views not in VIEWS:
+        raise ValueError(f"views={views!r}; choose one of {tuple(VIEWS)}")
+    first, second = VIEWS[views]
+    return augmentation(crop_min_scale, first), augmentation(crop_min_scale, second)
+
+
+class TransformedSplit(Dataset):
+    """Items ``(t_1(image), ..., t_k(image), label)`` of a parsed split: two views for training, one for evaluation."""
+
+    def __init__(self, split: CIFAR10, *transforms: Callable) -> None:
+        self.split, self.transforms = split, transforms
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple:
+        image, label = self.split[index]
+        return (*(transform(image) for transform in self.transforms), label)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of ``range(n)`` drawn with the seed ``seed * 1_000_003 + epoch``.
+
+    Lightning calls :meth:`set_epoch` before every epoch, so the order of epoch k is a function of (seed, k) only
+    and a resumed run sees the same orders as an uninterrupted one.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    """CIFAR-10 from ``<root>/cifar-10-batches-py``: two-view train batches ``[view1, view2, labels]`` and the test
+    split (normalised only) for validation.
+
+    For metric callbacks: ``num_classes``, :meth:`evaluation_inputs` and :meth:`readout_dataloaders`.
+    ``download=True`` fetches the official archive in :meth:`prepare_data`; ``verify_checksums=False`` accepts files
+    that fail torchvision's md5 check (see :class:`CIFAR10Files`).
+    """
+
+    num_classes: int = 10
+
+    def __init__(self, root: str = "data/cifar10", download: bool = False, verify_checksums: bool = True,
+                 batch_size: int = 256, num_workers: int = 4, views: str = "simclr", crop_min_scale: float = 0.08,
+                 seed: int = 1) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.download, self.verify_checksums = download, verify_checksums
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.view_transforms = view_transforms(views, crop_min_scale)
+        self.eval_transform = eval_transform()
+        self._splits: dict[bool, CIFAR10Files] = {}
+
+    @property
+    def folder(self) -> Path:
+        return self.root / CIFAR10.base_folder
+
+    def prepare_data(self) -> None:
+        if self.download:
+            CIFAR10Files(self.root, train=True, download=True, verify_checksums=self.verify_checksums)
+
+    def setup(self, stage: str) -> None:
+        self.split(train=True)
+        self.split(train=False)
+
+    def split(self, train: bool) -> CIFAR10Files:
+        """The parsed train or test split (PIL images, int labels), loaded once."""
+        if train not in self._splits:
+            missing = [name for name in FILES if not (self.folder / name).is_file()]
+            if missing:
+                raise DatasetNotFoundError(
+                    f"CIFAR-10 not found: {self.folder.absolute()} has no {missing[0]}; set data.download=true on a "
+                    f"machine with internet, or copy the extracted {CIFAR10.base_folder} folder there")
+            try:
+                self._splits[train] = CIFAR10Files(self.root, train=train, verify_checksums=self.verify_checksums)
+            except RuntimeError as error:
+                raise DatasetChecksumError(
+                    f"CIFAR-10 files in {self.folder.absolute()} fail torchvision's md5 check (not the official "
+                    "files): delete them and set data.download=true, or set data.verify_checksums=false to load them "
+                    "as they are") from error
+        return self._splits[train]
+
+    def _loader(self, dataset: Dataset, batch_size: int, **kwargs) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = TransformedSplit(self.split(train=True), *self.view_transforms)
+        return self._loader(dataset, self.batch_size, sampler=EpochShuffleSampler(len(dataset), self.seed),
+                            drop_last=True, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(TransformedSplit(self.split(train=False), self.eval_transform), self.batch_size,
+                            persistent_workers=self.num_workers > 0)
+
+    def readout_dataloaders(self, batch_size: int) -> tuple[DataLoader, DataLoader]:
+        """(train, test) splits as ``(image, label)`` batches, normalised only, in file order."""
+        train, test = (self._loader(TransformedSplit(self.split(train=t), self.eval_transform), batch_size)
+                       for t in (True, False))
+        return train, test
+
+    def evaluation_inputs(self, num_samples: int) -> Tensor:
+        """The first ``num_samples`` test images (fewer if the split is smaller), normalised, (N, 3, 32, 32) on CPU."""
+        images = torch.from_numpy(self.split(train=False).data[:num_samples]).permute(0, 3, 1, 2)
+        return self.eval_transform(images).as_subclass(Tensor).contiguous()
+
+
+def write_cifar10_batches(root: str | Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Write a random dataset in the layout of the official python version: ``<root>/cifar-10-batches-py`` with
+    pickled ``data_batch_1..5`` (the train split, spread as evenly as possible), ``test_batch`` and ``batches.meta``.
+
+    Each batch is a dict with ``data`` (uint8, N x 3072: the R, G and B 32x32 planes of each image), ``labels``
+    (image i of a split has label i mod 10), ``batch_label`` and ``filenames``; ``batches.meta`` holds
+    ``label_names``, ``num_cases_per_batch`` and ``num_vis``. Keys are ``str``: the official files are Python 2
+    pickles whose ``str`` keys load as ``str`` under torchvision's ``encoding="latin1"``, while Python 3 ``bytes``
+    keys would stay ``bytes`` and not parse. The files fail the md5 check; load them with ``verify_checksums=False``.
+    Returns ``root``.
+    """
+    root = Path(root)
+    folder = root / CIFAR10.base_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def write(name: str, batch_label: str, indices: np.ndarray) -> None:
+        labels = [int(i) % 10 for i in indices]
+        batch = {"batch_label": batch_label, "labels": labels,
+                 "data": rng.integers(0, 256, (len(indices), 3 * 32 * 32), dtype=np.uint8),
+                 "filenames": [f"{CLASS_NAMES[label]}_s_{i:06d}.png" for i, label in zip(indices, labels)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+
+    train_batches = np.array_split(np.arange(n_train), len(CIFAR10.train_list))
+    for number, ((name, _), indices) in enumerate(zip(CIFAR10.train_list, train_batches), start=1):
+        write(name, f"training batch {number} of {len(train_batches)}", indices)
+    write(CIFAR10.test_list[0][0], "testing batch 1 of 1", np.arange(n_test))
+    meta = {"num_cases_per_batch": len(train_batches[0]), "label_names": list(CLASS_NAMES), "num_vis": 3 * 32 * 32}
+    (folder / CIFAR10.meta["filename"]).write_bytes(pickle.dumps(meta))
+    return root

@@ -1,0 +1,33 @@
+"""torchvision ResNets as feature extractors, optionally with the CIFAR stem (He et al. 2016, Sec. 4.2)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torchvision import models
+
+RESNETS = ("resnet18", "resnet50")
+
+
+class ResNetBackbone(nn.Module):
+    """A randomly initialised torchvision ResNet without its classifier: ``x (B, 3, H, W) -> (B, output_dim)``,
+    the features after global average pooling (``output_dim`` 512 for resnet18, 2048 for resnet50).
+
+    The CIFAR stem replaces the 7x7 stride-2 ``conv1`` by a 3x3 stride-1 convolution (padding 1, no bias) and drops
+    the max pool, so a 32x32 image reaches the last stage at 4x4 instead of 1x1; the new convolution is initialised
+    like torchvision's (Kaiming normal, fan-out).
+    """
+
+    def __init__(self, name: str = "resnet18", cifar_stem: bool = True) -> None:
+        super().__init__()
+        if name not in RESNETS:
+            raise ValueError(f"backbone name={name!r}; choose one of {RESNETS}")
+        self.net = getattr(models, name)(weights=None)
+        if cifar_stem:
+            self.net.conv1 = nn.Conv2d(3, self.net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+            nn.init.kaiming_normal_(self.net.conv1.weight, mode="fan_out", nonlinearity="relu")
+            self.net.maxpool = nn.Identity()
+        self.output_dim: int = self.net.fc.in_features
+        self.net.fc = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
