@@ -6,18 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_bench.losses import negative_cosine, normalized_mse, nt_xent
+from ssl_bench.losses import info_nce, negative_cosine, normalized_mse, nt_xent, standardize
 
 
-def nt_xent_reference(z1: np.ndarray, z2: np.ndarray, tau: float) -> float:
-    """Loop over the 2B anchors: -log(exp(s_{i,i+}) / sum_{j != i} exp(s_ij)), averaged."""
+def nt_xent_reference(z1: np.ndarray, z2: np.ndarray, tau, normalize: bool = True) -> float:
+    """Loop over the 2B anchors: -log(exp(s_{i,i+}) / sum_{j != i} exp(s_ij)), averaged; ``s_ij`` is
+    ``sum_k u_ik u_jk / tau_k`` for a vector ``tau``."""
     z = np.concatenate([z1, z2]).astype(np.float64)
-    u = z / np.linalg.norm(z, axis=1, keepdims=True)
+    u = z / np.linalg.norm(z, axis=1, keepdims=True) if normalize else z
+    tau = np.broadcast_to(np.asarray(tau, dtype=np.float64), (z.shape[1],))
     n, b = len(u), len(z1)
     total = 0.0
     for i in range(n):
         partner = (i + b) % n
-        sims = {j: float(u[i] @ u[j]) / tau for j in range(n) if j != i}
+        sims = {j: float(np.sum(u[i] * u[j] / tau)) for j in range(n) if j != i}
         denom = sum(np.exp(s) for s in sims.values())
         total += -(sims[partner] - np.log(denom))
     return total / n
@@ -131,3 +133,59 @@ def test_negative_cosine_value():
     got = negative_cosine(torch.from_numpy(p), torch.from_numpy(z)).item()
     assert got == pytest.approx(-cos_rows(p, z).mean(), rel=1e-12)
     assert negative_cosine(torch.from_numpy(p), torch.from_numpy(2 * p)).item() == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_nt_xent_with_a_temperature_per_dimension_matches_reference(normalize):
+    rng = np.random.default_rng(7)
+    z1, z2 = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    tau = np.array([1.0, 1.0, 0.7, 0.7])
+    expected = nt_xent_reference(z1, z2, tau, normalize)
+    got = nt_xent(torch.from_numpy(z1), torch.from_numpy(z2), torch.from_numpy(tau), normalize=normalize).item()
+    assert got == pytest.approx(expected, rel=1e-10)
+    # one shared value is the scalar loss
+    same = nt_xent(torch.from_numpy(z1), torch.from_numpy(z2), torch.full((4,), 0.3, dtype=torch.float64))
+    assert same.item() == pytest.approx(nt_xent(torch.from_numpy(z1), torch.from_numpy(z2), 0.3).item(), rel=1e-12)
+
+
+def info_nce_reference(z1: np.ndarray, z2: np.ndarray, tau: float) -> float:
+    """(l(z1, z2) + l(z2, z1)) / 2 with l(a, b) = -mean_i log(exp(a_i.b_i/tau) / sum_j exp(a_i.b_j/tau))."""
+    def one_way(a, b):
+        a = a / np.linalg.norm(a, axis=1, keepdims=True)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
+        total = 0.0
+        for i in range(len(a)):
+            logits = [float(a[i] @ b[j]) / tau for j in range(len(b))]
+            total += -(logits[i] - np.log(np.sum(np.exp(logits))))
+        return total / len(a)
+    return 0.5 * (one_way(z1, z2) + one_way(z2, z1))
+
+
+@pytest.mark.parametrize("batch,dim,tau", [(1, 3, 0.5), (4, 5, 0.1), (9, 2, 1.0)])
+def test_info_nce_matches_reference(batch, dim, tau):
+    rng = np.random.default_rng(batch + 10 * dim)
+    z1, z2 = rng.normal(size=(batch, dim)), rng.normal(size=(batch, dim))
+    got = info_nce(torch.from_numpy(z1), torch.from_numpy(z2), tau).item()
+    assert got == pytest.approx(info_nce_reference(z1, z2, tau), rel=1e-10, abs=1e-12)
+
+
+def test_info_nce_is_b_way_not_2b_way():
+    # identical one-hot views: info_nce has B - 1 negatives per anchor, nt_xent 2B - 2
+    e, tau = torch.eye(4, dtype=torch.float64), 0.1
+    assert info_nce(e, e, tau).item() == pytest.approx(-np.log(np.exp(10) / (np.exp(10) + 3)), rel=1e-12)
+    assert info_nce(e, e, tau).item() < nt_xent(e, e, tau).item()
+
+
+def test_info_nce_gradcheck():
+    torch.manual_seed(1)
+    z1 = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: info_nce(a, b, 0.3), (z1, z2))
+
+
+def test_standardize_gives_zero_mean_unit_variance_scaled_by_root_dim():
+    z = torch.randn(200, 8, dtype=torch.float64) * torch.arange(1, 9) + 5.0
+    u = standardize(z)
+    torch.testing.assert_close(u.mean(0), torch.zeros(8, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(u.var(0, unbiased=False) * 8, torch.ones(8, dtype=torch.float64), atol=1e-4, rtol=0)
+    assert (u.pow(2).sum(1).mean().item()) == pytest.approx(1.0, rel=1e-4)
