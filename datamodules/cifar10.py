@@ -83,38 +83,55 @@ def view_transforms(views: str, crop_min_scale: float) -> tuple[v2.Compose, v2.C
 
 
 class TransformedSplit(Dataset):
-    """Items ``(t_1(image), ..., t_k(image), label)`` of a parsed split: two views for training, one for evaluation."""
+    """Items ``(t_1(image), ..., t_k(image), label)`` of a parsed split: two views for training, one for evaluation.
 
-    def __init__(self, split: CIFAR10, *transforms: Callable) -> None:
-        self.split, self.transforms = split, transforms
+    With ``seed`` set, an item is requested by the key ``epoch * len + index`` (:class:`EpochShuffleSampler`) and its
+    augmentations draw from torch's RNG seeded by ``(seed, key)``: the views of image i in epoch k are a function of
+    (seed, k, i) alone, whatever the worker, process count or resume point.
+    """
+
+    def __init__(self, split: CIFAR10, *transforms: Callable, seed: int | None = None) -> None:
+        self.split, self.transforms, self.seed = split, transforms, seed
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int) -> tuple:
+    def __getitem__(self, key: int) -> tuple:
+        if self.seed is None:
+            return self._item(key)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, key)) & 0xFFFF_FFFF)  # torch's CPU generator keeps 32 bits
+            return self._item(key % len(self.split))
+
+    def _item(self, index: int) -> tuple:
         image, label = self.split[index]
         return (*(transform(image) for transform in self.transforms), label)
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A permutation of ``range(n)`` drawn with the seed ``seed * 1_000_003 + epoch``.
+    """A permutation of ``range(n)`` drawn with the seed ``seed * 1_000_003 + epoch``, yielded as the keys
+    ``epoch * n + index`` of :class:`TransformedSplit`.
 
     Lightning calls :meth:`set_epoch` before every epoch, so the order of epoch k is a function of (seed, k) only
-    and a resumed run sees the same orders as an uninterrupted one.
+    and a resumed run sees the same orders as an uninterrupted one. With ``world_size`` processes, process ``rank``
+    takes positions ``rank, rank + world_size, ...`` of the permutation, so its b-th batch of size B is its share of
+    the b-th batch of size ``B * world_size`` that one process would draw.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world_size
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator)[: len(self) * self.world_size]
+        return iter((order[self.rank::self.world_size] + self.epoch * self.n).tolist())
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -172,13 +189,22 @@ class CIFAR10DataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), **kwargs)
 
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
-        dataset = TransformedSplit(self.split(train=True), *self.view_transforms)
-        return self._loader(dataset, self.batch_size, sampler=EpochShuffleSampler(len(dataset), self.seed),
-                            drop_last=True, persistent_workers=self.num_workers > 0)
+        """Two-view batches; under DDP every process loads its share (see :class:`EpochShuffleSampler`)."""
+        dataset = TransformedSplit(self.split(train=True), *self.view_transforms, seed=self.seed)
+        sampler = EpochShuffleSampler(len(dataset), self.seed, *self._world())
+        return self._loader(dataset, self.batch_size, sampler=sampler, drop_last=True,
+                            persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(TransformedSplit(self.split(train=False), self.eval_transform), self.batch_size,
+        """The test split in file order; under DDP process ``rank`` takes images ``rank, rank + world_size, ...``."""
+        rank, world_size = self._world()
+        dataset = TransformedSplit(self.split(train=False), self.eval_transform)
+        return self._loader(dataset, self.batch_size, sampler=range(rank, len(dataset), world_size),
                             persistent_workers=self.num_workers > 0)
 
     def readout_dataloaders(self, batch_size: int) -> tuple[DataLoader, DataLoader]:

@@ -161,6 +161,39 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
     assert order(2, 0) != epochs[0]
 
 
+def test_sampler_keys_carry_the_epoch():
+    keys = order(1, 2)
+    assert sorted(k - 2 * N_TRAIN for k in keys) == list(range(N_TRAIN))
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_processes_share_each_global_batch(world_size):
+    batch = 4
+    whole = order(5, 1, EpochShuffleSampler(N_TRAIN, 5))
+    shards = [order(5, 1, EpochShuffleSampler(N_TRAIN, 5, rank, world_size)) for rank in range(world_size)]
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == N_TRAIN // world_size
+    for b in range(len(shards[0]) // batch):
+        global_batch = whole[b * batch * world_size:(b + 1) * batch * world_size]
+        union = [key for shard in shards for key in shard[b * batch:(b + 1) * batch]]
+        assert sorted(union) == sorted(global_batch)
+
+
+def test_views_are_a_function_of_seed_epoch_and_image(root):
+    dm = datamodule(root, seed=4)
+    dm.setup("fit")
+    dataset = dm.train_dataloader().dataset
+    state = torch.random.get_rng_state()
+    first, again = dataset[3], dataset[3]
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], first[1])  # the two views differ
+    next_epoch = dataset[3 + N_TRAIN]
+    assert next_epoch[2] == first[2] and not torch.equal(next_epoch[0], first[0])
+    other_seed = datamodule(root, seed=5)
+    other_seed.setup("fit")
+    assert not torch.equal(other_seed.train_dataloader().dataset[3][0], first[0])
+
+
 class _RecordLabels(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
@@ -182,7 +215,7 @@ def test_lightning_sets_the_epoch_of_the_sampler(root):
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
-    expected = [[i % 10 for i in order(3, k)] for k in range(2)]
+    expected = [[(i % N_TRAIN) % 10 for i in order(3, k)] for k in range(2)]
     assert module.labels == expected and expected[0] != expected[1]
 
 

@@ -17,7 +17,7 @@ from ssl_bench.methods.directclr import DirectCLR
 from ssl_bench.methods.simclr import SimCLR
 from ssl_bench.methods.simsiam import SimSiam
 from ssl_bench.nets import heads
-from ssl_bench.nets.resnet import ResNetBackbone
+from ssl_bench.nets.resnet import RESNETS, ResNetBackbone
 from ssl_bench.nets.sparse import SparseEncoder, warm_start_noise
 
 METHODS: dict[str, type[SSLMethod]] = {"simclr": SimCLR, "simsiam": SimSiam, "byol": BYOL, "directclr": DirectCLR,
@@ -49,7 +49,7 @@ def build_method(cfg: RunConfig, datamodule: L.LightningDataModule) -> SSLMethod
     """Instantiate ``cfg.method`` with its encoder factory, heads and the online probe (when the data has labels)."""
     m = cfg.method
     make_encoder = encoder_factory(cfg, datamodule)
-    width = ResNetBackbone.widths[cfg.encoder.name] if cfg.encoder.name != "sparse" else cfg.encoder.width
+    width = RESNETS[cfg.encoder.name] if cfg.encoder.name != "sparse" else cfg.encoder.width
     embedding_dim = width if m.projector == "none" else (m.projector_dim or width)
     common: dict[str, Any] = dict(
         optim=cfg.optim, num_classes=getattr(datamodule, "num_classes", None), batch_size=cfg.data.batch_size,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision import models
 
-RESNETS = ("resnet18", "resnet50")
+RESNETS = {"resnet18": 512, "resnet50": 2048}  # name -> feature width
 
 
 class ResNetBackbone(nn.Module):
@@ -20,7 +20,7 @@ class ResNetBackbone(nn.Module):
     def __init__(self, name: str = "resnet18", cifar_stem: bool = True) -> None:
         super().__init__()
         if name not in RESNETS:
-            raise ValueError(f"backbone name={name!r}; choose one of {RESNETS}")
+            raise ValueError(f"backbone name={name!r}; choose one of {tuple(RESNETS)}")
         self.net = getattr(models, name)(weights=None)
         if cifar_stem:
             self.net.conv1 = nn.Conv2d(3, self.net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
