@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import lightning as L
 import torch
 from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
 ViewPair = tuple[Tensor, Tensor]
 
@@ -98,7 +99,8 @@ class _EpochBlocks:
 class SparseCodingDataModule(L.LightningDataModule):
     """Sparse-coding data (Eq. 1) with masking augmentation, held as device tensors.
 
-    Ground truth for metric callbacks: ``dictionary`` (M, p x d), ``latents`` (z, n x d) and ``inputs`` (x, n x p).
+    Ground truth for metric callbacks: ``dictionary`` (M, p x d), ``latents`` (z, n x d) and ``inputs`` (x, n x p);
+    the evaluation interface: ``evaluation_inputs``, ``num_classes`` and ``readout_dataloaders``.
     """
 
     def __init__(self, n: int = 3000, p: int = 50, d: int = 10, sparsity: float = 0.1, latent: str = "symmetric",
@@ -108,6 +110,7 @@ class SparseCodingDataModule(L.LightningDataModule):
         super().__init__()
         self.batch_size, self.drop_last = batch_size, drop_last
         self.augmentation, self.mask_prob, self.seed = augmentation, mask_prob, seed
+        self.sparsity, self.latent, self.sampler, self.noise_std = sparsity, latent, sampler, noise_std
         generator = torch.Generator().manual_seed(seed)
         self.dictionary = make_dictionary(p, d, dictionary, generator)
         self.latents = sample_latents(n, d, sparsity, latent, sampler, generator)
@@ -118,6 +121,34 @@ class SparseCodingDataModule(L.LightningDataModule):
     @property
     def input_dim(self) -> int:
         return self.inputs.shape[1]
+
+    @property
+    def num_classes(self) -> int | None:
+        """d for one-hot latents (the class is the active atom), None otherwise."""
+        return self.latents.shape[1] if self.latent == "one_hot" else None
+
+    def evaluation_inputs(self, num_samples: int) -> Tensor:
+        """The first ``num_samples`` unaugmented inputs ``x`` (all n if fewer)."""
+        return self.inputs[:num_samples]
+
+    def readout_dataloaders(self, batch_size: int) -> tuple[DataLoader, DataLoader] | None:
+        """Train and test loaders of ``(x, index of the active atom)`` for one-hot latents, None otherwise.
+
+        Train is the datamodule's own data; test is a held-out sample of the same size, dictionary and noise level,
+        drawn from a generator seeded with ``seed + 2**32``, a stream no data seed starts (seeds lie below 2**32 in
+        Lightning). Each batch is one slice of the device tensors.
+        """
+        if self.latent != "one_hot":
+            return None
+        generator = torch.Generator().manual_seed(self.seed + 2**32)
+        n, (p, d) = len(self.inputs), self.dictionary.shape
+        latents = sample_latents(n, d, self.sparsity, self.latent, self.sampler, generator)
+        inputs = latents @ self.dictionary.cpu().T + self.noise_std * torch.randn(n, p, generator=generator)
+        device = self.inputs.device
+        splits = ((self.inputs, self.latents), (inputs.to(device), latents.to(device)))
+        datasets = [TensorDataset(x, z.argmax(dim=1)) for x, z in splits]
+        return tuple(DataLoader(data, batch_size=None, sampler=BatchSampler(SequentialSampler(data), batch_size, False))
+                     for data in datasets)
 
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")

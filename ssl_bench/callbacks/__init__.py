@@ -2,5 +2,7 @@
 
 from ssl_bench.callbacks.max_cosine import MaxCosine
 from ssl_bench.callbacks.progress import EpochProgressBar
+from ssl_bench.callbacks.readout import LinearReadout
+from ssl_bench.callbacks.spectrum import EigenSpectrum
 
-__all__ = ["MaxCosine", "EpochProgressBar"]
+__all__ = ["EigenSpectrum", "EpochProgressBar", "LinearReadout", "MaxCosine"]
