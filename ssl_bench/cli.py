@@ -12,7 +12,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from ssl_bench.config import ConfigError, RunConfig, to_run_config, to_yaml, unknown_key_error
+from ssl_bench.config import ConfigError, RunConfig, has_key, to_run_config, to_yaml, unknown_key_error
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("data", "encoder", "method", "optim", "trainer", "logger")
@@ -36,8 +36,19 @@ def configs_help() -> str:
     return "\n".join(lines)
 
 
+def schema_override(override: str) -> str:
+    """``group.key=value`` for a key of the schema becomes ``++group.key=value``, so keys that a group's YAML leaves
+    at their schema default can be set too; anything else is passed to Hydra unchanged."""
+    key, sep, _ = override.partition("=")
+    if not sep or "." not in key or key.startswith(("+", "~", "hydra.")) or key.split(".")[0] not in GROUPS + (
+            "callbacks", "sweep"):
+        return override
+    return f"++{override}" if has_key(key) else override
+
+
 def compose_config(config: str, overrides: list[str]) -> DictConfig:
     """Compose ``config`` (a name under configs/ or a path to a YAML file) with Hydra ``overrides``."""
+    overrides = [schema_override(o) for o in overrides]
     path = Path(config)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         config_dir, name = path.resolve().parent, path.stem

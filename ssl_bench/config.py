@@ -351,6 +351,15 @@ def _schema_node(key: str) -> Any:
     return node
 
 
+def has_key(key: str) -> bool:
+    """Whether the dotted ``key`` names a field of :class:`RunConfig`."""
+    try:
+        _schema_node(key)
+    except (KeyError, AttributeError, ConfigKeyError):
+        return False
+    return True
+
+
 def unknown_key_error(key: str) -> ConfigError:
     """The error for a key the schema does not have, listing the keys allowed beside it."""
     parent = key.rpartition(".")[0]

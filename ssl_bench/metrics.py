@@ -44,11 +44,16 @@ def embedding_spectrum(z: Tensor) -> Tensor:
     return torch.linalg.eigvalsh(cov).abs().sort(descending=True).values
 
 
+NOISE_FLOOR = 1e-10
+"""Singular values at or below this are rounding noise: the covariance of l2-normalised rows has trace <= 1, and
+under complete collapse its values are ~1e-15 (ranks would otherwise count the noise)."""
+
+
 def effective_rank(singular_values: Tensor) -> float:
     """Effective rank ``exp(H(p))`` with ``p_k = s_k / sum_j s_j`` and ``H(p) = -sum_k p_k log p_k`` over the
-    non-zero ``s_k`` (Roy & Vetterli 2007); between 1 and the number of non-zero values, 0 for an all-zero spectrum."""
+    ``s_k`` above :data:`NOISE_FLOOR` (Roy & Vetterli 2007); between 1 and their number, 0 when none is left."""
     s = singular_values.detach().double()
-    s = s[s > 0]
+    s = s[s > NOISE_FLOOR]
     if not s.numel():
         return 0.0
     p = s / s.sum()
@@ -56,9 +61,10 @@ def effective_rank(singular_values: Tensor) -> float:
 
 
 def numerical_rank(singular_values: Tensor, tolerance: float) -> int:
-    """Number of singular values above ``tolerance * s_max``: the tolerance is relative to the largest value."""
+    """Number of singular values above ``tolerance * s_max`` (relative to the largest) and above
+    :data:`NOISE_FLOOR`."""
     s = singular_values.detach()
-    return int((s > tolerance * s.max()).sum().item()) if s.numel() else 0
+    return int((s > max(tolerance * s.max().item(), NOISE_FLOOR)).sum().item()) if s.numel() else 0
 
 
 def std_l2(z: Tensor) -> float:

@@ -243,3 +243,10 @@ def test_callbacks_with_one_hot_sparse_coding(tmp_path):
     # the inputs are four atoms plus small noise: the embeddings concentrate near a 3-dimensional affine span
     assert metrics["spectrum/effective_rank_backbone"] < 5
     assert len(spectra(tmp_path)[-1]["backbone"]) == 16
+
+
+def test_complete_collapse_has_rank_zero():
+    z = torch.randn(1, 8, dtype=torch.float64).repeat(64, 1) * torch.rand(64, 1, dtype=torch.float64)
+    s = embedding_spectrum(z)
+    assert numerical_rank(s, 1e-4) == 0 and effective_rank(s) == 0.0
+    assert std_l2(z) < 1e-6
