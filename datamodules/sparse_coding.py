@@ -93,7 +93,10 @@ class _EpochBlocks:
 
     def __iter__(self) -> Iterator[list[ViewPair]]:
         trainer = self.datamodule.trainer
-        yield self.datamodule.epoch_batches(trainer.current_epoch if trainer is not None else 0)
+        if trainer is None:
+            yield self.datamodule.epoch_batches(0)
+        else:
+            yield self.datamodule.epoch_batches(trainer.current_epoch, trainer.global_rank, trainer.world_size)
 
 
 class SparseCodingDataModule(L.LightningDataModule):
@@ -156,16 +159,24 @@ class SparseCodingDataModule(L.LightningDataModule):
             setattr(self, name, getattr(self, name).to(device))
         self._generator = torch.Generator(device=device)
 
-    def epoch_batches(self, epoch: int) -> list[ViewPair]:
-        """Shuffle, mask and split the whole dataset for ``epoch``; seeded by (seed, epoch), so resumes are exact."""
+    def epoch_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[ViewPair]:
+        """Shuffle, mask and split the whole dataset for ``epoch``; seeded by (seed, epoch), so resumes are exact.
+
+        With ``world_size`` processes (DDP) every process draws the same epoch and takes positions ``rank,
+        rank + world_size, ...`` (the first ``n - n % world_size`` samples), so its b-th mini-batch of
+        ``batch_size`` is its share of the b-th mini-batch of ``batch_size * world_size`` that one process would use.
+        """
         if self._generator is None:
             self.setup("fit")
         generator = self._generator
         generator.manual_seed(self.seed * 1_000_003 + epoch)
         x = self.inputs[torch.randperm(len(self.inputs), generator=generator, device=self.inputs.device)]
         view1, view2 = mask_views(x, self.augmentation, self.mask_prob, generator)
+        if world_size > 1:
+            usable = len(x) - len(x) % world_size
+            view1, view2 = view1[rank:usable:world_size], view2[rank:usable:world_size]
         pairs = list(zip(view1.split(self.batch_size), view2.split(self.batch_size)))
-        return pairs[:-1] if self.drop_last and len(x) % self.batch_size and len(pairs) > 1 else pairs
+        return pairs[:-1] if self.drop_last and len(view1) % self.batch_size and len(pairs) > 1 else pairs
 
     def train_dataloader(self) -> _EpochBlocks:
         return _EpochBlocks(self)
