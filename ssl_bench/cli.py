@@ -21,7 +21,8 @@ GROUPS = ("data", "encoder", "method", "optim", "trainer", "logger")
 def available_configs() -> tuple[list[str], dict[str, list[str]]]:
     """Experiment configs (everything outside the groups, but ``base``) and the options of each group."""
     if not CONFIG_DIR.is_dir():
-        raise ConfigError(f"no config directory at {CONFIG_DIR}; install ssl-bench from a clone with `pip install -e .`")
+        raise ConfigError(f"no config directory at {CONFIG_DIR}; install ssl-bench from a clone with "
+                          "`pip install -e .`")
     experiments = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml")
                          if p.parts[len(CONFIG_DIR.parts)] not in GROUPS and p.stem != "base")
     groups = {g: sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml")) for g in GROUPS}

@@ -89,7 +89,8 @@ def standardize(z: Tensor, eps: float = 1e-5) -> Tensor:
 
 
 def normalized_mse(online: Tensor, target: Tensor) -> Tensor:
-    """BYOL / non-contrastive loss (seed 000, Eq. 4): ``mean_i || n(a_i) - n(sg(b_i)) ||^2 = 2 - 2 mean_i cos(a_i, b_i)``."""
+    """BYOL / non-contrastive loss (seed 000, Eq. 4):
+    ``mean_i || n(a_i) - n(sg(b_i)) ||^2 = 2 - 2 mean_i cos(a_i, b_i)``."""
     cos = F.cosine_similarity(online, target.detach(), dim=1)
     return 2.0 - 2.0 * cos.mean()
 

@@ -85,7 +85,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     torch.set_num_threads(cfg.trainer.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*(does not have many workers|LightningModule.log|_DataFetcher|treespec).*")
+    warnings.filterwarnings("ignore",
+                            message=".*(does not have many workers|LightningModule.log|_DataFetcher|treespec).*")
     L.seed_everything(cfg.seed, verbose=False)
 
     datamodule = build_datamodule(cfg)

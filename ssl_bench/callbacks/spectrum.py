@@ -89,7 +89,8 @@ class EigenSpectrum(L.Callback):
                                           ys=[s.log().tolist() for s in positive.values()], keys=list(positive),
                                           title=f"Log singular values, epoch {epoch}", xname="rank")
             for logger in wandb_loggers:
-                logger.experiment.log({"spectrum/log_singular_values": plot, "trainer/global_step": trainer.global_step})
+                logger.experiment.log({"spectrum/log_singular_values": plot,
+                                       "trainer/global_step": trainer.global_step})
         record = {"epoch": epoch, "step": trainer.global_step, **{kind: s.tolist() for kind, s in spectra.items()}}
         path = Path(trainer.default_root_dir) / "spectra.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
