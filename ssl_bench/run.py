@@ -109,8 +109,10 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                                              every_n_epochs=cfg.trainer.checkpoint_every_n_epochs))
     t = cfg.trainer
+    on_gpu = t.accelerator == "gpu" or (t.accelerator == "auto" and torch.cuda.is_available())
+    precision = t.precision if t.precision != "auto" else ("16-mixed" if on_gpu else "32-true")
     trainer = L.Trainer(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                        strategy=t.strategy, sync_batchnorm=t.sync_batchnorm, precision=t.precision,
+                        strategy=t.strategy, sync_batchnorm=t.sync_batchnorm, precision=precision,
                         use_distributed_sampler=False, check_val_every_n_epoch=t.val_every_n_epochs,
                         logger=loggers, callbacks=callbacks,
                         enable_checkpointing=bool(cfg.trainer.checkpoint_every_n_epochs),

@@ -28,13 +28,20 @@ class EpochProgressBar(ProgressBar):
             self._bar = tqdm(total=trainer.max_epochs, initial=trainer.current_epoch, desc="fit", unit="epoch",
                              dynamic_ncols=True, file=sys.stdout, mininterval=0.5)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._bar is not None:
+    def _advance(self, trainer: L.Trainer) -> None:
+        """Count the finished epoch and show the scalars logged at its end."""
+        if self._bar is not None and self._bar.n < trainer.current_epoch:
             metrics = {k: f"{float(v):.4f}" for k, v in trainer.logged_metrics.items() if k != "epoch"}
             self._bar.set_postfix(metrics, refresh=False)
-            self._bar.update(1)
+            self._bar.update(trainer.current_epoch - self._bar.n)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Lightning calls the module's epoch-end hook after the callbacks', so the previous epoch's logs are
+        complete only when the next one starts."""
+        self._advance(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._bar is not None:
+            self._advance(trainer)
             self._bar.close()
             self._bar = None
