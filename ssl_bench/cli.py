@@ -12,6 +12,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from datamodules.cifar10 import DatasetChecksumError, DatasetNotFoundError
 from ssl_bench.config import ConfigError, RunConfig, has_key, to_run_config, to_yaml, unknown_key_error
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             from ssl_bench.run import fit
 
             summary = fit(cfg)
+            if summary is None:  # a DDP process other than global rank 0, which writes and prints the summary
+                return 0
             metrics = summary["metrics"]
             if "maxcos/min" in metrics:
                 print(f"max-cosine max/median/min: {metrics['maxcos/max']:.3f} / {metrics['maxcos/median']:.3f} / "
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
                          dry_run=args.print_config)
-    except ConfigError as err:
+    except (ConfigError, DatasetNotFoundError, DatasetChecksumError) as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return 2
 

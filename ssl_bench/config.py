@@ -190,6 +190,12 @@ class MethodConfig:
                 raise ConfigError(f"{prefix}.{key}={value} is out of range; allowed: [0, 1]")
         if self.name == "simsiam" and self.predictor == "none":
             raise ConfigError(f"{prefix}.predictor=none is not allowed for simsiam; use {prefix}.predictor=linear")
+        if self.name == "directclr" and (self.projector != "none" or self.predictor != "none"):
+            raise ConfigError(f"{prefix}.name=directclr trains without heads; set {prefix}.projector=none and "
+                              f"{prefix}.predictor=none")
+        if self.name in ("simclr", "directclr", "adaptive_infonce") and self.predictor != "none":
+            raise ConfigError(f"{prefix}.predictor={self.predictor} is only used by simsiam and byol; set "
+                              f"{prefix}.predictor=none")
         if self.name == "byol" and self.target_update == "alternate" and self.projector != "none":
             raise ConfigError(f"{prefix}.projector={self.projector} needs {prefix}.target_update=ema; the alternating "
                               "updates of seed 000 have no projector")

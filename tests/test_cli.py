@@ -7,6 +7,8 @@ import math
 import shutil
 import statistics
 import subprocess
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,6 +207,8 @@ def test_config_errors_exit_2_with_one_line(cli_subprocess, tmp_path, args, need
     ("foo=1", "foo"),
     ("data.p=3", "data.p"),
     ("method=simsiam method.predictor=none", "method.predictor"),
+    ("method=directclr method.projector=mlp", "method.projector=none"),
+    ("method=simclr method.predictor=linear", "method.predictor=none"),
     ("sweep.seeds=[]", "sweep.seeds"),
     ("data.dictionary=identity", "data.dictionary"),
 ])
@@ -231,9 +235,9 @@ def test_help_lists_experiment_configs(run_cli, argv):
 
 @pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"]])
 def test_console_script_help(argv):
-    exe = shutil.which("ssl-bench")
-    if exe is None:
-        pytest.skip("ssl-bench console script not on PATH")
+    scripts = Path(sysconfig.get_path("scripts")) / "ssl-bench"
+    exe = str(scripts) if scripts.is_file() else shutil.which("ssl-bench")
+    assert exe is not None, "the ssl-bench console script is not installed; run `pip install -e .`"
     proc = subprocess.run([exe, *argv], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0
     assert "quickstart" in proc.stdout and "pokle2022/table2" in proc.stdout

@@ -221,3 +221,12 @@ def test_byol_momentum_and_lr_schedules_continue_exactly_after_a_resume(tmp_path
     # a run that forgets the schedule's position (a fresh 2-epoch fit from the checkpointed weights) differs
     stopped = final_state(tmp_path / "first")
     assert any(not torch.equal(stopped[k], expected[k]) for k in expected if k.startswith("target"))
+
+
+def test_a_missing_cifar_folder_is_one_clear_error(run_cli, tmp_path):
+    code, out, err = run_cli("fit", "--config", "cifar10/simclr", f"data.root={tmp_path / 'none'}", *CIFAR_TINY,
+                             f"run_dir={tmp_path / 'run'}")
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert line.startswith("ssl-bench: error: CIFAR-10 not found") and str(tmp_path / "none") in line
+    assert "data.download=true" in line
