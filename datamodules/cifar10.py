@@ -144,6 +144,7 @@ class CIFAR10DataModule(L.LightningDataModule):
     """
 
     num_classes: int = 10
+    labelled_batches = True  # training batches carry labels, for the online probe
 
     def __init__(self, root: str = "data/cifar10", download: bool = False, verify_checksums: bool = True,
                  batch_size: int = 256, num_workers: int = 4, views: str = "simclr", crop_min_scale: float = 0.08,

@@ -125,6 +125,8 @@ class SparseCodingDataModule(L.LightningDataModule):
     def input_dim(self) -> int:
         return self.inputs.shape[1]
 
+    labelled_batches = False  # training blocks carry no labels (the readout uses ``readout_dataloaders``)
+
     @property
     def num_classes(self) -> int | None:
         """d for one-hot latents (the class is the active atom), None otherwise."""

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.sparse_coding import SparseCodingDataModule
 from ssl_bench.callbacks import EigenSpectrum, EpochProgressBar, LinearReadout, MaxCosine
-from ssl_bench.config import RunConfig, to_yaml
+from ssl_bench.config import ConfigError, RunConfig, to_yaml
 from ssl_bench.methods import build_method
 from ssl_bench.recorder import RunRecorder
 
@@ -78,8 +78,16 @@ def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> L.pytorch.loggers.Logger
     return WandbLogger(offline=True, **kwargs)
 
 
-def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
-    """Train one run; write ``config.yaml``, ``metrics.jsonl``, ``summary.json`` (and W&B files) to its run dir."""
+def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any] | None:
+    """Train one run; write ``config.yaml``, ``metrics.jsonl``, ``summary.json`` (and W&B files) to its run dir.
+
+    Returns the summary, or None in DDP processes other than global rank 0 (which writes it)."""
+    t = cfg.trainer
+    on_gpu = t.accelerator == "gpu" or (t.accelerator == "auto" and torch.cuda.is_available())
+    precision = t.precision if t.precision != "auto" else ("16-mixed" if on_gpu else "32-true")
+    if t.sync_batchnorm and not on_gpu and t.devices * t.num_nodes > 1:
+        raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm has no CPU version); set "
+                          "trainer.sync_batchnorm=false or trainer.accelerator=gpu")
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
@@ -108,11 +116,9 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     if cfg.trainer.checkpoint_every_n_epochs:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                                              every_n_epochs=cfg.trainer.checkpoint_every_n_epochs))
-    t = cfg.trainer
-    on_gpu = t.accelerator == "gpu" or (t.accelerator == "auto" and torch.cuda.is_available())
-    precision = t.precision if t.precision != "auto" else ("16-mixed" if on_gpu else "32-true")
     trainer = L.Trainer(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                        strategy=t.strategy, sync_batchnorm=t.sync_batchnorm, precision=precision,
+                        strategy=f"{t.strategy}_find_unused_parameters_true" if t.strategy != "auto"
+                        and method.find_unused_parameters else t.strategy, sync_batchnorm=t.sync_batchnorm, precision=precision,
                         use_distributed_sampler=False, check_val_every_n_epoch=t.val_every_n_epochs,
                         logger=loggers, callbacks=callbacks,
                         enable_checkpointing=bool(cfg.trainer.checkpoint_every_n_epochs),

@@ -158,7 +158,7 @@ def test_batch_norm_without_sync_makes_two_processes_differ(run_cli, tmp_path):
     assert differences["encoder.layers.0.linear.weight"] > 1e-3, differences
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="SyncBatchNorm under DDP needs two GPUs")
+@pytest.mark.gpu
 def test_sync_batch_norm_on_two_gpus_trains_the_same_weights_as_one(run_cli, tmp_path):
     one, two = fit_one_and_two(run_cli, tmp_path, "method=simclr", "encoder.batch_norm=true", "trainer.accelerator=gpu",
                                two=("trainer.sync_batchnorm=true",))

@@ -52,7 +52,8 @@ def build_method(cfg: RunConfig, datamodule: L.LightningDataModule) -> SSLMethod
     width = RESNETS[cfg.encoder.name] if cfg.encoder.name != "sparse" else cfg.encoder.width
     embedding_dim = width if m.projector == "none" else (m.projector_dim or width)
     common: dict[str, Any] = dict(
-        optim=cfg.optim, num_classes=getattr(datamodule, "num_classes", None), batch_size=cfg.data.batch_size,
+        optim=cfg.optim, num_classes=datamodule.num_classes if datamodule.labelled_batches else None,
+        batch_size=cfg.data.batch_size,
         weight_norm=cfg.encoder.weight_norm, log_every_n_epochs=cfg.trainer.log_every_n_epochs,
         projector=heads.projector(m.projector, width, m.projector_hidden_dim, m.projector_dim, m.projector_layers,
                                   m.projector_output_bn))

@@ -31,6 +31,9 @@ class SSLMethod(L.LightningModule):
     ``first_layer_weight``; the validation loop scores the online probe as ``readout/online_acc``.
     """
 
+    find_unused_parameters = False
+    """Whether some optimizer steps leave trained parameters without gradients (DDP must then look for them)."""
+
     def __init__(self, make_encoder: Callable[[], nn.Module], optim: OptimConfig, projector: nn.Module | None = None,
                  num_classes: int | None = None, batch_size: int = 256, weight_norm: str = "none",
                  log_every_n_epochs: int = 1) -> None:

@@ -35,6 +35,7 @@ class BYOL(SSLMethod):
                  **kwargs) -> None:
         super().__init__(make_encoder, *args, **kwargs)
         self.target_update, self.ema_momentum = target_update, ema_momentum
+        self.find_unused_parameters = target_update == "alternate"
         self.ema_momentum_end = ema_momentum if ema_momentum_end is None else ema_momentum_end
         self.target = make_encoder() if target_update == "alternate" else copy.deepcopy(self.encoder)
         self.target_projector = copy.deepcopy(self.projector)
