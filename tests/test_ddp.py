@@ -164,3 +164,11 @@ def test_sync_batch_norm_on_two_gpus_trains_the_same_weights_as_one(run_cli, tmp
                                two=("trainer.sync_batchnorm=true",))
     assert "encoder.layers.0.norm.running_mean" in one
     assert_same_weights(one, two, tolerance=1e-4)
+
+
+def test_sync_batch_norm_on_cpu_processes_is_a_config_error(run_cli, tmp_path):
+    code, out, err = run_cli("fit", "--config", "quickstart", *TINY, "trainer.devices=2", "trainer.strategy=ddp",
+                             "trainer.sync_batchnorm=true", f"run_dir={tmp_path / 'run'}")
+    assert code == 2
+    assert "trainer.sync_batchnorm" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

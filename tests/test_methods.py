@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import TINY
 from torch import nn
 
 from datamodules.cifar10 import write_cifar10_batches
@@ -156,8 +157,6 @@ def test_cosine_momentum():
 
 
 def sparse_cfg(*overrides: str) -> RunConfig:
-    from tests.conftest import TINY
-
     return load("quickstart", [*TINY, *overrides])
 
 
