@@ -92,10 +92,11 @@ class SSLMethod(L.LightningModule):
         batches = max(1, int(self.trainer.num_training_batches))
         return (self.current_epoch + (self._batch_idx + index / self._block_size) / batches) / self.trainer.max_epochs
 
-    def schedule_lr(self, optimizer: torch.optim.Optimizer, progress: float) -> None:
+    def schedule_lr(self, optimizer: torch.optim.Optimizer, index: int) -> None:
+        """Set every group's learning rate to ``base_lr * warmup_cosine(progress)`` before mini-batch ``index``."""
         if self.optim.schedule == "constant":
             return
-        warmup = self.optim.warmup_epochs / self.trainer.max_epochs
+        progress, warmup = self.progress(index), self.optim.warmup_epochs / self.trainer.max_epochs
         for group in optimizer.param_groups:
             factor = warmup_cosine(progress, warmup, self.optim.min_lr / group["base_lr"])
             group["lr"] = group["base_lr"] * factor
@@ -103,7 +104,7 @@ class SSLMethod(L.LightningModule):
     def update(self, index: int, view1: Tensor, view2: Tensor, labels: Tensor | None = None) -> Tensor:
         """One optimizer step on mini-batch ``index`` of the block; returns the detached SSL loss."""
         optimizer = self.block_optimizers[self.optimizer_index(index)]
-        self.schedule_lr(optimizer, self.progress(index))
+        self.schedule_lr(optimizer, index)
         loss, features = self.training_loss(index, view1, view2)
         total = loss
         if labels is not None and self.probe is not None and self.optimizer_index(index) == 0:
