@@ -94,7 +94,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     torch.set_num_threads(cfg.trainer.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore",
-                            message=".*(does not have many workers|LightningModule.log|_DataFetcher|treespec).*")
+                            message=".*(does not have many workers|LightningModule.log|_DataFetcher|treespec|no `val_dataloader`).*")
     L.seed_everything(cfg.seed, verbose=False)
 
     datamodule = build_datamodule(cfg)
