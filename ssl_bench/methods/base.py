@@ -24,7 +24,7 @@ class SSLMethod(L.LightningModule):
     ``[(view1, view2), ...]`` (synthetic data: one whole epoch, so Lightning's per-step overhead is paid once per
     block). :meth:`update` runs one optimizer step per mini-batch on ``training_loss(index, view1, view2)``, plus the
     online linear probe's cross-entropy on the detached backbone features when labels come with the batch. The
-    learning rate follows ``optim.schedule`` after every step. Subclasses implement :meth:`training_loss` and, for
+    learning rate is set from ``optim.schedule`` before every step. Subclasses implement :meth:`training_loss` and, for
     several optimizers, :meth:`parameter_groups` and :meth:`optimizer_index`.
 
     Callbacks read the model through :meth:`representations` (``backbone`` and ``projector`` outputs) and
