@@ -42,8 +42,13 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from datamodules.cifar10 import CIFAR10Files, EpochShuffleSampler, TransformedSplit, view_transforms, \
-    write_cifar10_batches
+from datamodules.cifar10 import (
+    CIFAR10Files,
+    EpochShuffleSampler,
+    TransformedSplit,
+    view_transforms,
+    write_cifar10_batches,
+)
 from ssl_bench.cli import load
 from ssl_bench.config import RunConfig
 from ssl_bench.losses import nt_xent

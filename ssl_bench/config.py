@@ -11,10 +11,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from datamodules.sparse_coding import fixed_count_sizes
 from ssl_bench.nets.sparse import ACTIVATIONS
-from omegaconf.errors import ConfigKeyError, ValidationError
 
 
 class ConfigError(ValueError):
@@ -275,7 +275,7 @@ class TrainerConfig:
             _positive(f"{prefix}.{key}", getattr(self, key))
         _non_negative(f"{prefix}.checkpoint_every_n_epochs", self.checkpoint_every_n_epochs)
         _choice(f"{prefix}.accelerator", self.accelerator, ("cpu", "gpu", "auto"))
-        _choice(f"{prefix}.progress", self.progress, ("epochs", "none"))
+        _choice(f"{prefix}.progress", self.progress, ("epochs", "steps", "none"))
 
 
 @dataclass

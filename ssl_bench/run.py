@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.sparse_coding import SparseCodingDataModule
-from ssl_bench.callbacks import EigenSpectrum, EpochProgressBar, LinearReadout, MaxCosine
+from ssl_bench.callbacks import EigenSpectrum, EpochProgressBar, LinearReadout, MaxCosine, StepProgressBar
 from ssl_bench.config import ConfigError, RunConfig, to_yaml
 from ssl_bench.methods import build_method
 from ssl_bench.recorder import RunRecorder
@@ -93,8 +93,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     torch.set_num_threads(cfg.trainer.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore",
-                            message=".*(does not have many workers|LightningModule.log|_DataFetcher|treespec|no `val_dataloader`).*")
+    noise = "does not have many workers|LightningModule.log|_DataFetcher|treespec|no `val_dataloader`"
+    warnings.filterwarnings("ignore", message=f".*({noise}).*")
     L.seed_everything(cfg.seed, verbose=False)
 
     datamodule = build_datamodule(cfg)
@@ -111,14 +111,15 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
         callbacks.append(EigenSpectrum(every, cfg.callbacks.spectrum_samples, cfg.callbacks.spectrum_tolerance))
     if cfg.callbacks.readout:
         callbacks.append(LinearReadout(cfg.callbacks.readout_epochs, cfg.callbacks.readout_batch_size))
-    if cfg.trainer.progress == "epochs":
-        callbacks.append(EpochProgressBar())
+    if cfg.trainer.progress != "none":
+        callbacks.append(EpochProgressBar() if cfg.trainer.progress == "epochs" else StepProgressBar())
     if cfg.trainer.checkpoint_every_n_epochs:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                                              every_n_epochs=cfg.trainer.checkpoint_every_n_epochs))
+    unused = t.strategy != "auto" and method.find_unused_parameters
+    strategy = f"{t.strategy}_find_unused_parameters_true" if unused else t.strategy
     trainer = L.Trainer(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                        strategy=f"{t.strategy}_find_unused_parameters_true" if t.strategy != "auto"
-                        and method.find_unused_parameters else t.strategy, sync_batchnorm=t.sync_batchnorm, precision=precision,
+                        strategy=strategy, sync_batchnorm=t.sync_batchnorm, precision=precision,
                         use_distributed_sampler=False, check_val_every_n_epoch=t.val_every_n_epochs,
                         logger=loggers, callbacks=callbacks,
                         enable_checkpointing=bool(cfg.trainer.checkpoint_every_n_epochs),

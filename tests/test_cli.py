@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import TINY
+
 from ssl_bench.cli import available_configs, load
 from ssl_bench.config import ConfigError
 from ssl_bench.metrics import max_cosine

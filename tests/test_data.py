@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.sparse_coding import (SparseCodingDataModule, fixed_count_sizes, make_dictionary, mask_views,
-                                       sample_latents)
+from datamodules.sparse_coding import (
+    SparseCodingDataModule,
+    fixed_count_sizes,
+    make_dictionary,
+    mask_views,
+    sample_latents,
+)
 from ssl_bench.config import ConfigError, DataConfig, RunConfig
 from ssl_bench.run import build_datamodule
 

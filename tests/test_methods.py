@@ -229,3 +229,13 @@ def test_a_missing_cifar_folder_is_one_clear_error(run_cli, tmp_path):
     [line] = err.strip().splitlines()
     assert line.startswith("ssl-bench: error: CIFAR-10 not found") and str(tmp_path / "none") in line
     assert "data.download=true" in line
+
+
+def test_step_progress_bar_shows_batches_and_logged_scalars(cifar_root, run_cli, tmp_path):
+    overrides = [o for o in CIFAR_TINY if not o.startswith("trainer.progress")]
+    code, out, err = run_cli("fit", "--config", "cifar10/simclr", f"data.root={cifar_root}", *overrides,
+                             "trainer.progress=steps", "method.projector_dim=16", f"run_dir={tmp_path / 'run'}")
+    assert code == 0, err
+    bar = out + err
+    assert "Epoch 0: 100%" in bar and "2/2" in bar  # 16 images, batch 8
+    assert "train/loss=" in bar and "v_num" not in bar

@@ -1,11 +1,12 @@
-"""A progress bar over epochs, for runs of thousands of short epochs (synthetic data)."""
+"""Progress bars: one over the epochs, for runs of thousands of short epochs (synthetic data), and one over each
+epoch's batches (images)."""
 
 from __future__ import annotations
 
 import sys
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from tqdm.auto import tqdm
 
 
@@ -45,3 +46,16 @@ class EpochProgressBar(ProgressBar):
             self._advance(trainer)
             self._bar.close()
             self._bar = None
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's bar over every epoch's batches (images), showing the latest logged scalars."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, str]:
+        return {k: f"{float(v):.4f}" for k, v in trainer.logged_metrics.items() if k != "epoch"}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Show the scalars that the module logs at its last epoch's end (after the callbacks' epoch-end hooks)."""
+        if self._train_progress_bar is not None and not self.is_disabled:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+        super().on_train_end(trainer, pl_module)

@@ -45,8 +45,8 @@ class EigenSpectrum(L.Callback):
     and ``collapse/std_l2`` for the projector embedding, the same with a ``_backbone`` suffix for the backbone. The
     log singular values against their rank go to every W&B logger as a line series, and the singular values are
     appended to ``spectra.jsonl`` in the trainer's ``default_root_dir``. Under complete collapse (``std_l2`` near 0)
-    the covariance is rounding noise, below :data:`ssl_bench.metrics.NOISE_FLOOR`, and both ranks read 0. Reads ``pl_module.representations`` and
-    ``trainer.datamodule.evaluation_inputs``; nothing else.
+    the covariance is rounding noise, below :data:`ssl_bench.metrics.NOISE_FLOOR`, and both ranks read 0. Reads
+    ``pl_module.representations`` and ``trainer.datamodule.evaluation_inputs``; nothing else.
     """
 
     def __init__(self, every_n_epochs: int, num_samples: int = 2048, tolerance: float = 1e-4,
