@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from datamodules.sparse_coding import fixed_count_sizes
+from ssl_bench.nets.resnet import RESNETS
 from ssl_bench.nets.sparse import ACTIVATIONS
 
 
@@ -121,7 +122,7 @@ class EncoderConfig:
     weight_norm: str = "none"
 
     def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.name", self.name, ("sparse", "resnet18", "resnet50"))
+        _choice(f"{prefix}.name", self.name, ("sparse", *RESNETS))
         _positive(f"{prefix}.width", self.width)
         if self.layers not in (1, 2):
             raise ConfigError(f"{prefix}.layers={self.layers} is not allowed; choose one of: 1, 2")
@@ -348,6 +349,11 @@ class RunConfig:
             value = getattr(self, f.name)
             if hasattr(value, "validate"):
                 value.validate(f.name)
+        images = self.data.name == "cifar10"
+        if images != (self.encoder.name in RESNETS):
+            allowed = ", ".join(RESNETS) if images else "sparse (e.g. encoder=basic)"
+            raise ConfigError(f"encoder.name={self.encoder.name} cannot read data.name={self.data.name}; use "
+                              f"encoder {allowed}")
 
 
 def _schema_node(key: str) -> Any:

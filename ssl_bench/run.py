@@ -105,7 +105,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
         loggers.append(make_wandb_logger(cfg, run_dir))
     callbacks: list[L.Callback] = list(extra_callbacks or [])
     every = cfg.trainer.metrics_every_n_epochs
-    if cfg.callbacks.max_cosine and cfg.encoder.name == "sparse" and hasattr(datamodule, "dictionary"):
+    if cfg.callbacks.max_cosine and hasattr(datamodule, "dictionary"):
         callbacks.append(MaxCosine(every, absolute=not cfg.callbacks.max_cosine_signed))
     if cfg.callbacks.spectrum:
         callbacks.append(EigenSpectrum(every, cfg.callbacks.spectrum_samples, cfg.callbacks.spectrum_tolerance))

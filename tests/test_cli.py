@@ -209,6 +209,8 @@ def test_config_errors_exit_2_with_one_line(cli_subprocess, tmp_path, args, need
     ("method=simsiam method.predictor=none", "method.predictor"),
     ("method=directclr method.projector=mlp", "method.projector=none"),
     ("method=simclr method.predictor=linear", "method.predictor=none"),
+    ("encoder=resnet18", "encoder.name=resnet18 cannot read data.name=sparse_coding"),
+    ("data=cifar10", "encoder.name=sparse cannot read data.name=cifar10; use encoder resnet18, resnet50"),
     ("sweep.seeds=[]", "sweep.seeds"),
     ("data.dictionary=identity", "data.dictionary"),
 ])
