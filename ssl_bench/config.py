@@ -13,6 +13,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from datamodules.cifar10 import VIEWS
 from datamodules.sparse_coding import fixed_count_sizes
 from ssl_bench.nets.resnet import RESNETS
 from ssl_bench.nets.sparse import ACTIVATIONS
@@ -71,7 +72,7 @@ class DataConfig:
     def validate(self, prefix: str) -> None:
         _choice(f"{prefix}.name", self.name, DATASETS)
         _non_negative(f"{prefix}.num_workers", self.num_workers)
-        _choice(f"{prefix}.views", self.views, ("simclr", "byol"))
+        _choice(f"{prefix}.views", self.views, tuple(VIEWS))
         if not 0 < self.crop_min_scale <= 1:
             raise ConfigError(f"{prefix}.crop_min_scale={self.crop_min_scale} is out of range; allowed: (0, 1]")
         for key in ("n", "p", "d", "batch_size"):
@@ -220,7 +221,7 @@ class OptimConfig:
 
     ``lr`` is the learning rate at a global batch of 256 when ``scale_lr`` (``lr * global_batch / 256``, as SimCLR
     and solo-learn), the learning rate itself otherwise. ``schedule=warmup_cosine`` warms up linearly over
-    ``warmup_epochs`` and follows a half cosine down to ``min_lr`` by the last step; it is applied after every
+    ``warmup_epochs`` and follows a half cosine down to ``min_lr`` by the last step; it sets the rate before every
     optimizer step. LARS (You et al. 2017) excludes biases and normalisation parameters from both the trust ratio
     and weight decay (``exclude_bias_and_norm``). The online probe has its own learning rate and no weight decay.
     """
