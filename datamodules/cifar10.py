@@ -23,6 +23,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
+from datamodules.epochs import epoch_seed, shard
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -109,13 +111,13 @@ class TransformedSplit(Dataset):
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A permutation of ``range(n)`` drawn with the seed ``seed * 1_000_003 + epoch``, yielded as the keys
+    """A permutation of ``range(n)`` drawn with :func:`~datamodules.epochs.epoch_seed`, yielded as the keys
     ``epoch * n + index`` of :class:`TransformedSplit`.
 
     Lightning calls :meth:`set_epoch` before every epoch, so the order of epoch k is a function of (seed, k) only
     and a resumed run sees the same orders as an uninterrupted one. With ``world_size`` processes, process ``rank``
-    takes positions ``rank, rank + world_size, ...`` of the permutation, so its b-th batch of size B is its share of
-    the b-th batch of size ``B * world_size`` that one process would draw.
+    takes its :func:`~datamodules.epochs.shard` of the permutation, so its b-th batch of size B is its share of the
+    b-th batch of size ``B * world_size`` that one process would draw.
     """
 
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
@@ -129,9 +131,9 @@ class EpochShuffleSampler(Sampler[int]):
         return self.n // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=generator)[: len(self) * self.world_size]
-        return iter((order[self.rank::self.world_size] + self.epoch * self.n).tolist())
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = shard(torch.randperm(self.n, generator=generator), self.rank, self.world_size)
+        return iter((order + self.epoch * self.n).tolist())
 
 
 class CIFAR10DataModule(L.LightningDataModule):

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
+from datamodules.epochs import epoch_seed, shard
+
 ViewPair = tuple[Tensor, Tensor]
 
 
@@ -164,19 +166,17 @@ class SparseCodingDataModule(L.LightningDataModule):
     def epoch_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[ViewPair]:
         """Shuffle, mask and split the whole dataset for ``epoch``; seeded by (seed, epoch), so resumes are exact.
 
-        With ``world_size`` processes (DDP) every process draws the same epoch and takes positions ``rank,
-        rank + world_size, ...`` (the first ``n - n % world_size`` samples), so its b-th mini-batch of
-        ``batch_size`` is its share of the b-th mini-batch of ``batch_size * world_size`` that one process would use.
+        With ``world_size`` processes (DDP) every process draws the same epoch and takes its :func:`shard`, so its
+        b-th mini-batch of ``batch_size`` is its share of the b-th mini-batch of ``batch_size * world_size`` that one
+        process would use.
         """
         if self._generator is None:
             self.setup("fit")
         generator = self._generator
-        generator.manual_seed(self.seed * 1_000_003 + epoch)
+        generator.manual_seed(epoch_seed(self.seed, epoch))
         x = self.inputs[torch.randperm(len(self.inputs), generator=generator, device=self.inputs.device)]
         view1, view2 = mask_views(x, self.augmentation, self.mask_prob, generator)
-        if world_size > 1:
-            usable = len(x) - len(x) % world_size
-            view1, view2 = view1[rank:usable:world_size], view2[rank:usable:world_size]
+        view1, view2 = shard(view1, rank, world_size), shard(view2, rank, world_size)
         pairs = list(zip(view1.split(self.batch_size), view2.split(self.batch_size)))
         return pairs[:-1] if self.drop_last and len(view1) % self.batch_size and len(pairs) > 1 else pairs
 
