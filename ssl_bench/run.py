@@ -91,7 +91,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
-    torch.set_num_threads(cfg.trainer.threads)
+    torch.set_num_threads(t.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     noise = "does not have many workers|LightningModule.log|_DataFetcher|treespec|no `val_dataloader`"
     warnings.filterwarnings("ignore", message=f".*({noise}).*")
@@ -104,27 +104,27 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     if cfg.logger.backend == "wandb":
         loggers.append(make_wandb_logger(cfg, run_dir))
     callbacks: list[L.Callback] = list(extra_callbacks or [])
-    every = cfg.trainer.metrics_every_n_epochs
+    every = t.metrics_every_n_epochs
     if cfg.callbacks.max_cosine and hasattr(datamodule, "dictionary"):
         callbacks.append(MaxCosine(every, absolute=not cfg.callbacks.max_cosine_signed))
     if cfg.callbacks.spectrum:
         callbacks.append(EigenSpectrum(every, cfg.callbacks.spectrum_samples, cfg.callbacks.spectrum_tolerance))
     if cfg.callbacks.readout:
         callbacks.append(LinearReadout(cfg.callbacks.readout_epochs, cfg.callbacks.readout_batch_size))
-    if cfg.trainer.progress != "none":
-        callbacks.append(EpochProgressBar() if cfg.trainer.progress == "epochs" else StepProgressBar())
-    if cfg.trainer.checkpoint_every_n_epochs:
+    if t.progress != "none":
+        callbacks.append(EpochProgressBar() if t.progress == "epochs" else StepProgressBar())
+    if t.checkpoint_every_n_epochs:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
-                                                             every_n_epochs=cfg.trainer.checkpoint_every_n_epochs))
+                                                             every_n_epochs=t.checkpoint_every_n_epochs))
     unused = t.strategy != "auto" and method.find_unused_parameters
     strategy = f"{t.strategy}_find_unused_parameters_true" if unused else t.strategy
     trainer = L.Trainer(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
                         strategy=strategy, sync_batchnorm=t.sync_batchnorm, precision=precision,
                         use_distributed_sampler=False, check_val_every_n_epoch=t.val_every_n_epochs,
                         logger=loggers, callbacks=callbacks,
-                        enable_checkpointing=bool(cfg.trainer.checkpoint_every_n_epochs),
-                        enable_progress_bar=cfg.trainer.progress != "none", enable_model_summary=False,
-                        deterministic=cfg.trainer.deterministic, log_every_n_steps=1, num_sanity_val_steps=0,
+                        enable_checkpointing=bool(t.checkpoint_every_n_epochs),
+                        enable_progress_bar=t.progress != "none", enable_model_summary=False,
+                        deterministic=t.deterministic, log_every_n_steps=1, num_sanity_val_steps=0,
                         default_root_dir=str(run_dir))
     status = "failed"
     try:

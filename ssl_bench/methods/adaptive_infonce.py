@@ -26,15 +26,14 @@ class AdaptiveInfoNCE(SSLMethod):
                  learn_temperature: bool = False, normalize: bool = True, standardize: bool = False,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        dim = embedding_dim
         if groups is None:
-            if dim % len(temperatures):
-                raise ConfigError(f"the embedding width {dim} does not split into {len(temperatures)} equal groups; "
-                                  "set method.temperature_groups")
-            groups = [dim // len(temperatures)] * len(temperatures)
-        if sum(groups) != dim:
-            raise ConfigError(f"method.temperature_groups={groups} sums to {sum(groups)} but the embedding has {dim} "
-                              "dimensions")
+            if embedding_dim % len(temperatures):
+                raise ConfigError(f"the embedding width {embedding_dim} does not split into {len(temperatures)} "
+                                  "equal groups; set method.temperature_groups")
+            groups = [embedding_dim // len(temperatures)] * len(temperatures)
+        if sum(groups) != embedding_dim:
+            raise ConfigError(f"method.temperature_groups={groups} sums to {sum(groups)} but the embedding has "
+                              f"{embedding_dim} dimensions")
         self.register_buffer("group_sizes", torch.tensor(groups), persistent=False)
         self.log_temperatures = nn.Parameter(torch.tensor(temperatures).log(), requires_grad=learn_temperature)
         self.normalize, self.standardize = normalize, standardize

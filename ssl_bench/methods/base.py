@@ -103,11 +103,12 @@ class SSLMethod(L.LightningModule):
 
     def update(self, index: int, view1: Tensor, view2: Tensor, labels: Tensor | None = None) -> Tensor:
         """One optimizer step on mini-batch ``index`` of the block; returns the detached SSL loss."""
-        optimizer = self.block_optimizers[self.optimizer_index(index)]
+        optimizer_index = self.optimizer_index(index)
+        optimizer = self.block_optimizers[optimizer_index]
         self.schedule_lr(optimizer, index)
         loss, features = self.training_loss(index, view1, view2)
         total = loss
-        if labels is not None and self.probe is not None and self.optimizer_index(index) == 0:
+        if labels is not None and self.probe is not None and optimizer_index == 0:
             total = loss + F.cross_entropy(self.probe(features.detach()), labels)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(total)
