@@ -1,6 +1,7 @@
-"""LightningDataModules of ssl-bench; synthetic ones expose their ground truth to metric callbacks."""
+"""Datamodules of ssl-bench; importing this package registers them (one file each). Synthetic ones expose their
+ground truth to metric callbacks."""
 
-from datamodules.cifar10 import CIFAR10DataModule, DatasetNotFoundError, write_cifar10_batches
-from datamodules.sparse_coding import SparseCodingDataModule
+from datamodules import cifar10, sparse_coding  # noqa: F401  (each file registers its datamodule)
+from datamodules.base import DataModule
 
-__all__ = ["CIFAR10DataModule", "DatasetNotFoundError", "SparseCodingDataModule", "write_cifar10_batches"]
+__all__ = ["DataModule"]

@@ -13,58 +13,71 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.datasets import CIFAR10
-from torchvision.transforms import v2
 
+from datamodules.base import DataModule, collate_views
 from datamodules.epochs import epoch_seed, shard
+from ssl_bench.config import DataConfig, check_choice, check_non_negative, check_range
+from ssl_bench.errors import DataError
+from ssl_bench.registry import register
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Solarisation probability of (view 1, view 2).
 VIEWS = {"simclr": (0.0, 0.0), "byol": (0.0, 0.2)}
-FILES = tuple(name for name, _ in CIFAR10.train_list + CIFAR10.test_list) + (CIFAR10.meta["filename"],)
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE, META_FILE = "test_batch", "batches.meta"
+FILES = (*TRAIN_FILES, TEST_FILE, META_FILE)
+"""The files of torchvision's ``CIFAR10`` in ``FOLDER`` (its ``train_list``, ``test_list`` and ``meta``)."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DataError):
     """The extracted ``cifar-10-batches-py`` folder is missing or incomplete."""
 
 
-class DatasetChecksumError(RuntimeError):
+class DatasetChecksumError(DataError):
     """The CIFAR-10 files are there but fail torchvision's md5 check."""
 
 
-class CIFAR10Files(CIFAR10):
-    """torchvision's CIFAR10 (download, md5 check and parsing) with the md5 check optional.
+def cifar10_split(root: str | Path, train: bool = True, download: bool = False, verify_checksums: bool = True) -> Any:
+    """torchvision's ``CIFAR10`` (download, md5 check and parsing) with the md5 check optional.
 
-    ``verify_checksums=False`` sets every expected md5 to ``None``, which torchvision's ``check_integrity`` reads as
-    "the file exists": files that are not the official ones (e.g. from :func:`write_cifar10_batches`) are parsed by
-    torchvision's own code, and a missing file still fails. A download still checks the archive's md5.
+    ``verify_checksums=False`` gives the instance every expected md5 as ``None`` before torchvision's constructor
+    runs, which its ``check_integrity`` reads as "the file exists": files that are not the official ones (e.g. from
+    :func:`write_cifar10_batches`) are parsed by torchvision's own code, and a missing file still fails. A download
+    still checks the archive's md5.
     """
+    from torchvision.datasets import CIFAR10
 
-    def __init__(self, root: str | Path, train: bool = True, transform: Callable | None = None,
-                 download: bool = False, verify_checksums: bool = True) -> None:
-        if not verify_checksums:
-            self.train_list = [[name, None] for name, _ in CIFAR10.train_list]
-            self.test_list = [[name, None] for name, _ in CIFAR10.test_list]
-            self.meta = {**CIFAR10.meta, "md5": None}
-        super().__init__(root, train=train, transform=transform, download=download)
+    split = CIFAR10.__new__(CIFAR10)
+    if not verify_checksums:
+        split.train_list = [[name, None] for name, _ in CIFAR10.train_list]
+        split.test_list = [[name, None] for name, _ in CIFAR10.test_list]
+        split.meta = {**CIFAR10.meta, "md5": None}
+    split.__init__(root, train=train, download=download)
+    return split
 
 
-def eval_transform() -> v2.Compose:
+def eval_transform() -> Callable:
     """PIL image or uint8 tensor (..., 3, H, W) -> float32 ``(x / 255 - mean) / std``."""
+    from torchvision.transforms import v2
+
     return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
 
 
-def augmentation(crop_min_scale: float, solarize_prob: float) -> v2.Compose:
+def augmentation(crop_min_scale: float, solarize_prob: float) -> Callable:
     """solo-learn's CIFAR view recipe (module docstring); RandomSolarize(128) with ``solarize_prob`` if positive."""
+    from torchvision.transforms import v2
+
     solarize = [v2.RandomSolarize(threshold=128, p=solarize_prob)] if solarize_prob > 0 else []
     return v2.Compose([
         v2.RandomResizedCrop(32, scale=(crop_min_scale, 1.0), interpolation=v2.InterpolationMode.BICUBIC),
@@ -76,7 +89,7 @@ def augmentation(crop_min_scale: float, solarize_prob: float) -> v2.Compose:
     ])
 
 
-def view_transforms(views: str, crop_min_scale: float) -> tuple[v2.Compose, v2.Compose]:
+def view_transforms(views: str, crop_min_scale: float) -> tuple[Callable, Callable]:
     """The two view pipelines of ``views`` ("simclr" symmetric, "byol" asymmetric)."""
     if views not in VIEWS:
         raise ValueError(f"views={views!r}; choose one of {tuple(VIEWS)}")
@@ -92,7 +105,7 @@ class TransformedSplit(Dataset):
     (seed, k, i) alone, whatever the worker, process count or resume point.
     """
 
-    def __init__(self, split: CIFAR10, *transforms: Callable, seed: int | None = None) -> None:
+    def __init__(self, split: Any, *transforms: Callable, seed: int | None = None) -> None:
         self.split, self.transforms, self.seed = split, transforms, seed
 
     def __len__(self) -> int:
@@ -136,51 +149,79 @@ class EpochShuffleSampler(Sampler[int]):
         return iter((order + self.epoch * self.n).tolist())
 
 
-class CIFAR10DataModule(L.LightningDataModule):
-    """CIFAR-10 from ``<root>/cifar-10-batches-py``: two-view train batches ``[view1, view2, labels]`` and the test
-    split (normalised only) for validation.
+@register("data", "cifar10")
+class CIFAR10DataModule(DataModule):
+    """CIFAR-10 from ``<root>/cifar-10-batches-py``: two-view training batches ``[Views(view1, view2, labels)]`` and
+    the test split (normalised only) for validation.
 
     For metric callbacks: ``num_classes``, :meth:`evaluation_inputs` and :meth:`readout_dataloaders`.
     ``download=True`` fetches the official archive in :meth:`prepare_data`; ``verify_checksums=False`` accepts files
-    that fail torchvision's md5 check (see :class:`CIFAR10Files`).
+    that fail torchvision's md5 check (see :func:`cifar10_split`).
     """
 
-    num_classes: int = 10
-    labelled_batches = True  # training batches carry labels, for the online probe
+    @dataclass
+    class Config(DataConfig):
+        """torchvision's CIFAR-10 under ``root``; ``views`` simclr (both views one recipe) or byol (solarisation on
+        view 2); random resized crops of scale ``crop_min_scale`` to 1; ``num_workers`` loader processes."""
+
+        batch_size: int = 256
+        root: str = "data/cifar10"
+        download: bool = False
+        verify_checksums: bool = True
+        num_workers: int = 4
+        views: str = "simclr"
+        crop_min_scale: float = 0.08
+
+        def provides(self) -> set[str]:
+            return {"images", "labels"}
+
+        def validate(self, prefix: str) -> None:
+            super().validate(prefix)
+            check_non_negative(f"{prefix}.num_workers", self.num_workers)
+            check_choice(f"{prefix}.views", self.views, tuple(VIEWS))
+            check_range(f"{prefix}.crop_min_scale", self.crop_min_scale, 0, 1, "(]")
+
+    num_classes = 10
+    labelled_batches = True
 
     def __init__(self, root: str = "data/cifar10", download: bool = False, verify_checksums: bool = True,
                  batch_size: int = 256, num_workers: int = 4, views: str = "simclr", crop_min_scale: float = 0.08,
                  seed: int = 1) -> None:
-        super().__init__()
         self.root = Path(root).expanduser()
         self.download, self.verify_checksums = download, verify_checksums
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.view_transforms = view_transforms(views, crop_min_scale)
         self.eval_transform = eval_transform()
-        self._splits: dict[bool, CIFAR10Files] = {}
+        self._splits: dict[bool, Any] = {}
+
+    @classmethod
+    def from_config(cls, config: Config, seed: int) -> CIFAR10DataModule:
+        return cls(root=config.root, download=config.download, verify_checksums=config.verify_checksums,
+                   batch_size=config.batch_size, num_workers=config.num_workers, views=config.views,
+                   crop_min_scale=config.crop_min_scale, seed=seed)
 
     @property
     def folder(self) -> Path:
-        return self.root / CIFAR10.base_folder
+        return self.root / FOLDER
 
     def prepare_data(self) -> None:
         if self.download:
-            CIFAR10Files(self.root, train=True, download=True, verify_checksums=self.verify_checksums)
+            cifar10_split(self.root, train=True, download=True, verify_checksums=self.verify_checksums)
 
     def setup(self, stage: str) -> None:
         self.split(train=True)
         self.split(train=False)
 
-    def split(self, train: bool) -> CIFAR10Files:
+    def split(self, train: bool) -> Any:
         """The parsed train or test split (PIL images, int labels), loaded once."""
         if train not in self._splits:
             missing = [name for name in FILES if not (self.folder / name).is_file()]
             if missing:
                 raise DatasetNotFoundError(
                     f"CIFAR-10 not found: {self.folder.absolute()} has no {missing[0]}; set data.download=true on a "
-                    f"machine with internet, or copy the extracted {CIFAR10.base_folder} folder there")
+                    f"machine with internet, or copy the extracted {FOLDER} folder there")
             try:
-                self._splits[train] = CIFAR10Files(self.root, train=train, verify_checksums=self.verify_checksums)
+                self._splits[train] = cifar10_split(self.root, train=train, verify_checksums=self.verify_checksums)
             except RuntimeError as error:
                 raise DatasetChecksumError(
                     f"CIFAR-10 files in {self.folder.absolute()} fail torchvision's md5 check (not the official "
@@ -192,20 +233,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), **kwargs)
 
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
     def train_dataloader(self) -> DataLoader:
         """Two-view batches; under DDP every process loads its share (see :class:`EpochShuffleSampler`)."""
         dataset = TransformedSplit(self.split(train=True), *self.view_transforms, seed=self.seed)
-        sampler = EpochShuffleSampler(len(dataset), self.seed, *self._world())
-        return self._loader(dataset, self.batch_size, sampler=sampler, drop_last=True,
+        sampler = EpochShuffleSampler(len(dataset), self.seed, *self.world())
+        return self._loader(dataset, self.batch_size, sampler=sampler, drop_last=True, collate_fn=collate_views,
                             persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         """The test split in file order; under DDP process ``rank`` takes images ``rank, rank + world_size, ...``."""
-        rank, world_size = self._world()
+        rank, world_size = self.world()
         dataset = TransformedSplit(self.split(train=False), self.eval_transform)
         return self._loader(dataset, self.batch_size, sampler=range(rank, len(dataset), world_size),
                             persistent_workers=self.num_workers > 0)
@@ -234,7 +271,7 @@ def write_cifar10_batches(root: str | Path, n_train: int, n_test: int, seed: int
     Returns ``root``.
     """
     root = Path(root)
-    folder = root / CIFAR10.base_folder
+    folder = root / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
 
@@ -245,10 +282,10 @@ def write_cifar10_batches(root: str | Path, n_train: int, n_test: int, seed: int
                  "filenames": [f"{CLASS_NAMES[label]}_s_{i:06d}.png" for i, label in zip(indices, labels)]}
         (folder / name).write_bytes(pickle.dumps(batch))
 
-    train_batches = np.array_split(np.arange(n_train), len(CIFAR10.train_list))
-    for number, ((name, _), indices) in enumerate(zip(CIFAR10.train_list, train_batches), start=1):
+    train_batches = np.array_split(np.arange(n_train), len(TRAIN_FILES))
+    for number, (name, indices) in enumerate(zip(TRAIN_FILES, train_batches), start=1):
         write(name, f"training batch {number} of {len(train_batches)}", indices)
-    write(CIFAR10.test_list[0][0], "testing batch 1 of 1", np.arange(n_test))
+    write(TEST_FILE, "testing batch 1 of 1", np.arange(n_test))
     meta = {"num_cases_per_batch": len(train_batches[0]), "label_names": list(CLASS_NAMES), "num_vis": 3 * 32 * 32}
-    (folder / CIFAR10.meta["filename"]).write_bytes(pickle.dumps(meta))
+    (folder / META_FILE).write_bytes(pickle.dumps(meta))
     return root

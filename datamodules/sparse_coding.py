@@ -1,26 +1,29 @@
-"""Synthetic sparse-coding data of seed 000 (Pokle et al. 2022), generated and augmented on the device.
+"""Synthetic sparse-coding data of Pokle et al. 2022, generated and augmented on the device.
 
 Data (Eq. 1): ``x = M z + e`` with a column-orthonormal dictionary ``M`` (p x d), a sparse latent ``z`` and Gaussian
 noise ``e ~ N(0, sigma^2 I_p)``. Views come from random masks: independent (Eq. 3) ``a1 = D1 x, a2 = D2 x`` or dependent
 (Eq. 2) ``a1 = 2 D x, a2 = 2 (I - D) x``, with diagonal ``D`` whose entries are 1 with probability ``1 - mask_prob``.
 
-The whole dataset is a tensor; each epoch is one shuffle and one batched masking, handed to the method as one block
-of mini-batches (a list of view pairs), so no per-sample Python code runs during training.
+The whole dataset is a tensor; each epoch is one shuffle and one batched masking, handed to the method as one
+training batch of all its mini-batches (a ``list[Views]``), so no per-sample Python code runs during training.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Optional
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
+from datamodules.base import DataModule
 from datamodules.epochs import epoch_seed, shard
-
-ViewPair = tuple[Tensor, Tensor]
+from ssl_bench.config import ConfigError, DataConfig, check_choice, check_positive, check_range
+from ssl_bench.registry import register
+from ssl_bench.views import Views
 
 
 def make_dictionary(p: int, d: int, kind: str, generator: torch.Generator) -> Tensor:
@@ -73,7 +76,7 @@ def sample_latents(n: int, d: int, sparsity: float, latent: str, sampler: str, g
     return z
 
 
-def mask_views(x: Tensor, augmentation: str, mask_prob: float, generator: torch.Generator) -> ViewPair:
+def mask_views(x: Tensor, augmentation: str, mask_prob: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Two masked views of every row of ``x`` (Eq. 3 independent, Eq. 2 dependent); masks keep ``1 - mask_prob``."""
     keep = 1.0 - mask_prob
     d1 = (torch.rand(x.shape, generator=generator, device=x.device) < keep).to(x.dtype)
@@ -83,8 +86,8 @@ def mask_views(x: Tensor, augmentation: str, mask_prob: float, generator: torch.
     return d1 * x, d2 * x
 
 
-class _EpochBlocks:
-    """The train loader: one item per epoch, the epoch's list of mini-batch view pairs (the last one partial
+class _EpochBatches:
+    """The train loader: one item per epoch, the epoch's mini-batches as a ``list[Views]`` (the last one partial
     unless ``drop_last``)."""
 
     def __init__(self, datamodule: SparseCodingDataModule) -> None:
@@ -93,20 +96,68 @@ class _EpochBlocks:
     def __len__(self) -> int:
         return 1
 
-    def __iter__(self) -> Iterator[list[ViewPair]]:
+    def __iter__(self) -> Iterator[list[Views]]:
         trainer = self.datamodule.trainer
-        if trainer is None:
-            yield self.datamodule.epoch_batches(0)
-        else:
-            yield self.datamodule.epoch_batches(trainer.current_epoch, trainer.global_rank, trainer.world_size)
+        epoch = trainer.current_epoch if trainer is not None else 0
+        yield self.datamodule.epoch_batches(epoch, *self.datamodule.world())
 
 
-class SparseCodingDataModule(L.LightningDataModule):
+@register("data", "sparse_coding")
+class SparseCodingDataModule(DataModule):
     """Sparse-coding data (Eq. 1) with masking augmentation, held as device tensors.
 
     Ground truth for metric callbacks: ``dictionary`` (M, p x d), ``latents`` (z, n x d) and ``inputs`` (x, n x p);
     the evaluation interface: ``evaluation_inputs``, ``num_classes`` and ``readout_dataloaders``.
     """
+
+    @dataclass
+    class Config(DataConfig):
+        """``n`` samples of dimension ``p`` from ``d`` latents with ``sparsity``; ``latent`` symmetric {0, +-1},
+        binary {0, 1} or one_hot; ``sampler`` fixed_count (official code) or bernoulli (the text);
+        ``dictionary`` orthonormal or identity; ``noise_std`` null for ``sqrt(ln d) / d`` (official code);
+        ``augmentation`` dependent (Eq. 2) or independent (Eq. 3) masks zeroing each coordinate with
+        ``mask_prob``; ``drop_last`` drops a partial last mini-batch."""
+
+        n: int = 3000
+        p: int = 50
+        d: int = 10
+        sparsity: float = 0.1
+        latent: str = "symmetric"
+        sampler: str = "fixed_count"
+        dictionary: str = "orthonormal"
+        noise_std: Optional[float] = None
+        augmentation: str = "dependent"
+        mask_prob: float = 0.5
+        drop_last: bool = False
+
+        def provides(self) -> set[str]:
+            return {"vectors", "dictionary", *(("labels",) if self.latent == "one_hot" else ())}
+
+        def validate(self, prefix: str) -> None:
+            for key in ("n", "p", "d", "batch_size"):
+                check_positive(f"{prefix}.{key}", getattr(self, key))
+            check_range(f"{prefix}.sparsity", self.sparsity, 0, 1, "(]")
+            check_range(f"{prefix}.mask_prob", self.mask_prob, 0, 1, "[)")
+            check_choice(f"{prefix}.latent", self.latent, ("symmetric", "binary", "one_hot"))
+            check_choice(f"{prefix}.sampler", self.sampler, ("fixed_count", "bernoulli"))
+            check_choice(f"{prefix}.dictionary", self.dictionary, ("orthonormal", "identity"))
+            check_choice(f"{prefix}.augmentation", self.augmentation, ("dependent", "independent"))
+            if self.dictionary == "identity" and self.p != self.d:
+                raise ConfigError(f"{prefix}.dictionary=identity needs p == d (got p={self.p}, d={self.d})")
+            if self.dictionary == "orthonormal" and self.p < self.d:
+                raise ConfigError(f"{prefix}.p={self.p} must be >= {prefix}.d={self.d} for an orthonormal dictionary")
+            if self.noise_std is not None and self.noise_std < 0:
+                raise ConfigError(f"{prefix}.noise_std={self.noise_std} must be >= 0")
+            non_zero = sum(fixed_count_sizes(self.d, self.sparsity))
+            if self.sampler == "fixed_count" and self.latent != "one_hot" and non_zero > self.d:
+                raise ConfigError(f"{prefix}.sparsity={self.sparsity} needs {non_zero} non-zero latents per sample "
+                                  f"with the fixed_count sampler but {prefix}.d={self.d}; raise d or use "
+                                  "sampler=bernoulli")
+
+        @property
+        def resolved_noise_std(self) -> float:
+            """The noise level; the official code's default is ``sqrt(ln d) / d``."""
+            return math.sqrt(math.log(self.d)) / self.d if self.noise_std is None else self.noise_std
 
     def __init__(self, n: int = 3000, p: int = 50, d: int = 10, sparsity: float = 0.1, latent: str = "symmetric",
                  sampler: str = "fixed_count", dictionary: str = "orthonormal", noise_std: float = 0.0,
@@ -123,11 +174,20 @@ class SparseCodingDataModule(L.LightningDataModule):
         self.inputs = self.latents @ self.dictionary.T + self.noise
         self._generator: torch.Generator | None = None
 
+    @classmethod
+    def from_config(cls, config: Config, seed: int) -> SparseCodingDataModule:
+        return cls(n=config.n, p=config.p, d=config.d, sparsity=config.sparsity, latent=config.latent,
+                   sampler=config.sampler, dictionary=config.dictionary, noise_std=config.resolved_noise_std,
+                   augmentation=config.augmentation, mask_prob=config.mask_prob, batch_size=config.batch_size,
+                   drop_last=config.drop_last, seed=seed)
+
     @property
     def input_dim(self) -> int:
         return self.inputs.shape[1]
 
-    labelled_batches = False  # training blocks carry no labels (the readout uses ``readout_dataloaders``)
+    @property
+    def latent_dim(self) -> int:
+        return self.latents.shape[1]
 
     @property
     def num_classes(self) -> int | None:
@@ -163,7 +223,7 @@ class SparseCodingDataModule(L.LightningDataModule):
             setattr(self, name, getattr(self, name).to(device))
         self._generator = torch.Generator(device=device)
 
-    def epoch_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[ViewPair]:
+    def epoch_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[Views]:
         """Shuffle, mask and split the whole dataset for ``epoch``; seeded by (seed, epoch), so resumes are exact.
 
         With ``world_size`` processes (DDP) every process draws the same epoch and takes its :func:`shard`, so its
@@ -177,11 +237,8 @@ class SparseCodingDataModule(L.LightningDataModule):
         x = self.inputs[torch.randperm(len(self.inputs), generator=generator, device=self.inputs.device)]
         view1, view2 = mask_views(x, self.augmentation, self.mask_prob, generator)
         view1, view2 = shard(view1, rank, world_size), shard(view2, rank, world_size)
-        pairs = list(zip(view1.split(self.batch_size), view2.split(self.batch_size)))
-        return pairs[:-1] if self.drop_last and len(view1) % self.batch_size and len(pairs) > 1 else pairs
+        batches = [Views(a, b) for a, b in zip(view1.split(self.batch_size), view2.split(self.batch_size))]
+        return batches[:-1] if self.drop_last and len(view1) % self.batch_size and len(batches) > 1 else batches
 
-    def train_dataloader(self) -> _EpochBlocks:
-        return _EpochBlocks(self)
-
-    def transfer_batch_to_device(self, batch: list[ViewPair], device: torch.device, dataloader_idx: int):
-        return batch
+    def train_dataloader(self) -> _EpochBatches:
+        return _EpochBatches(self)

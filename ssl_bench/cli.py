@@ -1,22 +1,21 @@
-"""``ssl-bench fit|sweep|report``: compose Hydra configs, validate them, run."""
+"""``ssl-bench fit|sweep|report``: compose Hydra configs, validate them, run.
+
+Start-up is light: ``--help`` reads only the config folder, and composing and checking a config imports the
+registered parts' files (torch) but neither Lightning nor torchvision; those load when a run starts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import HydraException
-from omegaconf import DictConfig, open_dict
-from omegaconf.errors import OmegaConfBaseException
-
-from datamodules.cifar10 import DatasetChecksumError, DatasetNotFoundError
-from ssl_bench.config import ConfigError, RunConfig, has_key, to_run_config, to_yaml, unknown_key_error
+from ssl_bench.errors import ConfigError, UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ("data", "encoder", "method", "optim", "trainer", "logger")
+GROUPS = ("data", "encoder", "method", "optim", "trainer", "callbacks", "logger")
+SECTIONS = (*GROUPS, "sweep")
 
 
 def available_configs() -> tuple[list[str], dict[str, list[str]]]:
@@ -38,19 +37,26 @@ def configs_help() -> str:
     return "\n".join(lines)
 
 
-def schema_override(override: str) -> str:
-    """``group.key=value`` for a key of the schema becomes ``++group.key=value``, so keys that a group's YAML leaves
-    at their schema default can be set too; anything else is passed to Hydra unchanged."""
+def section_override(override: str) -> str:
+    """``section.key=value`` becomes ``++section.key=value`` (set or add), so keys that a YAML file leaves at their
+    default can be set too; the chosen part's schema then refuses keys it does not have. Anything else is passed to
+    Hydra unchanged."""
     key, sep, _ = override.partition("=")
-    if not sep or "." not in key or key.startswith(("+", "~", "hydra.")) or key.split(".")[0] not in GROUPS + (
-            "callbacks", "sweep"):
+    if not sep or "." not in key or key.startswith(("+", "~")) or key.split(".")[0] not in SECTIONS:
         return override
-    return f"++{override}" if has_key(key) else override
+    return f"++{override}"
 
 
-def compose_config(config: str, overrides: list[str]) -> DictConfig:
-    """Compose ``config`` (a name under configs/ or a path to a YAML file) with Hydra ``overrides``."""
-    overrides = [schema_override(o) for o in overrides]
+def compose_config(config: str, overrides: list[str]) -> dict[str, Any]:
+    """Compose ``config`` (a name under configs/ or a path to a YAML file) with Hydra ``overrides``; the result as
+    plain dicts and lists."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [section_override(o) for o in overrides]
     path = Path(config)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         config_dir, name = path.resolve().parent, path.stem
@@ -64,20 +70,20 @@ def compose_config(config: str, overrides: list[str]) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             cfg = compose(config_name=name, overrides=overrides)
+        plain = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as err:
-        message = str(err).strip().splitlines()[0]
-        if message.startswith("Could not override '"):
-            raise unknown_key_error(message.split("'")[1]) from None
-        raise ConfigError(message) from None
+        raise ConfigError(str(err).strip().splitlines()[0]) from None
     finally:
         GlobalHydra.instance().clear()
-    if cfg.get("experiment", "adhoc") == "adhoc":
-        with open_dict(cfg):
-            cfg.experiment = name if config_dir == CONFIG_DIR else path.stem
-    return cfg
+    if plain.get("experiment", "adhoc") == "adhoc":
+        plain["experiment"] = name if config_dir == CONFIG_DIR else path.stem
+    return plain
 
 
-def load(config: str, overrides: list[str]) -> RunConfig:
+def load(config: str, overrides: list[str]) -> Any:
+    """The validated :class:`ssl_bench.config.RunConfig` of ``config`` with ``overrides``."""
+    from ssl_bench.config import to_run_config
+
     return to_run_config(compose_config(config, overrides))
 
 
@@ -118,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load(args.config, args.overrides)
         if args.command == "fit":
             if args.print_config:
+                from ssl_bench.config import to_yaml
+
                 print(to_yaml(cfg))
                 return 0
             from ssl_bench.run import fit
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
                          dry_run=args.print_config)
-    except (ConfigError, DatasetNotFoundError, DatasetChecksumError) as err:
+    except UserError as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return 2
 

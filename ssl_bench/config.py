@@ -1,254 +1,144 @@
-"""Typed run configuration: dataclass schemas, validation and one-line errors.
+"""Typed run configuration: the chosen parts' own config dataclasses, strict keys, and one-line errors.
 
-A composed Hydra config is merged into :class:`RunConfig`; a wrong key, type or range raises
-:class:`ConfigError`, which the CLI prints as one line naming the key and what is allowed (exit code 2).
+The parts (``data``, ``encoder``, ``method``, ``optim`` and every entry of ``callbacks``) are looked up in the
+registry by name, and each section is merged into that part's ``Config`` dataclass: a key the part does not have, a
+wrong type or a value out of range raises :class:`ConfigError`, which the CLI prints as one line naming the key and
+what is allowed (exit code 2). Rules that span parts are capabilities (:data:`CAPABILITIES`), checked in
+:meth:`RunConfig.validate`. Importing this module loads neither torch, Lightning nor torchvision.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from datamodules.cifar10 import VIEWS
-from datamodules.sparse_coding import fixed_count_sizes
-from ssl_bench.nets.resnet import RESNETS
-from ssl_bench.nets.sparse import ACTIVATIONS
+from ssl_bench import registry
+from ssl_bench.errors import ConfigError
+
+__all__ = ["CAPABILITIES", "CallbackConfig", "ConfigError", "DataConfig", "EncoderConfig", "LoggerConfig",
+           "MethodConfig", "OptimConfig", "PartConfig", "ReferenceRow", "RunConfig", "SweepConfig", "TrainerConfig",
+           "check_choice", "check_non_negative", "check_positive", "check_range", "to_run_config", "to_yaml"]
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the key and what is allowed."""
-
-
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
 
 
-def _positive(key: str, value: float) -> None:
+def check_positive(key: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{key}={value} must be > 0")
 
 
-def _non_negative(key: str, value: float) -> None:
+def check_non_negative(key: str, value: float) -> None:
     if value < 0:
         raise ConfigError(f"{key}={value} must be >= 0")
 
 
-DATASETS = ("sparse_coding", "cifar10")
+def check_range(key: str, value: float, low: float, high: float, closed: str = "[]") -> None:
+    """``value`` in the interval from ``low`` to ``high``; ``closed`` says which ends belong to it, e.g. ``(]``."""
+    inside = (low <= value if closed[0] == "[" else low < value) and (value <= high if closed[1] == "]"
+                                                                      else value < high)
+    if not inside:
+        raise ConfigError(f"{key}={value} is out of range; allowed: {closed[0]}{low}, {high}{closed[1]}")
+
+
+CAPABILITIES = {
+    "vectors": "vector inputs",
+    "images": "image inputs",
+    "dictionary": "a ground-truth dictionary (data=sparse_coding)",
+    "first_layer_weight": "a first-layer weight matrix (a sparse encoder)",
+    "labels": "labelled data",
+}
+"""What parts provide and need, with the words an error uses for each."""
 
 
 @dataclass
-class DataConfig:
-    """The datamodule: ``sparse_coding`` (seed 000, Eq. 1: ``x = M z + e`` with masking augmentation, Eqs. 2-3) or
-    ``cifar10`` (torchvision's CIFAR-10 with two-view augmentations). ``batch_size`` is per process; each key below
-    the common ones belongs to the dataset named in its comment block."""
+class PartConfig:
+    """The base of every registered part's config: its registered ``name`` and its own checks.
 
-    name: str = "sparse_coding"
-    batch_size: int = 512
-    # sparse_coding
-    n: int = 3000
-    p: int = 50
-    d: int = 10
-    sparsity: float = 0.1
-    latent: str = "symmetric"
-    sampler: str = "fixed_count"
-    dictionary: str = "orthonormal"
-    noise_std: Optional[float] = None
-    augmentation: str = "dependent"
-    mask_prob: float = 0.5
-    drop_last: bool = False
-    # cifar10
-    root: str = "data/cifar10"
-    download: bool = False
-    verify_checksums: bool = True
-    num_workers: int = 4
-    views: str = "simclr"
-    crop_min_scale: float = 0.08
-
-    def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.name", self.name, DATASETS)
-        _non_negative(f"{prefix}.num_workers", self.num_workers)
-        _choice(f"{prefix}.views", self.views, tuple(VIEWS))
-        if not 0 < self.crop_min_scale <= 1:
-            raise ConfigError(f"{prefix}.crop_min_scale={self.crop_min_scale} is out of range; allowed: (0, 1]")
-        for key in ("n", "p", "d", "batch_size"):
-            _positive(f"{prefix}.{key}", getattr(self, key))
-        if not 0 < self.sparsity <= 1:
-            raise ConfigError(f"{prefix}.sparsity={self.sparsity} is out of range; allowed: 0 < sparsity <= 1")
-        if not 0 <= self.mask_prob < 1:
-            raise ConfigError(f"{prefix}.mask_prob={self.mask_prob} is out of range; allowed: 0 <= mask_prob < 1")
-        _choice(f"{prefix}.latent", self.latent, ("symmetric", "binary", "one_hot"))
-        _choice(f"{prefix}.sampler", self.sampler, ("fixed_count", "bernoulli"))
-        _choice(f"{prefix}.dictionary", self.dictionary, ("orthonormal", "identity"))
-        _choice(f"{prefix}.augmentation", self.augmentation, ("dependent", "independent"))
-        if self.dictionary == "identity" and self.p != self.d:
-            raise ConfigError(f"{prefix}.dictionary=identity needs p == d (got p={self.p}, d={self.d})")
-        if self.dictionary == "orthonormal" and self.p < self.d:
-            raise ConfigError(f"{prefix}.p={self.p} must be >= {prefix}.d={self.d} for an orthonormal dictionary")
-        if self.noise_std is not None:
-            _non_negative(f"{prefix}.noise_std", self.noise_std)
-        non_zero = sum(fixed_count_sizes(self.d, self.sparsity))
-        if self.sampler == "fixed_count" and self.latent != "one_hot" and non_zero > self.d:
-            raise ConfigError(f"{prefix}.sparsity={self.sparsity} needs {non_zero} non-zero latents per sample with "
-                              f"the fixed_count sampler but {prefix}.d={self.d}; raise d or use sampler=bernoulli")
-
-    @property
-    def resolved_noise_std(self) -> float:
-        """The noise level; the official code's default is ``sqrt(ln d) / d``."""
-        return math.sqrt(math.log(self.d)) / self.d if self.noise_std is None else self.noise_std
-
-
-@dataclass
-class EncoderConfig:
-    """The backbone: ``sparse``, the one- or two-layer encoder of seed 000 (Sec. 4 and Eq. 14; the keys up to
-    ``weight_norm``), or a torchvision ResNet (``resnet18`` | ``resnet50``) with the CIFAR stem (3x3 stride-1 conv, no
-    max-pool) when ``cifar_stem``."""
-
-    name: str = "sparse"
-    cifar_stem: bool = True
-    width: int = 50
-    layers: int = 1
-    batch_norm: bool = True
-    activation: str = "symmetric_relu"
-    bias: bool = True
-    bias_init: str = "default"
-    init_std: Optional[float] = None
-    warm_start: bool = False
-    warm_start_noise: Optional[float] = None
-    warm_start_c: Optional[float] = None
-    weight_norm: str = "none"
-
-    def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.name", self.name, ("sparse", *RESNETS))
-        _positive(f"{prefix}.width", self.width)
-        if self.layers not in (1, 2):
-            raise ConfigError(f"{prefix}.layers={self.layers} is not allowed; choose one of: 1, 2")
-        _choice(f"{prefix}.activation", self.activation, ACTIVATIONS)
-        _choice(f"{prefix}.bias_init", self.bias_init, ("default", "zero"))
-        _choice(f"{prefix}.weight_norm", self.weight_norm, ("none", "row", "column"))
-        if self.init_std is not None:
-            _positive(f"{prefix}.init_std", self.init_std)
-        if self.warm_start_noise is not None and self.warm_start_c is not None:
-            raise ConfigError(f"{prefix}.warm_start_noise and {prefix}.warm_start_c are exclusive; set one of them")
-        if self.warm_start_noise is not None:
-            _non_negative(f"{prefix}.warm_start_noise", self.warm_start_noise)
-
-
-METHODS = ("simclr", "simsiam", "byol", "directclr", "adaptive_infonce")
-PROJECTORS = ("none", "linear", "mlp")
-PREDICTORS = ("none", "linear", "linear_nobias", "identity", "identity_frozen_diagonal", "mlp")
-
-
-@dataclass
-class MethodConfig:
-    """Self-supervised objective and heads.
-
-    Heads: ``projector`` none | linear | mlp (``projector_layers`` Linear-BN-ReLU blocks of ``projector_hidden_dim``
-    then a Linear to ``projector_dim``, null = the backbone's width; ``projector_output_bn`` adds SimSiam's final
-    BN). ``predictor`` none | linear | linear_nobias | identity (identity-initialised, no bias; seed 001) |
-    identity_frozen_diagonal (only the off-diagonal is trained; seed 001) | mlp (Linear-BN-ReLU-Linear through
-    ``predictor_hidden_dim``); ``predictor_init=symmetric`` draws a linear head ``N(0, 1/h)`` and symmetrises it
-    (seed 003, Assump. 4).
+    ``needs`` lists the capabilities (:data:`CAPABILITIES`) the part needs from the rest of the run; ``provides``
+    what it offers the other parts.
     """
 
-    name: str = "simclr"
-    temperature: float = 0.05
-    projector: str = "none"
-    projector_hidden_dim: int = 2048
-    projector_dim: Optional[int] = None
-    projector_layers: int = 2
-    projector_output_bn: bool = False
-    predictor: str = "none"
-    predictor_hidden_dim: int = 512
-    predictor_init: str = "default"
-    target_update: str = "alternate"
-    ema_momentum: float = 0.99
-    ema_momentum_end: Optional[float] = None
-    directclr_dim: int = 360
-    temperatures: Optional[list[float]] = None
-    temperature_groups: Optional[list[int]] = None
-    learn_temperature: bool = False
-    normalize: bool = True
-    standardize: bool = False
+    name: str = ""
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.name", self.name, METHODS)
-        _positive(f"{prefix}.temperature", self.temperature)
-        _choice(f"{prefix}.projector", self.projector, PROJECTORS)
-        _choice(f"{prefix}.predictor", self.predictor, PREDICTORS)
-        _choice(f"{prefix}.predictor_init", self.predictor_init, ("default", "symmetric"))
-        _choice(f"{prefix}.target_update", self.target_update, ("alternate", "ema"))
-        for key in ("projector_hidden_dim", "projector_layers", "predictor_hidden_dim", "directclr_dim"):
-            _positive(f"{prefix}.{key}", getattr(self, key))
-        if self.projector_dim is not None:
-            _positive(f"{prefix}.projector_dim", self.projector_dim)
-        for key in ("ema_momentum", "ema_momentum_end"):
-            value = getattr(self, key)
-            if value is not None and not 0 <= value <= 1:
-                raise ConfigError(f"{prefix}.{key}={value} is out of range; allowed: [0, 1]")
-        if self.name == "simsiam" and self.predictor == "none":
-            raise ConfigError(f"{prefix}.predictor=none is not allowed for simsiam; use {prefix}.predictor=linear")
-        if self.name == "directclr" and (self.projector != "none" or self.predictor != "none"):
-            raise ConfigError(f"{prefix}.name=directclr trains without heads; set {prefix}.projector=none and "
-                              f"{prefix}.predictor=none")
-        if self.name in ("simclr", "directclr", "adaptive_infonce") and self.predictor != "none":
-            raise ConfigError(f"{prefix}.predictor={self.predictor} is only used by simsiam and byol; set "
-                              f"{prefix}.predictor=none")
-        if self.name == "byol" and self.target_update == "alternate" and self.projector != "none":
-            raise ConfigError(f"{prefix}.projector={self.projector} needs {prefix}.target_update=ema; the alternating "
-                              "updates of seed 000 have no projector")
-        if self.predictor_init == "symmetric" and self.predictor not in ("linear", "linear_nobias"):
-            raise ConfigError(f"{prefix}.predictor_init=symmetric needs {prefix}.predictor=linear or linear_nobias")
-        if self.temperatures is not None:
-            if not self.temperatures:
-                raise ConfigError(f"{prefix}.temperatures is empty; give one value per group, e.g. [1.0,0.7]")
-            for value in self.temperatures:
-                _positive(f"{prefix}.temperatures", value)
-        if self.temperature_groups is not None:
-            if self.temperatures is None or len(self.temperature_groups) != len(self.temperatures):
-                raise ConfigError(f"{prefix}.temperature_groups needs one size per entry of {prefix}.temperatures")
-            for size in self.temperature_groups:
-                _positive(f"{prefix}.temperature_groups", size)
+        """Check this part's own values; raise :class:`ConfigError` naming ``prefix.key``."""
+
+    def provides(self) -> set[str]:
+        return set()
+
+    def required(self) -> tuple[str, ...]:
+        """The capabilities this part needs with these values (by default :attr:`needs`)."""
+        return self.needs
 
 
 @dataclass
-class OptimConfig:
-    """Optimizer and learning-rate schedule.
+class DataConfig(PartConfig):
+    """A datamodule's config; ``batch_size`` is per process."""
+
+    batch_size: int = 512
+
+    def validate(self, prefix: str) -> None:
+        check_positive(f"{prefix}.batch_size", self.batch_size)
+
+
+@dataclass
+class EncoderConfig(PartConfig):
+    """A backbone's config; ``output_dim`` is the width of the features it returns."""
+
+    @property
+    def output_dim(self) -> int:
+        raise NotImplementedError
+
+
+@dataclass
+class MethodConfig(PartConfig):
+    """A method's config; :meth:`validate_embedding` checks what depends on the encoder's width."""
+
+    def validate_embedding(self, prefix: str, width: int) -> None:
+        """Check the keys that depend on the backbone's output ``width``."""
+
+
+@dataclass
+class OptimConfig(PartConfig):
+    """Optimizer and learning-rate schedule (the keys every optimizer has).
 
     ``lr`` is the learning rate at a global batch of 256 when ``scale_lr`` (``lr * global_batch / 256``, as SimCLR
     and solo-learn), the learning rate itself otherwise. ``schedule=warmup_cosine`` warms up linearly over
     ``warmup_epochs`` and follows a half cosine down to ``min_lr`` by the last step; it sets the rate before every
-    optimizer step. LARS (You et al. 2017) excludes biases and normalisation parameters from both the trust ratio
-    and weight decay (``exclude_bias_and_norm``). The online probe has its own learning rate and no weight decay.
+    optimizer step. The online probe has its own learning rate ``probe_lr`` and no weight decay.
     """
 
-    name: str = "sgd"
     lr: float = 0.005
-    momentum: float = 0.0
     weight_decay: float = 0.0
     scale_lr: bool = False
     schedule: str = "constant"
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
-    lars_eta: float = 0.02
-    lars_clip: bool = True
-    exclude_bias_and_norm: bool = True
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     probe_lr: float = 0.1
 
     def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.name", self.name, ("sgd", "lars", "adamw"))
-        _choice(f"{prefix}.schedule", self.schedule, ("constant", "warmup_cosine"))
-        for key in ("lr", "lars_eta", "probe_lr"):
-            _positive(f"{prefix}.{key}", getattr(self, key))
-        for key in ("momentum", "weight_decay", "warmup_epochs", "min_lr"):
-            _non_negative(f"{prefix}.{key}", getattr(self, key))
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"{prefix}.betas={list(self.betas)} must be two values in [0, 1), e.g. [0.9,0.999]")
+        check_choice(f"{prefix}.schedule", self.schedule, ("constant", "warmup_cosine"))
+        for key in ("lr", "probe_lr"):
+            check_positive(f"{prefix}.{key}", getattr(self, key))
+        for key in ("weight_decay", "warmup_epochs", "min_lr"):
+            check_non_negative(f"{prefix}.{key}", getattr(self, key))
+
+
+@dataclass
+class CallbackConfig:
+    """A metric callback's config; the callback's name is its key under ``callbacks``."""
+
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self, prefix: str) -> None:
+        """Check this callback's own values."""
 
 
 @dataclass
@@ -270,32 +160,14 @@ class TrainerConfig:
     resume: Optional[str] = None
 
     def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))
-        _choice(f"{prefix}.precision", self.precision, ("auto", "32-true", "16-mixed", "bf16-mixed"))
+        check_choice(f"{prefix}.strategy", self.strategy, ("auto", "ddp", "ddp_spawn"))
+        check_choice(f"{prefix}.precision", self.precision, ("auto", "32-true", "16-mixed", "bf16-mixed"))
         for key in ("max_epochs", "devices", "threads", "log_every_n_epochs", "metrics_every_n_epochs", "num_nodes",
                     "val_every_n_epochs"):
-            _positive(f"{prefix}.{key}", getattr(self, key))
-        _non_negative(f"{prefix}.checkpoint_every_n_epochs", self.checkpoint_every_n_epochs)
-        _choice(f"{prefix}.accelerator", self.accelerator, ("cpu", "gpu", "auto"))
-        _choice(f"{prefix}.progress", self.progress, ("epochs", "steps", "none"))
-
-
-@dataclass
-class CallbacksConfig:
-    """Metric callbacks; each reads the datamodule's ground truth and a small model interface."""
-
-    max_cosine: bool = True
-    max_cosine_signed: bool = False
-    spectrum: bool = True
-    spectrum_samples: int = 2048
-    spectrum_tolerance: float = 1e-4
-    readout: bool = True
-    readout_epochs: int = 100
-    readout_batch_size: int = 512
-
-    def validate(self, prefix: str) -> None:
-        for key in ("spectrum_samples", "spectrum_tolerance", "readout_epochs", "readout_batch_size"):
-            _positive(f"{prefix}.{key}", getattr(self, key))
+            check_positive(f"{prefix}.{key}", getattr(self, key))
+        check_non_negative(f"{prefix}.checkpoint_every_n_epochs", self.checkpoint_every_n_epochs)
+        check_choice(f"{prefix}.accelerator", self.accelerator, ("cpu", "gpu", "auto"))
+        check_choice(f"{prefix}.progress", self.progress, ("epochs", "steps", "none"))
 
 
 @dataclass
@@ -307,18 +179,27 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
 
     def validate(self, prefix: str) -> None:
-        _choice(f"{prefix}.backend", self.backend, ("wandb", "none"))
-        _choice(f"{prefix}.mode", self.mode, ("auto", "online", "offline"))
+        check_choice(f"{prefix}.backend", self.backend, ("wandb", "none"))
+        check_choice(f"{prefix}.mode", self.mode, ("auto", "online", "offline"))
+
+
+@dataclass
+class ReferenceRow:
+    """A paper's values for the table row whose grid axes equal ``match`` (axis -> value), by metric."""
+
+    match: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class SweepConfig:
-    """A grid of named override sets x seeds; see ``ssl_bench.sweep``."""
+    """A grid of named override sets x seeds, the metrics of its table and the paper's values (``reference``);
+    see ``ssl_bench.sweep``."""
 
     seeds: list[int] = field(default_factory=lambda: [1])
     grid: Any = None
     metrics: list[str] = field(default_factory=lambda: ["maxcos/max", "maxcos/median", "maxcos/min"])
-    reference: Any = None
+    reference: list[ReferenceRow] = field(default_factory=list)
 
     def validate(self, prefix: str) -> None:
         if not self.seeds:
@@ -326,17 +207,32 @@ class SweepConfig:
 
 
 @dataclass
-class RunConfig:
+class RunKeys:
+    """The run's own top-level keys."""
+
     experiment: str = "adhoc"
     group: Optional[str] = None
     seed: int = 1
     run_dir: Optional[str] = None
+
+
+SCALARS = tuple(f.name for f in fields(RunKeys))
+PARTS = {"data": "data", "encoder": "encoder", "method": "method", "optim": "optim"}
+"""Config sections that name a registered part: section -> registry group."""
+SECTIONS = {"trainer": TrainerConfig, "logger": LoggerConfig, "sweep": SweepConfig}
+"""Config sections with one fixed schema."""
+
+
+@dataclass
+class RunConfig(RunKeys):
+    """A whole run: the chosen parts' configs and the fixed sections. Build it with :func:`to_run_config`."""
+
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    callbacks: dict[str, CallbackConfig] = field(default_factory=dict)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
@@ -346,63 +242,113 @@ class RunConfig:
         return self.group or self.experiment
 
     def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if hasattr(value, "validate"):
-                value.validate(f.name)
-        images = self.data.name == "cifar10"
-        if images != (self.encoder.name in RESNETS):
-            allowed = ", ".join(RESNETS) if images else "sparse (e.g. encoder=basic)"
-            raise ConfigError(f"encoder.name={self.encoder.name} cannot read data.name={self.data.name}; use "
-                              f"encoder {allowed}")
+        """Each part's and section's own checks, then the capabilities that span parts."""
+        for section in (*PARTS, *SECTIONS):
+            getattr(self, section).validate(section)
+        for name, callback in self.callbacks.items():
+            callback.validate(f"callbacks.{name}")
+        self.method.validate_embedding("method", self.encoder.output_dim)
+        self.check_capabilities()
+
+    def check_capabilities(self) -> None:
+        """Every part's needs are met by what the data and the encoder provide."""
+        available = self.data.provides() | self.encoder.provides()
+        users = [(f"encoder={self.encoder.name}", self.encoder.required(), ""),
+                 (f"method={self.method.name}", self.method.required(), ""),
+                 *((f"callbacks.{name}", callback.needs, f"; remove it with ~callbacks.{name}")
+                   for name, callback in self.callbacks.items())]
+        for who, needs, hint in users:
+            for need in needs:
+                if need in available:
+                    continue
+                if need in ("vectors", "images"):
+                    kind = "images" if "images" in available else "vectors"
+                    readers = [name for name in registry.names("encoder")
+                               if kind in registry.lookup("encoder", name).Config.needs]
+                    hint = f"; encoders for {CAPABILITIES[kind]}: {', '.join(readers)}"
+                raise ConfigError(f"{who} needs {CAPABILITIES[need]}, which data={self.data.name} with "
+                                  f"encoder={self.encoder.name} does not provide{hint}")
+
+    def to_container(self) -> dict[str, Any]:
+        """The config as plain dicts and lists: exactly the chosen parts' keys."""
+        plain: dict[str, Any] = {key: getattr(self, key) for key in SCALARS}
+        for section in (*PARTS, "trainer"):
+            plain[section] = _plain(getattr(self, section))
+        plain["callbacks"] = {name: _plain(callback) for name, callback in self.callbacks.items()}
+        for section in ("logger", "sweep"):
+            plain[section] = _plain(getattr(self, section))
+        return plain
 
 
-def _schema_node(key: str) -> Any:
-    node: Any = OmegaConf.structured(RunConfig)
-    for part in filter(None, key.split(".")):
-        node = node[part]
-    return node
+def _plain(config: Any) -> Any:
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
 
 
-def has_key(key: str) -> bool:
-    """Whether the dotted ``key`` names a field of :class:`RunConfig`."""
+def _merge(schema: type, values: Any, prefix: str, owner: str) -> Any:
+    """``values`` (a mapping) merged into the dataclass ``schema``; unknown keys and wrong types are one line."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix}={values!r} must be a mapping of keys, e.g. {prefix}.KEY=VALUE")
+    base = OmegaConf.structured(schema)
+
+    def dotted(key: str) -> str:
+        return f"{prefix}.{key}" if prefix else key
+
     try:
-        _schema_node(key)
-    except (KeyError, AttributeError, ConfigKeyError):
-        return False
-    return True
-
-
-def unknown_key_error(key: str) -> ConfigError:
-    """The error for a key the schema does not have, listing the keys allowed beside it."""
-    parent = key.rpartition(".")[0]
-    try:
-        allowed = ", ".join(map(str, _schema_node(parent).keys()))
-    except (KeyError, AttributeError, ConfigKeyError):
-        return ConfigError(f"unknown key '{key}'; top-level keys: {', '.join(RunConfig.__dataclass_fields__)}")
-    return ConfigError(f"unknown key '{key}'; allowed keys{' of ' + parent if parent else ''}: {allowed}")
-
-
-def to_run_config(cfg: DictConfig) -> RunConfig:
-    """Merge a composed config into the schema and validate it; raise :class:`ConfigError` on the first problem."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    if isinstance(plain, dict):
-        plain.pop("hydra", None)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), plain)
+        merged = OmegaConf.merge(base, values)
     except ConfigKeyError as err:
-        raise unknown_key_error(err.full_key or str(err.key)) from None
+        key = err.full_key or str(err.key)
+        allowed = ", ".join(str(k) for k in base.keys())
+        raise ConfigError(f"{dotted(key)} is not a key of {owner}; its keys: {allowed}") from None
     except ValidationError as err:
-        if err.full_key is None or err.value is None:
-            raise ConfigError(str(err).splitlines()[0]) from None
-        parent, _, leaf = err.full_key.rpartition(".")
-        expected = _schema_node(parent)._get_node(leaf)._metadata.ref_type
+        if err.full_key is None:
+            raise ConfigError(f"{prefix}: {str(err).splitlines()[0]}") from None
+        node = base
+        *parents, leaf = err.full_key.split(".")
+        for part in parents:
+            node = node[part]
+        expected = node._get_node(leaf)._metadata.ref_type
         name = getattr(expected, "__name__", str(expected).replace("typing.", ""))
-        raise ConfigError(f"{err.full_key}={err.value!r} has the wrong type; expected {name}") from None
-    run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        raise ConfigError(f"{dotted(err.full_key)}={err.value!r} has the wrong type; expected {name}") from None
+    return OmegaConf.to_object(merged)
+
+
+def _part(section: str, values: Any) -> PartConfig:
+    if not isinstance(values, dict) or "name" not in values:
+        names = ", ".join(registry.names(PARTS[section]))
+        raise ConfigError(f"{section}.name is missing; choose one of: {names} (e.g. {section}=NAME)")
+    part = registry.lookup(PARTS[section], values["name"], key=f"{section}.name")
+    return _merge(part.Config, values, section, f"{section}={values['name']}")
+
+
+def _callbacks(values: Any) -> dict[str, CallbackConfig]:
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"callbacks={values!r} must map callback names to their keys, e.g. callbacks.spectrum={{}}")
+    return {name: _merge(registry.lookup("callback", name, key="callbacks").Config, config, f"callbacks.{name}",
+                         f"callbacks.{name}")
+            for name, config in values.items()}
+
+
+def to_run_config(plain: dict[str, Any]) -> RunConfig:
+    """Build the parts' configs from a composed config (plain dicts) and validate them; raise :class:`ConfigError`
+    on the first problem."""
+    plain = {key: value for key, value in plain.items() if key != "hydra"}
+    allowed = [*SCALARS, *PARTS, *SECTIONS, "callbacks"]
+    for key in plain:
+        if key not in allowed:
+            raise ConfigError(f"unknown key '{key}'; top-level keys: {', '.join(allowed)}")
+    keys = _merge(RunKeys, {k: plain[k] for k in SCALARS if k in plain}, "", "the run")
+    run = RunConfig(**{section: _part(section, plain.get(section)) for section in PARTS},
+                    **{key: getattr(keys, key) for key in SCALARS},
+                    **{section: _merge(schema, plain.get(section), section, section)
+                       for section, schema in SECTIONS.items()},
+                    callbacks=_callbacks(plain.get("callbacks")))
     run.validate()
     return run
 
 
 def to_yaml(run: RunConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(run))
+    return OmegaConf.to_yaml(OmegaConf.create(run.to_container()))

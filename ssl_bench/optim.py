@@ -1,17 +1,57 @@
-"""Optimizers (SGD, LARS, AdamW) over parameter groups, and the warmup + cosine learning-rate schedule."""
+"""Optimizers (SGD, LARS, AdamW) over parameter groups, each registered with its config, and the warmup + cosine
+learning-rate schedule."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ssl_bench.config import OptimConfig
+from ssl_bench.config import ConfigError, OptimConfig, check_non_negative, check_positive
+from ssl_bench.registry import lookup, register
 
 
+@register("optim", "sgd")
+class SGD(torch.optim.SGD):
+    """torch's SGD with momentum and (coupled) weight decay."""
+
+    @dataclass
+    class Config(OptimConfig):
+        momentum: float = 0.0
+
+        def validate(self, prefix: str) -> None:
+            super().validate(prefix)
+            check_non_negative(f"{prefix}.momentum", self.momentum)
+
+    @classmethod
+    def from_config(cls, config: Config, groups: list[dict[str, Any]], lr: float) -> SGD:
+        return cls(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+@register("optim", "adamw")
+class AdamW(torch.optim.AdamW):
+    """torch's AdamW (decoupled weight decay)."""
+
+    @dataclass
+    class Config(OptimConfig):
+        betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+        def validate(self, prefix: str) -> None:
+            super().validate(prefix)
+            if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+                raise ConfigError(f"{prefix}.betas={list(self.betas)} must be two values in [0, 1), e.g. "
+                                  "[0.9,0.999]")
+
+    @classmethod
+    def from_config(cls, config: Config, groups: list[dict[str, Any]], lr: float) -> AdamW:
+        return cls(groups, lr=lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+
+
+@register("optim", "lars")
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017, Alg. 1).
 
@@ -20,6 +60,23 @@ class LARS(torch.optim.Optimizer):
     trust ratio, capped at 1 with ``clip``, i.e. the local lr never exceeds the global one); excluded parameters get
     neither weight decay nor the trust ratio. Then ``v <- m v + g``, ``w <- w - lr v``.
     """
+
+    @dataclass
+    class Config(OptimConfig):
+        momentum: float = 0.9
+        lars_eta: float = 0.02
+        lars_clip: bool = True
+        exclude_bias_and_norm: bool = True
+
+        def validate(self, prefix: str) -> None:
+            super().validate(prefix)
+            check_non_negative(f"{prefix}.momentum", self.momentum)
+            check_positive(f"{prefix}.lars_eta", self.lars_eta)
+
+    @classmethod
+    def from_config(cls, config: Config, groups: list[dict[str, Any]], lr: float) -> LARS:
+        return cls(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay, eta=config.lars_eta,
+                   clip=config.lars_clip, exclude_bias_and_norm=config.exclude_bias_and_norm)
 
     def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  eta: float = 0.02, clip: bool = True, exclude_bias_and_norm: bool = True) -> None:
@@ -58,16 +115,12 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(cfg: OptimConfig, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.name`` over ``groups``; each group's ``base_lr`` (default ``lr``) is its peak."""
+    """The optimizer registered as ``cfg.name`` over ``groups``; each group's ``base_lr`` (default ``lr``) is its
+    peak."""
     for group in groups:
         group.setdefault("base_lr", lr)
         group["lr"] = group["base_lr"]
-    if cfg.name == "lars":
-        return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta,
-                    clip=cfg.lars_clip, exclude_bias_and_norm=cfg.exclude_bias_and_norm)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return lookup("optim", cfg.name).from_config(cfg, groups, lr)
 
 
 def probe_group(probe: nn.Module, cfg: OptimConfig) -> dict[str, Any]:

@@ -12,26 +12,37 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import OmegaConf
 
-from datamodules.cifar10 import CIFAR10DataModule
-from datamodules.sparse_coding import SparseCodingDataModule
-from ssl_bench.callbacks import EigenSpectrum, EpochProgressBar, LinearReadout, MaxCosine, StepProgressBar
+from datamodules.base import DataModule
 from ssl_bench.config import ConfigError, RunConfig, to_yaml
-from ssl_bench.methods import build_method
+from ssl_bench.module import CallbackAdapter, DataModuleAdapter, SSLModule
+from ssl_bench.progress import EpochProgressBar, StepProgressBar
 from ssl_bench.recorder import RunRecorder
+from ssl_bench.registry import lookup
 
 
-def build_datamodule(cfg: RunConfig) -> L.LightningDataModule:
-    data = cfg.data
-    if data.name == "cifar10":
-        return CIFAR10DataModule(root=data.root, download=data.download, verify_checksums=data.verify_checksums,
-                                 batch_size=data.batch_size, num_workers=data.num_workers, views=data.views,
-                                 crop_min_scale=data.crop_min_scale, seed=cfg.seed)
-    return SparseCodingDataModule(n=data.n, p=data.p, d=data.d, sparsity=data.sparsity, latent=data.latent,
-                                  sampler=data.sampler, dictionary=data.dictionary, noise_std=data.resolved_noise_std,
-                                  augmentation=data.augmentation, mask_prob=data.mask_prob,
-                                  batch_size=data.batch_size, drop_last=data.drop_last, seed=cfg.seed)
+def build_data(cfg: RunConfig) -> DataModule:
+    """The datamodule registered as ``data.name``, built from its config."""
+    return lookup("data", cfg.data.name).from_config(cfg.data, seed=cfg.seed)
+
+
+def build_module(cfg: RunConfig, data: DataModule) -> SSLModule:
+    """The method registered as ``method.name`` over encoders registered as ``encoder.name`` (each drawn
+    independently from one generator seeded by ``seed``), trained by :class:`SSLModule` with the online probe when
+    the training batches carry labels."""
+    encoder = lookup("encoder", cfg.encoder.name)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    method = lookup("method", cfg.method.name).from_config(
+        cfg.method, lambda: encoder.from_config(cfg.encoder, data, generator), cfg.encoder.output_dim)
+    return SSLModule(method, cfg.optim, num_classes=data.num_classes if data.labelled_batches else None,
+                     batch_size=cfg.data.batch_size, log_every_n_epochs=cfg.trainer.log_every_n_epochs)
+
+
+def build_callbacks(cfg: RunConfig) -> list[CallbackAdapter]:
+    """Every callback under ``callbacks``, evaluated every ``trainer.metrics_every_n_epochs`` epochs."""
+    every = cfg.trainer.metrics_every_n_epochs
+    return [CallbackAdapter(name, lookup("callback", name).from_config(config, every))
+            for name, config in cfg.callbacks.items()]
 
 
 def resolve_run_dir(cfg: RunConfig) -> Path:
@@ -67,7 +78,7 @@ def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> L.pytorch.loggers.Logger
                                   name=f"{cfg.resolved_group}/seed{cfg.seed}",
                                   tags=list(dict.fromkeys([cfg.experiment, cfg.method.name, cfg.data.name,
                                                            *cfg.logger.tags])),
-                                  save_dir=str(run_dir), config=OmegaConf.to_container(OmegaConf.structured(cfg)))
+                                  save_dir=str(run_dir), config=cfg.to_container())
     if online:
         try:
             logger = WandbLogger(offline=False, **kwargs)
@@ -93,30 +104,23 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     torch.set_num_threads(t.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    noise = "does not have many workers|LightningModule.log|_DataFetcher|treespec|no `val_dataloader`"
+    noise = "does not have many workers|LightningModule.log|_DataFetcher|treespec|Total length of `list` across ranks"
     warnings.filterwarnings("ignore", message=f".*({noise}).*")
     L.seed_everything(cfg.seed, verbose=False)
 
-    datamodule = build_datamodule(cfg)
-    method = build_method(cfg, datamodule)
+    data = build_data(cfg)
+    module = build_module(cfg, data)
     recorder = RunRecorder(run_dir)
     loggers: list[Any] = [recorder]
     if cfg.logger.backend == "wandb":
         loggers.append(make_wandb_logger(cfg, run_dir))
-    callbacks: list[L.Callback] = list(extra_callbacks or [])
-    every = t.metrics_every_n_epochs
-    if cfg.callbacks.max_cosine and hasattr(datamodule, "dictionary"):
-        callbacks.append(MaxCosine(every, absolute=not cfg.callbacks.max_cosine_signed))
-    if cfg.callbacks.spectrum:
-        callbacks.append(EigenSpectrum(every, cfg.callbacks.spectrum_samples, cfg.callbacks.spectrum_tolerance))
-    if cfg.callbacks.readout:
-        callbacks.append(LinearReadout(cfg.callbacks.readout_epochs, cfg.callbacks.readout_batch_size))
+    callbacks: list[L.Callback] = [*(extra_callbacks or []), *build_callbacks(cfg)]
     if t.progress != "none":
         callbacks.append(EpochProgressBar() if t.progress == "epochs" else StepProgressBar())
     if t.checkpoint_every_n_epochs:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
                                                              every_n_epochs=t.checkpoint_every_n_epochs))
-    unused = t.strategy != "auto" and method.find_unused_parameters
+    unused = t.strategy != "auto" and module.method.find_unused_parameters
     strategy = f"{t.strategy}_find_unused_parameters_true" if unused else t.strategy
     trainer = L.Trainer(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
                         strategy=strategy, sync_batchnorm=t.sync_batchnorm, precision=precision,
@@ -128,7 +132,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
                         default_root_dir=str(run_dir))
     status = "failed"
     try:
-        trainer.fit(method, datamodule=datamodule, ckpt_path=t.resume)
+        trainer.fit(module, datamodule=DataModuleAdapter(data), ckpt_path=t.resume)
         status = "interrupted" if trainer.interrupted else "finished"
     except KeyboardInterrupt:
         status = "interrupted"

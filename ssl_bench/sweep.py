@@ -8,6 +8,7 @@ own run directory under the sweep directory, so a sweep that is run again skips 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -23,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ssl_bench.config import ConfigError, RunConfig
+from ssl_bench.config import ConfigError, RunConfig, ReferenceRow
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "sweep.json").write_text(json.dumps({
         "experiment": cfg.experiment, "config": config, "overrides": overrides, "metrics": list(cfg.sweep.metrics),
-        "reference": cfg.sweep.reference, "axes": list(dict.fromkeys(a for p in points for a, _ in p.axes)),
+        "reference": [dataclasses.asdict(row) for row in cfg.sweep.reference], "axes": list(dict.fromkeys(a for p in points for a, _ in p.axes)),
         "groups": [p.group(cfg.experiment) for p in points],
     }, indent=2) + "\n")
     todo = [run for run in runs if not _finished(run[2])]
@@ -133,10 +134,11 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     return 1 if failed else 0
 
 
-def _reference_for(reference: Any, axes: dict[str, str], metric: str) -> float | None:
-    for entry in (reference or {}).get("rows", []):
-        if all(str(axes.get(k)) == str(v) for k, v in entry["match"].items()) and metric in entry["values"]:
-            return float(entry["values"][metric])
+def reference_value(rows: list[ReferenceRow], axes: dict[str, str], metric: str) -> float | None:
+    """The paper's ``metric`` for the table row with these grid ``axes``, if a reference row matches them."""
+    for row in rows:
+        if all(str(axes.get(k)) == str(v) for k, v in row.match.items()) and metric in row.values:
+            return float(row.values[metric])
     return None
 
 
@@ -153,6 +155,7 @@ def report(sweep_dir: Path) -> str:
     order = {group: i for i, group in enumerate(spec.get("groups", []))}
     groups = dict(sorted(groups.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
     metrics = spec["metrics"]
+    reference = [ReferenceRow(**row) for row in spec.get("reference", [])]
     rows, axes_names = [], list(spec.get("axes", []))
     for group, summaries in groups.items():
         label = group.removeprefix(f"{spec['experiment']}/")
@@ -162,7 +165,7 @@ def report(sweep_dir: Path) -> str:
         for metric in metrics:
             values = [float(s["metrics"][metric]) for s in done if metric in s["metrics"]]
             cell = "-" if not values else f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
-            ref = _reference_for(spec.get("reference", {}), axes, metric)
+            ref = reference_value(reference, axes, metric)
             cells.append(cell + (f" ({ref:.2f})" if ref is not None else ""))
         rows.append(cells)
     header = axes_names + ["runs"] + metrics

@@ -1,8 +1,7 @@
-"""Metric and progress callbacks; metric callbacks read the datamodule's ground truth and a small model interface."""
+"""Metric callbacks; importing this package registers them (one file each). Each reads the datamodule's ground
+truth and a small model interface, never a method's class."""
 
-from ssl_bench.callbacks.max_cosine import MaxCosine
-from ssl_bench.callbacks.progress import EpochProgressBar, StepProgressBar
-from ssl_bench.callbacks.readout import LinearReadout
-from ssl_bench.callbacks.spectrum import EigenSpectrum
+from ssl_bench.callbacks import max_cosine, readout, spectrum  # noqa: F401  (each file registers its callback)
+from ssl_bench.callbacks.base import Callback
 
-__all__ = ["EigenSpectrum", "EpochProgressBar", "StepProgressBar", "LinearReadout", "MaxCosine"]
+__all__ = ["Callback"]

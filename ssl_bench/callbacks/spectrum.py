@@ -7,28 +7,33 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-import lightning as L
-import torch
-from lightning.pytorch.loggers import WandbLogger
-from torch import Tensor
+from dataclasses import dataclass
+from typing import Any
 
+import torch
+from torch import Tensor, nn
+
+from ssl_bench.callbacks.base import Callback
+from ssl_bench.config import CallbackConfig, check_positive
 from ssl_bench.metrics import effective_rank, embedding_spectrum, numerical_rank, std_l2
+from ssl_bench.registry import register
 
 KINDS = ("backbone", "projector")
 
 
-def frozen_representations(pl_module: L.LightningModule, batches: Iterable[Tensor]) -> dict[str, Tensor]:
-    """``pl_module.representations`` of every batch, concatenated per key, on the module's device.
+def frozen_representations(method: nn.Module, batches: Iterable[Tensor], device: torch.device
+                           ) -> dict[str, Tensor]:
+    """``method.representations`` of every batch, concatenated per key, on ``device``.
 
     Runs in eval mode without gradients and puts every submodule back in its previous train/eval mode.
     """
-    modes = {module: module.training for module in pl_module.modules()}
-    pl_module.eval()
+    modes = {module: module.training for module in method.modules()}
+    method.eval()
     outputs: dict[str, list[Tensor]] = {kind: [] for kind in KINDS}
     try:
         with torch.no_grad():
             for x in batches:
-                representations = pl_module.representations(x.to(pl_module.device))
+                representations = method.representations(x.to(device))
                 for kind in KINDS:
                     outputs[kind].append(representations[kind])
     finally:
@@ -37,49 +42,52 @@ def frozen_representations(pl_module: L.LightningModule, batches: Iterable[Tenso
     return {kind: torch.cat(values) for kind, values in outputs.items()}
 
 
-class EigenSpectrum(L.Callback):
+@register("callback", "spectrum")
+class EigenSpectrum(Callback):
     """Logs the spectrum metrics of the backbone and projector embeddings every ``every_n_epochs`` epochs and at the
-    end, on the first ``num_samples`` of ``trainer.datamodule.evaluation_inputs`` (embedded ``batch_size`` at a time).
+    end, on the first ``samples`` of ``trainer.datamodule.evaluation_inputs`` (embedded ``batch_size`` at a time).
 
     Scalars: ``spectrum/effective_rank``, ``spectrum/rank`` (singular values above ``tolerance`` times the largest)
     and ``collapse/std_l2`` for the projector embedding, the same with a ``_backbone`` suffix for the backbone. The
     log singular values against their rank go to every W&B logger as a line series, and the singular values are
     appended to ``spectra.jsonl`` in the trainer's ``default_root_dir``. Under complete collapse (``std_l2`` near 0)
     the covariance is rounding noise, below :data:`ssl_bench.metrics.NOISE_FLOOR`, and both ranks read 0. Reads
-    ``pl_module.representations`` and ``trainer.datamodule.evaluation_inputs``; nothing else.
+    ``module.method.representations`` and ``trainer.datamodule.evaluation_inputs``; nothing else.
     """
 
-    def __init__(self, every_n_epochs: int, num_samples: int = 2048, tolerance: float = 1e-4,
-                 batch_size: int = 512) -> None:
-        self.every_n_epochs, self.num_samples, self.tolerance = every_n_epochs, num_samples, tolerance
-        self.batch_size = batch_size
+    @dataclass
+    class Config(CallbackConfig):
+        samples: int = 2048
+        tolerance: float = 1e-4
+        batch_size: int = 512
+
+        def validate(self, prefix: str) -> None:
+            for key in ("samples", "tolerance", "batch_size"):
+                check_positive(f"{prefix}.{key}", getattr(self, key))
+
+    def setup(self, trainer: Any, module: Any, stage: str) -> None:
         self._inputs: Tensor | None = None
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not hasattr(trainer.datamodule, "evaluation_inputs") or not hasattr(pl_module, "representations"):
-            raise TypeError("EigenSpectrum needs a datamodule with `evaluation_inputs` and a method with "
-                            "`representations`; remove the callback for this data or method")
-        self._inputs = None
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
-        if epoch % self.every_n_epochs and epoch != trainer.max_epochs:
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        if not self.due(trainer):
             return
         if self._inputs is None:
-            self._inputs = trainer.datamodule.evaluation_inputs(self.num_samples)
-        embeddings = frozen_representations(pl_module, self._inputs.split(self.batch_size))
+            self._inputs = trainer.datamodule.evaluation_inputs(self.config.samples)
+        embeddings = frozen_representations(module.method, self._inputs.split(self.config.batch_size), module.device)
         spectra = {kind: embedding_spectrum(z) for kind, z in embeddings.items()}
         for kind in KINDS:
             suffix = "" if kind == "projector" else f"_{kind}"
-            pl_module.log(f"spectrum/effective_rank{suffix}", effective_rank(spectra[kind]), rank_zero_only=True)
-            pl_module.log(f"spectrum/rank{suffix}", float(numerical_rank(spectra[kind], self.tolerance)),
-                          rank_zero_only=True)
-            pl_module.log(f"collapse/std_l2{suffix}", std_l2(embeddings[kind]), rank_zero_only=True)
+            module.log(f"spectrum/effective_rank{suffix}", effective_rank(spectra[kind]), rank_zero_only=True)
+            module.log(f"spectrum/rank{suffix}", float(numerical_rank(spectra[kind], self.config.tolerance)),
+                       rank_zero_only=True)
+            module.log(f"collapse/std_l2{suffix}", std_l2(embeddings[kind]), rank_zero_only=True)
         if trainer.is_global_zero:
-            self._record(trainer, epoch, {kind: s.cpu() for kind, s in spectra.items()})
+            self._record(trainer, trainer.current_epoch + 1, {kind: s.cpu() for kind, s in spectra.items()})
 
-    def _record(self, trainer: L.Trainer, epoch: int, spectra: dict[str, Tensor]) -> None:
+    def _record(self, trainer: Any, epoch: int, spectra: dict[str, Tensor]) -> None:
         """Line series of ``log s_k`` against ``k`` (non-zero values) on W&B, singular values to ``spectra.jsonl``."""
+        from lightning.pytorch.loggers import WandbLogger
+
         wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if wandb_loggers:
             import wandb

@@ -1,21 +1,36 @@
-"""SimCLR: shared encoder, projector, NT-Xent over the 2B views (Chen et al. 2020; seed 000, Eq. 9)."""
+"""SimCLR: shared encoder, projector, NT-Xent over the 2B views (Chen et al. 2020; Pokle et al. 2022, Eq. 9)."""
 
 from __future__ import annotations
 
-from torch import Tensor
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from torch import Tensor, nn
+
+from ssl_bench.config import MethodConfig, check_positive
 from ssl_bench.losses import nt_xent
-from ssl_bench.methods.base import SSLMethod
+from ssl_bench.methods.base import Method
+from ssl_bench.nets.heads import ProjectorKeys
+from ssl_bench.registry import register
+from ssl_bench.views import Views
 
 
-class SimCLR(SSLMethod):
-    """``L = nt_xent(g(f(a1)), g(f(a2)), tau)`` with ``g`` the projector (identity for seed 000's CL-* rows, linear
-    for Simplified-SimCLR, an MLP for SimCLR)."""
+@register("method", "simclr")
+class SimCLR(Method):
+    """``L = nt_xent(g(f(a1)), g(f(a2)), tau)`` with ``g`` the projector (identity for Pokle et al.'s CL-* rows,
+    linear for Simplified-SimCLR, an MLP for SimCLR)."""
 
-    def __init__(self, *args, temperature: float, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.temperature = temperature
+    @dataclass
+    class Config(ProjectorKeys, MethodConfig):
+        temperature: float = 0.05
 
-    def training_loss(self, index: int, view1: Tensor, view2: Tensor) -> tuple[Tensor, Tensor]:
-        f1, f2 = self.encoder(view1), self.encoder(view2)
-        return nt_xent(self.projector(f1), self.projector(f2), self.temperature), f1
+        def validate(self, prefix: str) -> None:
+            check_positive(f"{prefix}.temperature", self.temperature)
+            self.validate_projector(prefix)
+
+    def __init__(self, config: Config, make_encoder: Callable[[], nn.Module], width: int) -> None:
+        super().__init__(config, make_encoder, projector=config.make_projector(width))
+
+    def training_loss(self, index: int, views: Views) -> tuple[Tensor, Tensor]:
+        f1, f2 = self.encoder(views.view1), self.encoder(views.view2)
+        return nt_xent(self.projector(f1), self.projector(f2), self.config.temperature), f1

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from torch import Tensor, nn
-from torchvision import models
+
+from ssl_bench.config import EncoderConfig
+from ssl_bench.registry import register
 
 RESNETS = {"resnet18": 512, "resnet50": 2048}  # name -> feature width
 
 
+@register("encoder", *RESNETS)
 class ResNetBackbone(nn.Module):
     """A randomly initialised torchvision ResNet without its classifier: ``x (B, 3, H, W) -> (B, output_dim)``,
     the features after global average pooling (``output_dim`` 512 for resnet18, 2048 for resnet50).
@@ -17,7 +23,18 @@ class ResNetBackbone(nn.Module):
     like torchvision's (Kaiming normal, fan-out).
     """
 
+    @dataclass
+    class Config(EncoderConfig):
+        cifar_stem: bool = True
+        needs = ("images",)
+
+        @property
+        def output_dim(self) -> int:
+            return RESNETS[self.name]
+
     def __init__(self, name: str = "resnet18", cifar_stem: bool = True) -> None:
+        from torchvision import models
+
         super().__init__()
         if name not in RESNETS:
             raise ValueError(f"backbone name={name!r}; choose one of {tuple(RESNETS)}")
@@ -28,6 +45,10 @@ class ResNetBackbone(nn.Module):
             self.net.maxpool = nn.Identity()
         self.output_dim: int = self.net.fc.in_features
         self.net.fc = nn.Identity()
+
+    @classmethod
+    def from_config(cls, config: Config, data: Any, generator: Any) -> ResNetBackbone:
+        return cls(config.name, cifar_stem=config.cifar_stem)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

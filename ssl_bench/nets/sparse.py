@@ -1,12 +1,18 @@
-"""Encoders for sparse-coding data (seed 000, Sec. 4): linear layer(s), optional batch norm, (symmetric) ReLU."""
+"""Encoders for sparse-coding data (Pokle et al. 2022, Sec. 4): linear layer(s), optional batch norm, (symmetric)
+ReLU."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from ssl_bench.config import ConfigError, EncoderConfig, check_choice, check_non_negative, check_positive
+from ssl_bench.registry import register
 
 ACTIVATIONS = ("none", "relu", "symmetric_relu", "symmetric_relu_official")
 
@@ -42,16 +48,74 @@ class SparseLayer(nn.Module):
         return F.relu(h) if self.activation == "relu" else h
 
 
+@register("encoder", "sparse")
 class SparseEncoder(nn.Module):
-    """One- or two-layer encoder ``R^p -> R^m``; ``first_layer_weight`` (m x p) is what max-cosine reads."""
+    """One- or two-layer encoder ``R^p -> R^m``; ``first_layer_weight`` (m x p) is what max-cosine reads. With
+    ``weight_norm`` row or column, :meth:`after_optimizer_step` projects ``W`` back after every step (Thm. 3)."""
+
+    @dataclass
+    class Config(EncoderConfig):
+        """Width ``m``, one or two layers, batch norm, activation (:class:`SparseLayer`); Gaussian init
+        ``N(0, init_std^2)`` (null: ``1/(p d)``), biases PyTorch's default or ``zero`` (the text); a warm start from
+        the dictionary's columns plus noise of std ``warm_start_noise`` or ``p^(-warm_start_c/2)``; row or column
+        weight normalisation after every optimizer step."""
+
+        width: int = 50
+        layers: int = 1
+        batch_norm: bool = True
+        activation: str = "symmetric_relu"
+        bias: bool = True
+        bias_init: str = "default"
+        init_std: Optional[float] = None
+        warm_start: bool = False
+        warm_start_noise: Optional[float] = None
+        warm_start_c: Optional[float] = None
+        weight_norm: str = "none"
+        needs = ("vectors",)
+
+        @property
+        def output_dim(self) -> int:
+            return self.width
+
+        def provides(self) -> set[str]:
+            return {"first_layer_weight"}
+
+        def required(self) -> tuple[str, ...]:
+            return (*self.needs, "dictionary") if self.warm_start else self.needs
+
+        def validate(self, prefix: str) -> None:
+            check_positive(f"{prefix}.width", self.width)
+            check_choice(f"{prefix}.layers", self.layers, (1, 2))
+            check_choice(f"{prefix}.activation", self.activation, ACTIVATIONS)
+            check_choice(f"{prefix}.bias_init", self.bias_init, ("default", "zero"))
+            check_choice(f"{prefix}.weight_norm", self.weight_norm, ("none", "row", "column"))
+            if self.init_std is not None:
+                check_positive(f"{prefix}.init_std", self.init_std)
+            if self.warm_start_noise is not None and self.warm_start_c is not None:
+                raise ConfigError(f"{prefix}.warm_start_noise and {prefix}.warm_start_c are exclusive; set one of them")
+            if self.warm_start_noise is not None:
+                check_non_negative(f"{prefix}.warm_start_noise", self.warm_start_noise)
 
     def __init__(self, input_dim: int, width: int, layers: int = 1, batch_norm: bool = True,
-                 activation: str = "symmetric_relu", bias: bool = True) -> None:
+                 activation: str = "symmetric_relu", bias: bool = True, weight_norm: str = "none") -> None:
         super().__init__()
         dims = [input_dim] + [width] * layers
         self.layers = nn.Sequential(*(SparseLayer(i, o, batch_norm, activation, bias)
                                       for i, o in zip(dims[:-1], dims[1:])))
-        self.output_dim = width
+        self.output_dim, self.weight_norm = width, weight_norm
+
+    @classmethod
+    def from_config(cls, config: Config, data: Any, generator: torch.Generator) -> SparseEncoder:
+        """An encoder for ``data`` (its ``input_dim``, ``latent_dim`` and, for a warm start, ``dictionary``),
+        initialised from ``generator``."""
+        encoder = cls(data.input_dim, config.width, config.layers, config.batch_norm, config.activation, config.bias,
+                      config.weight_norm)
+        encoder.initialise(generator, config.init_std, data.latent_dim, zero_bias=config.bias_init == "zero")
+        if config.warm_start:
+            noise = warm_start_noise(data.input_dim, config.warm_start_noise, config.warm_start_c)
+            encoder.warm_start(data.dictionary, noise, generator)
+        encoder.normalise_weights(config.weight_norm)
+        return encoder
 
     @property
     def first_layer_weight(self) -> Tensor:
@@ -89,6 +153,9 @@ class SparseEncoder(nn.Module):
         columns = torch.randint(d, (m,), generator=generator) if m > d else torch.arange(m)
         atoms = dictionary.detach().cpu()[:, columns].T
         weight.copy_((atoms + noise_std * torch.randn(atoms.shape, generator=generator)).to(weight))
+
+    def after_optimizer_step(self) -> None:
+        self.normalise_weights(self.weight_norm)
 
     @torch.no_grad()
     def normalise_weights(self, mode: str) -> None:

@@ -1,0 +1,181 @@
+"""The Lightning side: one LightningModule that trains any method, and the adapters that hand ssl-bench's plain
+datamodules and callbacks to Lightning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules.base import DataModule
+from ssl_bench.callbacks.base import Callback
+from ssl_bench.config import OptimConfig
+from ssl_bench.methods.base import Method
+from ssl_bench.optim import build_optimizer, probe_group, warmup_cosine
+from ssl_bench.views import Step, Views
+
+
+class SSLModule(L.LightningModule):
+    """Manual optimization of ``method`` over training batches of type ``list[Views]``.
+
+    Every entry of a batch is one mini-batch and one optimizer step (:meth:`update`) on the method's
+    ``training_loss``, plus the online linear probe's cross-entropy on the detached backbone features when the views
+    carry labels. The learning rate is set from ``optim.schedule`` before every step, and every
+    :class:`~ssl_bench.callbacks.base.Callback` with an ``on_optimizer_step`` hook is called after it. The validation
+    loop scores the online probe as ``readout/online_acc``.
+    """
+
+    def __init__(self, method: Method, optim: OptimConfig, num_classes: int | None = None, batch_size: int = 256,
+                 log_every_n_epochs: int = 1) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.method, self.optim = method, optim
+        self.batch_size, self.log_every_n_epochs = batch_size, log_every_n_epochs
+        self.probe = nn.Linear(method.encoder.output_dim, num_classes) if num_classes else None
+        self.online_accuracy = MulticlassAccuracy(num_classes, average="micro") if num_classes else None
+        self._epoch_losses: list[Tensor] = []
+        self._step_hooks: list[Callback] = []
+
+    def representations(self, x: Tensor) -> dict[str, Tensor]:
+        return self.method.representations(x)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.method.representations(x)
+
+    def peak_lr(self) -> float:
+        """``optim.lr``, times ``global_batch / 256`` when ``optim.scale_lr``."""
+        if not self.optim.scale_lr:
+            return self.optim.lr
+        return self.optim.lr * self.batch_size * self.trainer.world_size / 256
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        groups = self.method.parameter_groups()
+        if self.probe is not None:
+            groups[0].append(probe_group(self.probe, self.optim))
+        return [build_optimizer(self.optim, g, self.peak_lr()) for g in groups]
+
+    def on_train_start(self) -> None:
+        """Collect the callbacks that implement the per-optimizer-step hook."""
+        self._step_hooks = [adapter.callback for adapter in self.trainer.callbacks
+                            if isinstance(adapter, CallbackAdapter)
+                            and type(adapter.callback).on_optimizer_step is not Callback.on_optimizer_step]
+
+    def progress(self, batch_idx: int, index: int, batch_size: int) -> float:
+        """Fraction of training done before mini-batch ``index`` of the ``batch_size`` mini-batches of batch
+        ``batch_idx``, from the epoch and batch index (so a resumed run continues every schedule where it stopped)."""
+        batches = max(1, int(self.trainer.num_training_batches))
+        return (self.current_epoch + (batch_idx + index / batch_size) / batches) / self.trainer.max_epochs
+
+    def schedule_lr(self, optimizer: torch.optim.Optimizer, progress: float) -> None:
+        """Set every group's learning rate to ``base_lr * warmup_cosine(progress)``."""
+        if self.optim.schedule == "constant":
+            return
+        warmup = self.optim.warmup_epochs / self.trainer.max_epochs
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * warmup_cosine(progress, warmup, self.optim.min_lr / group["base_lr"])
+
+    def update(self, index: int, views: Views, progress: float) -> Tensor:
+        """One optimizer step on mini-batch ``index`` of the batch; returns the detached SSL loss."""
+        optimizer_index = self.method.optimizer_index(index)
+        optimizer = self.batch_optimizers[optimizer_index]
+        self.schedule_lr(optimizer, progress)
+        loss, features = self.method.training_loss(index, views)
+        total = loss
+        if views.labels is not None and self.probe is not None and optimizer_index == 0:
+            total = loss + F.cross_entropy(self.probe(features.detach()), views.labels)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        optimizer.step()
+        self.method.after_optimizer_step(index, progress)
+        loss = loss.detach()
+        if self._step_hooks:
+            step = Step(index=self.trainer.global_step - 1, epoch=self.current_epoch, index_in_batch=index,
+                        optimizer=optimizer_index, loss=loss)
+            for callback in self._step_hooks:
+                callback.on_optimizer_step(self.trainer, self, step)
+        return loss
+
+    def training_step(self, batch: list[Views], batch_idx: int) -> None:
+        optimizers = self.optimizers()
+        self.batch_optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        self._epoch_losses.extend(self.update(i, views, self.progress(batch_idx, i, len(batch)))
+                                  for i, views in enumerate(batch))
+
+    def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        if self.probe is None:
+            return
+        images, labels = batch
+        self.online_accuracy.update(self.probe(self.method.encoder(images)), labels)
+        self.log("readout/online_acc", self.online_accuracy, on_epoch=True)
+
+    def on_train_epoch_end(self) -> None:
+        epoch = self.current_epoch + 1
+        if epoch % self.log_every_n_epochs == 0 or epoch == self.trainer.max_epochs:
+            self.log("train/loss", torch.stack(self._epoch_losses).mean(), sync_dist=True)
+            self.log("train/lr", self.batch_optimizers[0].param_groups[0]["lr"])
+            for key, value in self.method.epoch_metrics().items():
+                self.log(key, value)
+            self._epoch_losses.clear()
+
+
+class DataModuleAdapter(L.LightningDataModule):
+    """Lightning's view of an ssl-bench :class:`~datamodules.base.DataModule`: forwards the hooks, sets the
+    datamodule's ``trainer``, and reads every other attribute (ground truth, evaluation interface) from it."""
+
+    def __init__(self, data: DataModule) -> None:
+        super().__init__()
+        self.data = data
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "data":
+            raise AttributeError(name)
+        return getattr(self.data, name)
+
+    def prepare_data(self) -> None:
+        self.data.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        self.data.trainer = self.trainer
+        self.data.setup(stage)
+
+    def train_dataloader(self) -> Any:
+        return self.data.train_dataloader()
+
+    def val_dataloader(self) -> Any:
+        return self.data.val_dataloader()
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return self.data.transfer_batch_to_device(batch, device)
+
+
+class CallbackAdapter(L.Callback):
+    """Lightning's view of an ssl-bench :class:`~ssl_bench.callbacks.base.Callback` registered as ``name``."""
+
+    def __init__(self, name: str, callback: Callback) -> None:
+        self.name, self.callback = name, callback
+
+    @property
+    def state_key(self) -> str:
+        return f"ssl_bench.{self.name}"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.callback.setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.callback.on_train_start(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.callback.on_train_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.callback.on_train_end(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.callback.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.callback.load_state_dict(state_dict)
