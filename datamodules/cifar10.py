@@ -6,7 +6,7 @@ RandomResizedCrop(32, scale=(crop_min_scale, 1), bicubic), ColorJitter(0.4, 0.4,
 RandomGrayscale(p=0.2), RandomHorizontalFlip(p=0.5), then ``(x / 255 - mean) / std`` with the CIFAR-10 channel
 statistics. ``views="simclr"`` uses this recipe for both views (solo-learn's own ``symmetric.yaml`` jitters harder,
 (0.8, 0.8, 0.8, 0.2), and blurs with p=0.5); ``views="byol"`` adds RandomSolarize(128 on uint8, i.e. 0.5 on [0, 1])
-with p=0.2 to view 2 only, as in ``asymmetric.yaml``. Evaluation images are only normalised.
+with p=0.2 to view 2 only, as in ``asymmetric.yaml``. Evaluation images are only normalized.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class EpochShuffleSampler(Sampler[int]):
 @register("data", "cifar10")
 class CIFAR10DataModule(DataModule):
     """CIFAR-10 from ``<root>/cifar-10-batches-py``: two-view training batches ``[Views(view1, view2, labels)]`` and
-    the test split (normalised only) for validation.
+    the test split (normalized only) for validation.
 
     For metric callbacks: ``num_classes``, :meth:`evaluation_inputs` and :meth:`readout_dataloaders`.
     ``download=True`` fetches the official archive in :meth:`prepare_data`; ``verify_checksums=False`` accepts files
@@ -248,13 +248,13 @@ class CIFAR10DataModule(DataModule):
                             persistent_workers=self.num_workers > 0)
 
     def readout_dataloaders(self, batch_size: int) -> tuple[DataLoader, DataLoader]:
-        """(train, test) splits as ``(image, label)`` batches, normalised only, in file order."""
+        """(train, test) splits as ``(image, label)`` batches, normalized only, in file order."""
         train, test = (self._loader(TransformedSplit(self.split(train=t), self.eval_transform), batch_size)
                        for t in (True, False))
         return train, test
 
     def evaluation_inputs(self, num_samples: int) -> Tensor:
-        """The first ``num_samples`` test images (fewer if the split is smaller), normalised, (N, 3, 32, 32) on CPU."""
+        """The first ``num_samples`` test images (fewer if the split is smaller), normalized, (N, 3, 32, 32) on CPU."""
         images = torch.from_numpy(self.split(train=False).data[:num_samples]).permute(0, 3, 1, 2)
         return self.eval_transform(images).as_subclass(Tensor).contiguous()
 

@@ -7,6 +7,7 @@ registered parts' files (torch) but neither Lightning nor torchvision; those loa
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,13 @@ def compose_config(config: str, overrides: list[str]) -> dict[str, Any]:
             cfg = compose(config_name=name, overrides=overrides)
         plain = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(str(err).strip().splitlines()[0]) from None
+        message = str(err).strip().splitlines()[0]
+        missing = re.search(r"Could not find '([^/']+)/([^']+)'", message)
+        if missing and missing[1] in GROUPS:
+            group, option = missing[1], missing[2]
+            options = ", ".join(available_configs()[1][group])
+            raise ConfigError(f"{group}={option} is not a config of group {group}; choose one of: {options}") from None
+        raise ConfigError(message) from None
     finally:
         GlobalHydra.instance().clear()
     if plain.get("experiment", "adhoc") == "adhoc":

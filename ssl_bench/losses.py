@@ -32,19 +32,19 @@ def gather(z: Tensor) -> Tensor:
 def scale_embedding(z: Tensor, temperature: float | Tensor, normalize: bool = True) -> Tensor:
     """``u = n(z) / sqrt(tau)`` so that ``u_i . u_j = sum_k n(z_i)_k n(z_j)_k / tau_k``.
 
-    ``temperature`` is a scalar or one value per dimension (adaptive temperature, seed 004, Sec. 3 and 4.2);
-    ``n`` is the l2 normalisation, or the identity when ``normalize`` is false.
+    ``temperature`` is a scalar or one value per dimension (adaptive temperature, Rusak et al. 2022, Sec. 3 and 4.2);
+    ``n`` is the l2 normalization, or the identity when ``normalize`` is false.
     """
     u = F.normalize(z, dim=1) if normalize else z
     return u * torch.as_tensor(temperature, dtype=u.dtype, device=u.device).rsqrt()
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float | Tensor, normalize: bool = True) -> Tensor:
-    """NT-Xent over the 2B views (SimCLR, Chen et al. 2020, Eq. 1; seed 000, Eq. 9).
+    """NT-Xent over the 2B views (SimCLR, Chen et al. 2020, Eq. 1; Pokle et al. 2022, Eq. 9).
 
     With ``u = [n(z1); n(z2)]`` and ``s_ij = u_i . u_j / tau``, anchor ``i`` with positive partner ``i+`` contributes
     ``-log( exp(s_{i,i+}) / sum_{j != i} exp(s_ij) )``; the loss is the mean over the 2B anchors. A per-dimension
-    ``temperature`` (shape m) gives ``s_ij = sum_k u_ik u_jk / tau_k`` (seed 004). Self-similarity is excluded from
+    ``temperature`` (shape m) gives ``s_ij = sum_k u_ik u_jk / tau_k`` (Rusak et al. 2022). Self-similarity is excluded from
     every denominator. Under DDP the candidates ``j`` run over the views of all processes.
     """
     u1, u2 = scale_embedding(z1, temperature, normalize), scale_embedding(z2, temperature, normalize)
@@ -82,14 +82,14 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
 
 def standardize(z: Tensor, eps: float = 1e-5) -> Tensor:
     """Zero mean and unit variance per dimension over the global batch, divided by ``sqrt(m)`` so that rows have
-    unit mean square norm like l2-normalised ones (the standardised outputs of seed 004, Sec. 4.2)."""
+    unit mean square norm like l2-normalized ones (the standardized outputs of Rusak et al. 2022, Sec. 4.2)."""
     everything = gather(z)
     mean, var = everything.mean(dim=0), everything.var(dim=0, unbiased=False)
     return (z - mean) * (var + eps).rsqrt() / z.shape[1] ** 0.5
 
 
 def normalized_mse(online: Tensor, target: Tensor) -> Tensor:
-    """BYOL / non-contrastive loss (seed 000, Eq. 4):
+    """BYOL / non-contrastive loss (Pokle et al. 2022, Eq. 4):
     ``mean_i || n(a_i) - n(sg(b_i)) ||^2 = 2 - 2 mean_i cos(a_i, b_i)``."""
     cos = F.cosine_similarity(online, target.detach(), dim=1)
     return 2.0 - 2.0 * cos.mean()

@@ -9,7 +9,7 @@ from torch import Tensor
 
 
 def max_cosine(weight: Tensor, dictionary: Tensor, absolute: bool = True) -> dict[str, float]:
-    """Max-cosine of seed 000 (Eq. 12).
+    """Max-cosine of Pokle et al. 2022 (Eq. 12).
 
     For every dictionary atom ``M_.j`` (column of the p x d ``dictionary``) take
     ``a_j = max_i |<W_i., M_.j>| / (||W_i.|| ||M_.j||)`` over the neurons (rows of the m x p ``weight``); return the
@@ -29,7 +29,7 @@ def max_cosine(weight: Tensor, dictionary: Tensor, absolute: bool = True) -> dic
 
 
 def embedding_spectrum(z: Tensor) -> Tensor:
-    """Singular values (descending) of the covariance of the l2-normalised embeddings (Jing et al. 2022, Sec. 3).
+    """Singular values (descending) of the covariance of the l2-normalized embeddings (Jing et al. 2022, Sec. 3).
 
     With ``u_i = z_i / ||z_i||`` for the N rows of ``z`` (N x D) and their mean ``u_bar``,
     ``C = 1/(N-1) sum_i (u_i - u_bar)(u_i - u_bar)^T`` (the unbiased ``np.cov`` of the official ``spectrum.py``;
@@ -45,7 +45,7 @@ def embedding_spectrum(z: Tensor) -> Tensor:
 
 
 NOISE_FLOOR = 1e-10
-"""Singular values at or below this are rounding noise: the covariance of l2-normalised rows has trace <= 1, and
+"""Singular values at or below this are rounding noise: the covariance of l2-normalized rows has trace <= 1, and
 under complete collapse its values are ~1e-15 (ranks would otherwise count the noise)."""
 
 
@@ -68,7 +68,7 @@ def numerical_rank(singular_values: Tensor, tolerance: float) -> int:
 
 
 def std_l2(z: Tensor) -> float:
-    """Per-dimension standard deviation over samples of the l2-normalised rows of ``z`` (N x D), averaged over the
+    """Per-dimension standard deviation over samples of the l2-normalized rows of ``z`` (N x D), averaged over the
     D dimensions and scaled by ``sqrt(D)`` (Chen & He 2021, Sec. 4.1): about 1 for isotropic Gaussian embeddings, 0
     under complete collapse. Unbiased standard deviation, in float64."""
     if z.ndim != 2 or z.shape[0] < 2:
@@ -82,7 +82,7 @@ def fit_linear_readout(train_features: Tensor, train_labels: Tensor, test_featur
                        seed: int = 0) -> float:
     """Top-1 test accuracy of a linear classifier trained on frozen features.
 
-    Features are standardised with the train split's per-dimension mean and standard deviation; an ``nn.Linear``
+    Features are standardized with the train split's per-dimension mean and standard deviation; an ``nn.Linear``
     starting from zero is trained with cross-entropy by Adam on shuffled mini-batches for ``epochs`` epochs, its
     learning rate decaying from ``lr`` to 0 on a cosine schedule. Everything runs on the features' device; the
     shuffles come from a generator seeded with ``seed``, so the result is reproducible and the global RNG untouched.

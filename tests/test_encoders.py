@@ -121,7 +121,7 @@ def test_two_layer_encoder_composes_layers():
 @pytest.mark.parametrize("p,width,d", [(100, 200, 10), (50, 400, 5)])
 def test_default_init_std(p, width, d):
     enc = SparseEncoder(p, width, layers=2)
-    enc.initialise(torch.Generator().manual_seed(0), None, d, zero_bias=False)
+    enc.initialize(torch.Generator().manual_seed(0), None, d, zero_bias=False)
     w1, w2 = enc.layers[0].linear.weight, enc.layers[1].linear.weight
     assert w1.std().item() == pytest.approx(math.sqrt(1 / (p * d)), rel=0.03)
     assert abs(w1.mean().item()) < 0.03 * math.sqrt(1 / (p * d))
@@ -133,8 +133,8 @@ def test_default_init_std(p, width, d):
 
 def test_explicit_init_std_zero_bias_and_reproducibility():
     a, b = SparseEncoder(80, 250), SparseEncoder(80, 250)
-    a.initialise(torch.Generator().manual_seed(4), 0.3, 10, zero_bias=True)
-    b.initialise(torch.Generator().manual_seed(4), 0.3, 10, zero_bias=True)
+    a.initialize(torch.Generator().manual_seed(4), 0.3, 10, zero_bias=True)
+    b.initialize(torch.Generator().manual_seed(4), 0.3, 10, zero_bias=True)
     assert a.first_layer_weight.std().item() == pytest.approx(0.3, rel=0.03)
     assert torch.all(a.layers[0].linear.bias == 0)
     assert torch.equal(a.first_layer_weight, b.first_layer_weight)
@@ -212,7 +212,7 @@ def test_weight_normalisation(mode, dim):
     with torch.no_grad():
         enc.first_layer_weight.mul_(3.7)
     second = enc.layers[1].linear.weight.detach().clone()
-    enc.normalise_weights(mode)
+    enc.normalize_weights(mode)
     norms = enc.first_layer_weight.detach().norm(dim=dim)
     torch.testing.assert_close(norms, torch.ones_like(norms))
     assert torch.equal(enc.layers[1].linear.weight.detach(), second)  # only the first layer
@@ -221,7 +221,7 @@ def test_weight_normalisation(mode, dim):
 def test_weight_normalisation_none_is_identity():
     enc = SparseEncoder(7, 5)
     before = enc.first_layer_weight.detach().clone()
-    enc.normalise_weights("none")
+    enc.normalize_weights("none")
     assert torch.equal(enc.first_layer_weight.detach(), before)
 
 

@@ -1,4 +1,4 @@
-"""Embedding spectrum of the backbone and projector outputs (Jing et al. 2022) and the std of l2-normalised embeddings
+"""Embedding spectrum of the backbone and projector outputs (Jing et al. 2022) and the std of l2-normalized embeddings
 (Chen & He 2021) on a fixed evaluation set."""
 
 from __future__ import annotations

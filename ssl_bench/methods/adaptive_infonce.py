@@ -23,9 +23,9 @@ class AdaptiveInfoNCE(Method):
     style; Sec. 4.2 on CIFAR-10: ``tau = 1`` on one half of the dimensions and ``0.7`` on the other).
 
     ``temperatures`` holds one value per group; ``groups`` their sizes (None: equal contiguous groups). With
-    ``learn_temperature`` the groups' ``log tau`` are trained with the network. ``u`` is ``n(z)`` (l2-normalised) when
+    ``learn_temperature`` the groups' ``log tau`` are trained with the network. ``u`` is ``n(z)`` (l2-normalized) when
     ``normalize``, else ``z``; ``standardize`` first maps every dimension to zero mean and unit variance over the
-    batch (:func:`ssl_bench.losses.standardize`), the "w/o normalisation" rows of Rusak et al.'s Table 2.
+    batch (:func:`ssl_bench.losses.standardize`), the "w/o normalization" rows of Rusak et al.'s Table 2.
     ``temperatures=null`` uses the single ``temperature``.
     """
 

@@ -60,7 +60,7 @@ class Method(nn.Module):
 
     def after_optimizer_step(self, index: int, progress: float) -> None:
         """Called after every optimizer step, at training ``progress`` in [0, 1]: every submodule with an
-        ``after_optimizer_step`` (e.g. a weight-normalised sparse encoder) runs it."""
+        ``after_optimizer_step`` (e.g. a weight-normalized sparse encoder) runs it."""
         if self._stepped_modules is None:
             self._stepped_modules = [m for m in self.modules() if m is not self and hasattr(m, "after_optimizer_step")]
         for module in self._stepped_modules:

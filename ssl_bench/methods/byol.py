@@ -32,7 +32,7 @@ class BYOL(Method):
       ``ema_momentum`` to ``ema_momentum_end`` on a cosine over training (Grill et al. 2020, Sec. 3.2; constant
       when ``ema_momentum_end`` is None). The schedule is a function of the training progress, so it continues
       exactly after a resume. The loss is symmetrised over the two views.
-    - ``alternate`` (Pokle et al. 2022): ``f_t`` is initialised independently and trained by its own SGD; mini-batches
+    - ``alternate`` (Pokle et al. 2022): ``f_t`` is initialized independently and trained by its own SGD; mini-batches
       alternate, starting each epoch with the online step ``normalized_mse(h(f_o(a1)), sg(f_t(a2)))`` and then the
       target step ``normalized_mse(h(f_t(a2)), sg(f_o(a1)))``. The predictor, if any, acts on the branch being
       updated and is trained on both steps, as in the official code (the text's Eq. 5 puts it on the online branch).

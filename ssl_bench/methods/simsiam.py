@@ -19,7 +19,7 @@ from ssl_bench.views import Views
 class SimSiam(Method):
     """``L = (D(h(z1), z2) + D(h(z2), z1)) / 2`` with ``z = g(f(a))``, ``h`` the predictor and ``D`` the negative
     cosine with stop-gradient on its second argument (Chen & He 2021, Eqs. 1-2). Pokle et al.'s Simplified-SimSiam
-    has no projector and a linear predictor; Bao 2023 uses a linear, bias-free, symmetrically initialised one."""
+    has no projector and a linear predictor; Bao 2023 uses a linear, bias-free, symmetrically initialized one."""
 
     @dataclass
     class Config(ProjectorKeys, PredictorKeys, MethodConfig):

@@ -15,11 +15,11 @@ RESNETS = {"resnet18": 512, "resnet50": 2048}  # name -> feature width
 
 @register("encoder", *RESNETS)
 class ResNetBackbone(nn.Module):
-    """A randomly initialised torchvision ResNet without its classifier: ``x (B, 3, H, W) -> (B, output_dim)``,
+    """A randomly initialized torchvision ResNet without its classifier: ``x (B, 3, H, W) -> (B, output_dim)``,
     the features after global average pooling (``output_dim`` 512 for resnet18, 2048 for resnet50).
 
     The CIFAR stem replaces the 7x7 stride-2 ``conv1`` by a 3x3 stride-1 convolution (padding 1, no bias) and drops
-    the max pool, so a 32x32 image reaches the last stage at 4x4 instead of 1x1; the new convolution is initialised
+    the max pool, so a 32x32 image reaches the last stage at 4x4 instead of 1x1; the new convolution is initialized
     like torchvision's (Kaiming normal, fan-out).
     """
 

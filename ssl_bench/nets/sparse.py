@@ -58,7 +58,7 @@ class SparseEncoder(nn.Module):
         """Width ``m``, one or two layers, batch norm, activation (:class:`SparseLayer`); Gaussian init
         ``N(0, init_std^2)`` (null: ``1/(p d)``), biases PyTorch's default or ``zero`` (the text); a warm start from
         the dictionary's columns plus noise of std ``warm_start_noise`` or ``p^(-warm_start_c/2)``; row or column
-        weight normalisation after every optimizer step."""
+        weight normalization after every optimizer step."""
 
         width: int = 50
         layers: int = 1
@@ -107,14 +107,14 @@ class SparseEncoder(nn.Module):
     @classmethod
     def from_config(cls, config: Config, data: Any, generator: torch.Generator) -> SparseEncoder:
         """An encoder for ``data`` (its ``input_dim``, ``latent_dim`` and, for a warm start, ``dictionary``),
-        initialised from ``generator``."""
+        initialized from ``generator``."""
         encoder = cls(data.input_dim, config.width, config.layers, config.batch_norm, config.activation, config.bias,
                       config.weight_norm)
-        encoder.initialise(generator, config.init_std, data.latent_dim, zero_bias=config.bias_init == "zero")
+        encoder.initialize(generator, config.init_std, data.latent_dim, zero_bias=config.bias_init == "zero")
         if config.warm_start:
             noise = warm_start_noise(data.input_dim, config.warm_start_noise, config.warm_start_c)
             encoder.warm_start(data.dictionary, noise, generator)
-        encoder.normalise_weights(config.weight_norm)
+        encoder.normalize_weights(config.weight_norm)
         return encoder
 
     @property
@@ -127,7 +127,7 @@ class SparseEncoder(nn.Module):
         return a
 
     @torch.no_grad()
-    def initialise(self, generator: torch.Generator, init_std: float | None, dictionary_dim: int,
+    def initialize(self, generator: torch.Generator, init_std: float | None, dictionary_dim: int,
                    zero_bias: bool) -> None:
         """Gaussian init ``W_ij ~ N(0, std^2)``, default ``std = sqrt(1 / (p d))`` (Sec. 4.2, official code).
 
@@ -155,10 +155,10 @@ class SparseEncoder(nn.Module):
         weight.copy_((atoms + noise_std * torch.randn(atoms.shape, generator=generator)).to(weight))
 
     def after_optimizer_step(self) -> None:
-        self.normalise_weights(self.weight_norm)
+        self.normalize_weights(self.weight_norm)
 
     @torch.no_grad()
-    def normalise_weights(self, mode: str) -> None:
+    def normalize_weights(self, mode: str) -> None:
         """Project ``W`` after an optimizer step (Thm. 3): ``row``: ``||W_i.|| = 1``; ``column``: ``||W_.j|| = 1``."""
         if mode == "none":
             return
