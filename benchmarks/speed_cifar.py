@@ -8,9 +8,11 @@ i.e. 2B augmented views, and images/s = B x steps / seconds. The ``--steps`` tim
 untimed ones and run from the end of the last warm-up step to the end of the last timed step, each with the loading,
 augmentation and device transfer of its batch (CUDA is synchronised at both ends).
 
-* ssl-bench: ``fit`` of ``cifar10/simclr`` in-process (Lightning Trainer, CIFAR10DataModule, SimCLR method) without
-  logger, progress bar, checkpoints, validation or metric callbacks; a callback clocks the steps and stops the run.
-* plain PyTorch: the same ResNetBackbone, MLP projector, probe, ``nt_xent`` and ``LARS`` at the recipe's peak
+* ssl-bench: ``fit`` of ``cifar10/simclr`` in-process (Lightning Trainer, SSLModule, CIFAR10DataModule, SimCLR
+  method) without logger, progress bar, checkpoints, validation or metric callbacks; a callback clocks the steps and
+  stops the run.
+* plain PyTorch: the same ResNetBackbone, MLP projector (the config's ``make_projector``), probe, ``nt_xent`` and
+  ``LARS`` at the recipe's peak
   learning rate (the schedule changes one scalar per step), the same DataLoader (dataset, views, sampler, workers,
   pinning) and the same autocast / GradScaler as ``--precision``, in a hand-written loop. "in next(loader)" is the
   share of its wall time spent waiting for batches.
@@ -42,20 +44,21 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from datamodules.base import collate_views
 from datamodules.cifar10 import (
-    CIFAR10Files,
     EpochShuffleSampler,
     TransformedSplit,
+    cifar10_split,
     view_transforms,
     write_cifar10_batches,
 )
 from ssl_bench.cli import load
 from ssl_bench.config import RunConfig
 from ssl_bench.losses import nt_xent
-from ssl_bench.nets.heads import projector
 from ssl_bench.nets.resnet import ResNetBackbone
 from ssl_bench.optim import LARS
 from ssl_bench.run import fit
+from ssl_bench.views import Views
 
 AUTOCAST = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
@@ -73,20 +76,20 @@ def recipe(root: Path, run_dir: Path, args: argparse.Namespace, num_workers: int
         f"data.num_workers={num_workers}", f"trainer.max_epochs={epochs}", f"trainer.val_every_n_epochs={epochs + 1}",
         "trainer.checkpoint_every_n_epochs=0", "trainer.progress=none", f"trainer.threads={args.threads}",
         f"trainer.precision={args.precision}", f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
-        "callbacks.spectrum=false", "callbacks.readout=false", "logger=none", f"run_dir={run_dir}"])
+        "~callbacks.spectrum", "~callbacks.readout", "logger=none", f"run_dir={run_dir}"])
 
 
 def train_loader(cfg: RunConfig) -> DataLoader:
     """The loader ``CIFAR10DataModule.train_dataloader`` builds for one process, written out."""
     data = cfg.data
-    split = CIFAR10Files(data.root, train=True, verify_checksums=data.verify_checksums)
+    split = cifar10_split(data.root, train=True, verify_checksums=data.verify_checksums)
     dataset = TransformedSplit(split, *view_transforms(data.views, data.crop_min_scale), seed=cfg.seed)
     return DataLoader(dataset, batch_size=data.batch_size, sampler=EpochShuffleSampler(len(dataset), cfg.seed),
                       num_workers=data.num_workers, pin_memory=torch.cuda.is_available(), drop_last=True,
-                      persistent_workers=data.num_workers > 0)
+                      collate_fn=collate_views, persistent_workers=data.num_workers > 0)
 
 
-def endless(loader: DataLoader) -> Iterator[list[torch.Tensor]]:
+def endless(loader: DataLoader) -> Iterator[list[Views]]:
     """The loader's batches epoch after epoch, with the sampler's epoch set as Lightning sets it."""
     epoch = 0
     while True:
@@ -102,8 +105,7 @@ def plain_loop(cfg: RunConfig, device: torch.device, warmup: int, steps: int) ->
     torch.manual_seed(cfg.seed)
     m, o = cfg.method, cfg.optim
     backbone = ResNetBackbone(cfg.encoder.name, cifar_stem=cfg.encoder.cifar_stem).to(device)
-    head = projector(m.projector, backbone.output_dim, m.projector_hidden_dim, m.projector_dim,
-                     m.projector_layers).to(device)
+    head = m.make_projector(backbone.output_dim).to(device)
     probe = torch.nn.Linear(backbone.output_dim, 10).to(device)
     lr = o.lr * cfg.data.batch_size / 256 if o.scale_lr else o.lr
     optimizer = LARS([dict(params=[*backbone.parameters(), *head.parameters()]),
@@ -119,12 +121,12 @@ def plain_loop(cfg: RunConfig, device: torch.device, warmup: int, steps: int) ->
             synchronize(device)
             start, loading = time.perf_counter(), 0.0
         fetch = time.perf_counter()
-        view1, view2, labels = next(batches)
+        [views] = next(batches)
         loading += time.perf_counter() - fetch
-        view1, view2, labels = (x.to(device, non_blocking=True) for x in (view1, view2, labels))
+        views = views.to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            f1, f2 = backbone(view1), backbone(view2)
-            loss = nt_xent(head(f1), head(f2), m.temperature) + F.cross_entropy(probe(f1.detach()), labels)
+            f1, f2 = backbone(views.view1), backbone(views.view2)
+            loss = nt_xent(head(f1), head(f2), m.temperature) + F.cross_entropy(probe(f1.detach()), views.labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -2,8 +2,10 @@
 
 Both run in this process on the same data and the same math: the contrastive model (CL-basic: linear + BN +
 symmetric ReLU, NT-Xent, dependent masks) and the alternating non-contrastive model (NCL-basic: linear + symmetric
-ReLU, 2 - 2cos, independent masks, online and target SGD steps in turn). Rounds alternate between the two loops and
-the median is reported, so background load affects both alike.
+ReLU, 2 - 2cos, independent masks, online and target SGD steps in turn). ssl-bench runs ``pokle2022/table2`` through
+``ssl_bench.run.fit`` (Lightning Trainer, SSLModule, the max-cosine callback, a run directory in a temporary
+folder); each epoch is one training batch of its mini-batches (``list[Views]``). Rounds alternate between the two
+loops and the median is reported, so background load affects both alike.
 
     python benchmarks/speed_sparse.py [--epochs 200] [--rounds 3] [--threads 1]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 
 import lightning as L
@@ -98,21 +101,26 @@ class _TrainingClock(L.Callback):
 
 def suite_loop(model: str, epochs: int) -> float:
     """``ssl-bench fit`` in-process (Lightning Trainer, max-cosine callback, run directory); seconds per epoch."""
-    cfg = load("pokle2022/table2", [*SETTINGS[model], f"trainer.max_epochs={epochs}", "logger=none",
-                                    "trainer.progress=none", "run_dir=runs/benchmark"])
-    clock = _TrainingClock()
-    summary = fit(cfg, extra_callbacks=[clock])
-    assert summary["status"] == "finished"
+    with tempfile.TemporaryDirectory(prefix="speed_sparse-") as run_dir:
+        cfg = load("pokle2022/table2", [*SETTINGS[model], f"trainer.max_epochs={epochs}", "logger=none",
+                                        "trainer.progress=none", f"run_dir={run_dir}"])
+        clock = _TrainingClock()
+        summary = fit(cfg, extra_callbacks=[clock])
+    assert summary["status"] == "finished", summary
     return clock.seconds / epochs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Print the table; return each model's ratio ssl-bench / plain (medians of the rounds)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if min(args.epochs, args.rounds, args.threads) < 1:
+        parser.error("--epochs, --rounds and --threads must be positive")
     torch.set_num_threads(args.threads)
+    ratios: dict[str, float] = {}
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.epochs} epochs x {args.rounds} rounds")
     print("| model | plain PyTorch (ms/epoch) | ssl-bench (ms/epoch) | ratio |\n|---|---|---|---|")
     for model in SETTINGS:
@@ -122,6 +130,8 @@ def main() -> None:
             suite.append(suite_loop(model, args.epochs))
         p, s = statistics.median(plain) * 1e3, statistics.median(suite) * 1e3
         print(f"| {model} | {p:.1f} | {s:.1f} | {s / p:.2f}x |", flush=True)
+        ratios[model] = s / p
+    return ratios
 
 
 if __name__ == "__main__":

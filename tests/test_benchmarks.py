@@ -22,3 +22,10 @@ def test_speed_cifar_runs(capsys):
                                           "1", "--num-workers", "0", "--threads", "1", "--rounds", "1"])
     assert results and all(math.isfinite(value) and value > 0 for value in results.values())
     assert "| ssl-bench fit |" in capsys.readouterr().out
+
+
+def test_speed_sparse_runs(capsys):
+    ratios = script("speed_sparse").main(["--epochs", "2", "--rounds", "1"])
+    assert set(ratios) == {"CL-basic", "NCL-basic"}
+    assert all(math.isfinite(ratio) and ratio > 0 for ratio in ratios.values())
+    assert "| NCL-basic |" in capsys.readouterr().out
