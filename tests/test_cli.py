@@ -1,27 +1,54 @@
-"""End-to-end: ``ssl-bench fit|sweep|report``, config errors, determinism, W&B offline logging."""
+"""End-to-end: ``ssl-bench fit|sweep|report``, strict keys and one-line config errors, light start-up,
+determinism, sweep references, W&B offline logging."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shutil
 import statistics
 import subprocess
+import sys
 import sysconfig
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import TINY
+from conftest import REPO, TINY
 
+from datamodules.cifar10 import CIFAR10DataModule
+from datamodules.sparse_coding import SparseCodingDataModule
 from ssl_bench.cli import available_configs, load
 from ssl_bench.config import ConfigError
+from ssl_bench.methods.simclr import SimCLR
 from ssl_bench.metrics import max_cosine
-from ssl_bench.run import build_datamodule
+from ssl_bench.run import build_data, build_module
 from ssl_bench.sweep import expand_grid, report
 
 MAXCOS = ("maxcos/max", "maxcos/median", "maxcos/min")
+METHODS = "adaptive_infonce, byol, directclr, simclr, simsiam"
+SPARSE_DATA_KEYS = {f.name for f in fields(SparseCodingDataModule.Config)}
+CIFAR_DATA_KEYS = {f.name for f in fields(CIFAR10DataModule.Config)}
+SIMCLR_KEYS = {f.name for f in fields(SimCLR.Config)}
+
+
+def error_line(code: int, err: str) -> str:
+    """The message of a CLI config error: exit code 2 and exactly one stderr line with the CLI's prefix."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ssl-bench: error: "), lines[0]
+    return lines[0].removeprefix("ssl-bench: error: ")
+
+
+def listed_keys(message: str, head: str) -> set[str]:
+    """The keys that a ``KEY is not a key of PART; its keys: a, b, ...`` message lists after ``head``."""
+    assert message.startswith(f"{head}; its keys: "), message
+    return set(message.removeprefix(f"{head}; its keys: ").split(", "))
 
 
 def check_finished(summary: dict) -> None:
@@ -55,6 +82,11 @@ def test_quickstart_fit_writes_run_directory(fit_tiny, capsys):
     assert config["encoder"]["activation"] == "symmetric_relu_official"  # encoder=basic_official
     assert config["trainer"]["max_epochs"] == 3
     assert config["run_dir"] == str(run_dir)
+    # only the chosen parts' keys (strict keys), callbacks by name with their own keys
+    assert set(config["data"]) == SPARSE_DATA_KEYS
+    assert config["callbacks"]["max_cosine"] == {"signed": False}
+    assert set(config["callbacks"]) == {"max_cosine", "spectrum", "readout"}
+    assert "ema_momentum" not in config["method"] and "cifar_stem" not in config["encoder"]
 
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert lines, "no metrics logged"
@@ -86,6 +118,7 @@ def test_fit_prints_final_max_cosine(run_cli, tmp_path):
     ["method=simclr", "encoder=linear"],
     ["method=byol", "encoder.warm_start=true", "encoder.warm_start_c=1", "encoder.weight_norm=row"],
     ["data.latent=binary", "data.sampler=bernoulli"],
+    ["method=simsiam", "callbacks.spectrum.samples=16", "~callbacks.readout"],
 ], ids=lambda o: " ".join(o))
 def test_each_method_finishes(fit_tiny, overrides):
     code, run_dir, summary = fit_tiny(*overrides)
@@ -93,10 +126,15 @@ def test_each_method_finishes(fit_tiny, overrides):
     check_finished(summary)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     for override in overrides:
-        key, value = override.split("=")
-        if "." in key:
-            group, leaf = key.split(".")
-            assert config[group][leaf] == yaml.safe_load(value)
+        key, _, value = override.partition("=")
+        *sections, leaf = key.lstrip("~").split(".")
+        node = config
+        for section in sections:
+            node = node[section]
+        if key.startswith("~"):
+            assert leaf not in node, key
+        elif sections:
+            assert node[leaf] == yaml.safe_load(value), key
 
 
 def test_same_seed_same_metrics_different_seed_different(fit_tiny):
@@ -112,9 +150,9 @@ def test_summary_max_cosine_matches_checkpointed_weights(fit_tiny):
     code, run_dir, summary = fit_tiny("trainer.checkpoint_every_n_epochs=1", "seed=4")
     assert code == 0
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    weight = ckpt["state_dict"]["encoder.layers.0.linear.weight"]
+    weight = ckpt["state_dict"]["method.encoder.layers.0.linear.weight"]
     cfg = load("quickstart", [*TINY, "seed=4"])
-    expected = max_cosine(weight, build_datamodule(cfg).dictionary)
+    expected = max_cosine(weight, build_data(cfg).dictionary)
     for key in ("max", "median", "min"):
         assert summary["metrics"][f"maxcos/{key}"] == pytest.approx(expected[key], abs=1e-6)
 
@@ -178,51 +216,192 @@ def test_every_grid_point_of_every_experiment_is_valid():
 # ------------------------------------------------------------------------------------------------- config errors
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--config", "no_such_config"], "no_such_config"),
-    (["--config", "quickstart", "data.foo=1"], "data.foo"),
-    (["--config", "quickstart", "data.n=abc"], "data.n"),
-    (["--config", "quickstart", "data.sparsity=1.5"], "data.sparsity"),
-    (["--config", "quickstart", "data.sparsity=0"], "data.sparsity"),
-    (["--config", "quickstart", "data.mask_prob=1.0"], "data.mask_prob"),
-    (["--config", "quickstart", "data.n=0"], "data.n"),
-    (["--config", "quickstart", "trainer.max_epochs=0"], "trainer.max_epochs"),
-])
-def test_config_errors_exit_2_with_one_line(cli_subprocess, tmp_path, args, needle):
+def test_config_error_exits_2_with_one_line_and_no_run_dir(cli_subprocess, tmp_path):
+    """The console path end to end: exit code 2, one line on stderr, no traceback, nothing written."""
     run_dir = tmp_path / "run"
-    proc = cli_subprocess("fit", *args, f"run_dir={run_dir}", "logger=none")
+    proc = cli_subprocess("fit", "--config", "quickstart", "data.sparsity=1.5", f"run_dir={run_dir}", "logger=none")
     assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert needle in lines[0]
-    assert lines[0].startswith("ssl-bench: error:")
+    assert proc.stderr.splitlines() == ["ssl-bench: error: data.sparsity=1.5 is out of range; allowed: (0, 1]"]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not run_dir.exists()
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("method=nope", "method/nope"),
-    ("encoder.layers=3", "encoder.layers"),
-    ("data.latent=foo", "data.latent"),
-    ("foo=1", "foo"),
-    ("data.p=3", "data.p"),
-    ("method=simsiam method.predictor=none", "method.predictor"),
-    ("method=directclr method.projector=mlp", "method.projector=none"),
-    ("method=simclr method.predictor=linear", "method.predictor=none"),
-    ("encoder=resnet18", "encoder.name=resnet18 cannot read data.name=sparse_coding"),
-    ("data=cifar10", "encoder.name=sparse cannot read data.name=cifar10; use encoder resnet18, resnet50"),
-    ("sweep.seeds=[]", "sweep.seeds"),
-    ("data.dictionary=identity", "data.dictionary"),
+@pytest.mark.parametrize("overrides,message", [
+    ("data.n=abc", "data.n='abc' has the wrong type; expected int"),
+    ("data.sparsity=1.5", "data.sparsity=1.5 is out of range; allowed: (0, 1]"),
+    ("data.sparsity=0", "data.sparsity=0.0 is out of range; allowed: (0, 1]"),
+    ("data.mask_prob=1.0", "data.mask_prob=1.0 is out of range; allowed: [0, 1)"),
+    ("data.n=0", "data.n=0 must be > 0"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 must be > 0"),
+    ("encoder.layers=3", "encoder.layers=3 is not allowed; choose one of: 1, 2"),
+    ("data.latent=foo", "data.latent='foo' is not allowed; choose one of: symmetric, binary, one_hot"),
+    ("data.p=3", "data.p=3 must be >= data.d=10 for an orthonormal dictionary"),
+    ("data.dictionary=identity", "data.dictionary=identity needs p == d (got p=50, d=10)"),
+    ("sweep.seeds=[]", "sweep.seeds is empty; give at least one seed, e.g. sweep.seeds=[1]"),
+    ("method=simsiam method.predictor=none",
+     "method.predictor=none is not allowed for method=simsiam; use method.predictor=linear"),
+    ("method=directclr method.projector=mlp",
+     "method.projector is not a key of method=directclr; its keys: name, temperature, directclr_dim"),
+    ("+foo=1", "unknown key 'foo'; top-level keys: experiment, group, seed, run_dir, data, encoder, method, optim, "
+               "trainer, logger, sweep, callbacks"),
+    ("method.name=nope", f"method.name='nope' is not registered; choose one of: {METHODS}"),
+    ("encoder=resnet18", "encoder=resnet18 needs image inputs, which data=sparse_coding with encoder=resnet18 does "
+                         "not provide; encoders for vector inputs: sparse"),
 ])
-def test_more_config_errors_in_process(run_cli, override, needle):
+def test_config_errors_are_one_line_naming_key_and_allowed(run_cli, tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli("fit", "--config", "quickstart", *overrides.split(), f"run_dir={run_dir}")
+    assert error_line(code, err) == message
+    assert not run_dir.exists()
+
+
+def test_unknown_config_lists_the_experiments(run_cli):
+    code, out, err = run_cli("fit", "--config", "no_such_config")
+    experiments = ", ".join(available_configs()[0])
+    assert error_line(code, err) == (f"unknown config 'no_such_config'; choose one of: {experiments} "
+                                     "(or a path to a .yaml)")
+    assert "quickstart" in experiments
+
+
+def test_unknown_group_option_lists_the_groups_yaml_files(run_cli):
+    code, out, err = run_cli("fit", "--config", "quickstart", "method=nope", "--print-config")
+    options = sorted(p.stem for p in (REPO / "configs" / "method").glob("*.yaml"))
+    assert error_line(code, err) == f"method=nope is not a config of group method; choose one of: {', '.join(options)}"
+    assert ", ".join(options) == METHODS  # one YAML per registered method
+
+
+def test_unknown_callback_lists_the_registered_callbacks(run_cli):
+    for override in ("callbacks.nope.x=1", "+callbacks.nope={}"):
+        code, out, err = run_cli("fit", "--config", "quickstart", override, "--print-config")
+        message = error_line(code, err)
+        assert message.startswith("callbacks") and "'nope' is not registered" in message, message
+        assert message.endswith("; choose one of: max_cosine, readout, spectrum"), message
+
+
+def test_a_top_level_typo_names_the_key(run_cli):
+    code, out, err = run_cli("fit", "--config", "quickstart", "foo=1", "--print-config")
+    assert "'foo'" in error_line(code, err)
+
+
+@pytest.mark.parametrize("override,head,keys", [
+    ("method=simclr method.predictor=linear", "method.predictor is not a key of method=simclr", SIMCLR_KEYS),
+    ("data=cifar10", "data.n is not a key of data=cifar10", CIFAR_DATA_KEYS),  # quickstart sets data.n
+    ("data.foo=1", "data.foo is not a key of data=sparse_coding", SPARSE_DATA_KEYS),
+], ids=["simclr-predictor", "cifar10-n", "data-foo"])
+def test_more_config_errors_in_process(run_cli, override, head, keys):
     code, out, err = run_cli("fit", "--config", "quickstart", *override.split(), "--print-config")
-    assert code == 2
-    assert len(err.strip().splitlines()) == 1 and needle in err
+    assert listed_keys(error_line(code, err), head) == keys
 
 
 def test_load_raises_config_error():
-    with pytest.raises(ConfigError, match="data.sparsity"):
+    with pytest.raises(ConfigError, match=re.escape("data.sparsity=2.0 is out of range; allowed: (0, 1]")):
         load("quickstart", ["data.sparsity=2"])
+
+
+# ---------------------------------------------------------------------------------------------------- strict keys
+
+
+def test_keys_of_parts_not_chosen_are_refused(run_cli):
+    """Sparse-data, sparse-encoder and BYOL keys on a CIFAR SimCLR config: the first unknown key is named with the
+    part and the keys it does have."""
+    code, out, err = run_cli("fit", "--config", "cifar10/simclr", "data.sparsity=0.3", "encoder.weight_norm=row",
+                             "method.ema_momentum=0.5", "--print-config")
+    assert listed_keys(error_line(code, err), "data.sparsity is not a key of data=cifar10") == CIFAR_DATA_KEYS
+    assert out == ""
+
+    code, out, err = run_cli("fit", "--config", "cifar10/simclr", "method.ema_momentum=0.5", "--print-config")
+    assert listed_keys(error_line(code, err), "method.ema_momentum is not a key of method=simclr") == SIMCLR_KEYS
+
+    code, out, err = run_cli("fit", "--config", "cifar10/simclr", "encoder.weight_norm=row", "--print-config")
+    assert error_line(code, err) == "encoder.weight_norm is not a key of encoder=resnet18; its keys: name, cifar_stem"
+
+
+def test_print_config_holds_only_the_chosen_parts_keys(run_cli):
+    code, out, err = run_cli("fit", "--config", "cifar10/simclr", "--print-config")
+    assert code == 0, err
+    cifar = yaml.safe_load(out)
+    assert set(cifar["data"]) == CIFAR_DATA_KEYS and "sparsity" not in cifar["data"]
+    assert set(cifar["encoder"]) == {"name", "cifar_stem"}
+    assert set(cifar["method"]) == SIMCLR_KEYS and "ema_momentum" not in cifar["method"]
+    assert set(cifar["callbacks"]) == {"spectrum", "readout"}  # no max_cosine: CIFAR-10 has no dictionary
+    assert cifar["optim"]["name"] == "lars" and "lars_eta" in cifar["optim"]
+
+    code, out, err = run_cli("fit", "--config", "quickstart", "--print-config")
+    assert code == 0, err
+    sparse = yaml.safe_load(out)
+    assert set(sparse["data"]) == SPARSE_DATA_KEYS and "root" not in sparse["data"]
+    assert {"weight_norm", "warm_start", "width"} <= set(sparse["encoder"]) and "cifar_stem" not in sparse["encoder"]
+    assert "ema_momentum" not in sparse["method"] and "max_cosine" in sparse["callbacks"]
+
+    code, out, err = run_cli("fit", "--config", "cifar10/simclr", "optim=sgd", "--print-config")
+    assert code == 0, err
+    sgd = yaml.safe_load(out)["optim"]
+    assert sgd["name"] == "sgd" and "momentum" in sgd
+    assert not {"lars_eta", "lars_clip", "exclude_bias_and_norm", "betas"} & set(sgd)
+
+
+# ---------------------------------------------------------------------------------------------------- capabilities
+
+
+def test_an_encoder_for_vectors_on_images_names_the_image_encoders(run_cli):
+    code, out, err = run_cli("fit", "--config", "cifar10/simclr", "encoder=basic", "--print-config")
+    assert error_line(code, err) == ("encoder=sparse needs vector inputs, which data=cifar10 with encoder=sparse does "
+                                     "not provide; encoders for image inputs: resnet18, resnet50")
+
+
+def test_max_cosine_on_cifar_says_how_to_remove_it(run_cli):
+    code, out, err = run_cli("fit", "--config", "cifar10/simclr", "data=cifar10", "encoder=resnet18",
+                             "callbacks=default", "--print-config")
+    assert error_line(code, err) == (
+        "callbacks.max_cosine needs a ground-truth dictionary (data=sparse_coding), which data=cifar10 with "
+        "encoder=resnet18 does not provide; remove it with ~callbacks.max_cosine")
+    code, out, err = run_cli("fit", "--config", "cifar10/simclr", "callbacks=default", "~callbacks.max_cosine",
+                             "--print-config")
+    assert code == 0, err
+    assert set(yaml.safe_load(out)["callbacks"]) == {"spectrum", "readout"}
+
+
+def test_warm_start_of_a_sparse_encoder_on_sparse_data():
+    """A noiseless warm start puts every first-layer row on a dictionary atom (max-cosine 1 for each neuron)."""
+    cfg = load("quickstart", [*TINY, "encoder.warm_start=true", "encoder.warm_start_noise=0"])
+    data = build_data(cfg)
+    weight = build_module(cfg, data).method.encoder.first_layer_weight
+    assert max_cosine(weight, data.dictionary)["min"] == pytest.approx(1.0, abs=1e-6)
+    cold = load("quickstart", list(TINY))
+    assert max_cosine(build_module(cold, data).method.encoder.first_layer_weight, data.dictionary)["min"] < 0.99
+
+
+# ---------------------------------------------------------------------------------------------------- start-up
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                          env=env, cwd=REPO)
+
+
+def test_help_imports_neither_torch_lightning_nor_torchvision():
+    proc = _python(
+        "import sys\n"
+        "from ssl_bench.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as exit_:\n    assert exit_.code == 0, exit_.code\n"
+        "print('LOADED', sorted(m for m in ('torch', 'lightning', 'torchvision') if m in sys.modules))\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "quickstart" in proc.stdout
+    assert "LOADED []" in proc.stdout
+
+
+def test_print_config_and_config_errors_import_neither_lightning_nor_torchvision():
+    proc = _python(
+        "import sys\n"
+        "from ssl_bench.cli import main\n"
+        "assert main(['fit', '--config', 'quickstart', '--print-config']) == 0\n"
+        "assert main(['fit', '--config', 'cifar10/simclr', '--print-config']) == 0\n"
+        "assert main(['fit', '--config', 'quickstart', 'data.n=0']) == 2\n"
+        "print('LOADED', sorted(m for m in ('lightning', 'torchvision') if m in sys.modules))\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "ssl-bench: error: data.n=0 must be > 0"
+    assert "LOADED []" in proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------------------- help
@@ -307,7 +486,7 @@ def test_report_of_non_sweep_dir_is_one_line_error(run_cli, tmp_path):
 def test_report_aggregates_and_shows_reference(tmp_path):
     spec = {"experiment": "exp", "metrics": ["maxcos/max"], "axes": ["model", "data.sparsity"],
             "groups": ["exp/model=B,data.sparsity=0.1", "exp/model=A,data.sparsity=0.1"],
-            "reference": {"rows": [{"match": {"model": "A", "data.sparsity": 0.1}, "values": {"maxcos/max": 0.5}}]}}
+            "reference": [{"match": {"model": "A", "data.sparsity": 0.1}, "values": {"maxcos/max": 0.5}}]}
     (tmp_path / "sweep.json").write_text(json.dumps(spec))
     runs = [("A", 1, "finished", 0.2), ("A", 2, "finished", 0.6), ("A", 3, "failed", 0.0),
             ("B", 1, "finished", 0.9)]
@@ -324,6 +503,75 @@ def test_report_aggregates_and_shows_reference(tmp_path):
     assert a_row[3] == f"{statistics.fmean([0.2, 0.6]):.3f} ± {statistics.pstdev([0.2, 0.6]):.3f} (0.50)"
     b_row = [c.strip() for c in rows[0].strip("|").split("|")]
     assert b_row[2:] == ["1/1", "0.900 ± 0.000"]
+
+
+def test_every_sweep_reference_names_real_grid_axes_values_and_metrics():
+    """A reference row that names a missing axis, a value no grid point has, or a metric the table lacks would leave
+    the paper column silently empty."""
+    experiments, _ = available_configs()
+    with_reference = 0
+    for name in experiments:
+        cfg = load(name, [])
+        points = [dict(p.axes) for p in expand_grid(cfg.sweep.grid)]
+        axes: dict[str, set[str]] = {}
+        for point in points:
+            for axis, value in point.items():
+                axes.setdefault(axis, set()).add(value)
+        for row in cfg.sweep.reference:
+            assert row.match and row.values, (name, row)
+            for axis, value in row.match.items():
+                assert axis in axes, f"{name}: reference axis {axis!r} is not a grid axis ({', '.join(axes)})"
+                assert str(value) in axes[axis], f"{name}: {axis}={value} is on no grid point"
+            assert any(all(p.get(k) == str(v) for k, v in row.match.items()) for p in points), (name, row.match)
+            assert set(row.values) <= set(cfg.sweep.metrics), (name, set(row.values) - set(cfg.sweep.metrics))
+            assert all(math.isfinite(v) for v in row.values.values()), (name, row.values)
+        with_reference += bool(cfg.sweep.reference)
+    assert with_reference >= 4  # pokle2022 tables 1-3 and rusak2022's CIFAR-10 table
+
+
+def test_adaptive_infonce_table_shows_the_paper_column(run_cli, tmp_path, monkeypatch):
+    """The sweep of Rusak et al.'s table with each run replaced by a summary with fixed metrics: every row of the
+    report shows the paper's value beside the metrics it reports."""
+    import ssl_bench.sweep
+
+    configs = {name: load(name, []) for name in available_configs()[0]}
+    name, cfg = next((n, c) for n, c in configs.items() if c.method.name == "adaptive_infonce" and c.sweep.reference)
+    fake = {metric: 0.5 + i / 10 for i, metric in enumerate(cfg.sweep.metrics)}
+
+    def run(command, stdout, **kwargs):
+        values = dict(arg.split("=", 1) for arg in command if arg.startswith(("run_dir=", "group=", "seed=")))
+        run_dir = Path(values["run_dir"].strip("'"))
+        (run_dir / "summary.json").write_text(json.dumps({
+            "status": "finished", "group": values["group"].strip("'"), "seed": int(values["seed"]), "metrics": fake}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(ssl_bench.sweep.subprocess, "run", run)
+    sweep_dir = tmp_path / "sweep"
+    code, out, err = run_cli("sweep", "--config", name, "--sweep-dir", sweep_dir)
+    assert code == 0, err
+    spec = json.loads((sweep_dir / "sweep.json").read_text())
+    assert isinstance(spec["reference"], list) and len(spec["reference"]) == len(cfg.sweep.reference)
+
+    table = report(sweep_dir).splitlines()
+    assert "paper's value in parentheses" in table[0]
+    header = [c.strip() for c in table[2].strip("|").split("|")]
+    axes = header[:header.index("runs")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[4:]]
+    assert len(rows) == len(expand_grid(cfg.sweep.grid))
+    used = set()
+    for cells in rows:
+        point = dict(zip(axes, cells))
+        assert cells[len(axes)] == f"{len(cfg.sweep.seeds)}/{len(cfg.sweep.seeds)}"
+        matches = [i for i, r in enumerate(cfg.sweep.reference)
+                   if all(point.get(k) == str(v) for k, v in r.match.items())]
+        assert len(matches) == 1, (point, matches)  # every row of this table has its paper values
+        used.update(matches)
+        reference = cfg.sweep.reference[matches[0]].values
+        for metric, cell in zip(cfg.sweep.metrics, cells[len(axes) + 1:]):
+            paper = f" ({reference[metric]:.2f})" if metric in reference else ""
+            assert cell == f"{fake[metric]:.3f} ± 0.000{paper}", (point, metric)
+    assert used == set(range(len(cfg.sweep.reference)))
+    assert sum("(" in cell for cells in rows for cell in cells) >= len(rows)
 
 
 def test_expand_grid():
@@ -347,6 +595,14 @@ def test_wandb_offline_run_in_run_dir(run_cli, tmp_path, monkeypatch):
     import wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
+    init_kwargs = {}
+    real_init = wandb.init
+
+    def spy_init(**kwargs):
+        init_kwargs.update(kwargs)
+        return real_init(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", spy_init)
     run_dir = tmp_path / "wb"
     overrides = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb", "logger.tags=[t1,t2]"]
     try:
@@ -360,6 +616,9 @@ def test_wandb_offline_run_in_run_dir(run_cli, tmp_path, monkeypatch):
     assert len(offline) == 1
     assert list(offline[0].glob("run-*.wandb"))
     check_finished(json.loads((run_dir / "summary.json").read_text()))
+    # W&B's config is the run's config.yaml: only the chosen parts' keys
+    assert init_kwargs["config"] == yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert set(init_kwargs["config"]["data"]) == SPARSE_DATA_KEYS
 
 
 def test_sweep_rejects_an_override_of_a_grid_key(run_cli, tmp_path):
