@@ -16,14 +16,17 @@ from datamodules.cifar10 import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR10DataModule,
-    CIFAR10Files,
     DatasetChecksumError,
     DatasetNotFoundError,
     EpochShuffleSampler,
+    cifar10_split,
     view_transforms,
     write_cifar10_batches,
 )
+from ssl_bench.errors import DataError
+from ssl_bench.module import DataModuleAdapter
 from ssl_bench.nets import ResNetBackbone
+from ssl_bench.views import Views
 
 N_TRAIN, N_TEST = 40, 20
 
@@ -38,7 +41,7 @@ def datamodule(root, **kwargs) -> CIFAR10DataModule:
     return CIFAR10DataModule(**settings)
 
 
-def unnormalise(x: torch.Tensor) -> torch.Tensor:
+def unnormalize(x: torch.Tensor) -> torch.Tensor:
     return x * torch.tensor(CIFAR10_STD).view(3, 1, 1) + torch.tensor(CIFAR10_MEAN).view(3, 1, 1)
 
 
@@ -50,8 +53,8 @@ def test_torchvision_parses_the_written_files(root):
     batches = [pickle.loads((folder / f"data_batch_{k}").read_bytes(), encoding="latin1") for k in range(1, 6)]
     assert [len(b["labels"]) for b in batches] == [8] * 5
     assert all(b["data"].dtype == np.uint8 and b["data"].shape == (8, 3072) for b in batches)
-    train = CIFAR10Files(root, train=True, verify_checksums=False)
-    test = CIFAR10Files(root, train=False, verify_checksums=False)
+    train = cifar10_split(root, train=True, verify_checksums=False)
+    test = cifar10_split(root, train=False, verify_checksums=False)
     assert len(train) == N_TRAIN and len(test) == N_TEST
     assert train.targets == [i % 10 for i in range(N_TRAIN)] and test.targets == [i % 10 for i in range(N_TEST)]
     assert train.classes[:2] == ["airplane", "automobile"] and len(train.classes) == 10
@@ -59,15 +62,16 @@ def test_torchvision_parses_the_written_files(root):
     np.testing.assert_array_equal(train.data[9], batches[1]["data"][1].reshape(3, 32, 32).transpose(1, 2, 0))
     image, label = train[9]
     assert isinstance(image, Image.Image) and image.size == (32, 32) and label == 9
-    other = CIFAR10Files(write_cifar10_batches(root.parent / "other", N_TRAIN, N_TEST, seed=1), verify_checksums=False)
+    other = cifar10_split(write_cifar10_batches(root.parent / "other", N_TRAIN, N_TEST, seed=1), verify_checksums=False)
     assert not np.array_equal(other.data, train.data)
 
 
 def test_md5_check_rejects_the_written_files_unless_disabled(root):
     with pytest.raises(RuntimeError, match="corrupted"):
-        CIFAR10Files(root, train=True, verify_checksums=True)
-    with pytest.raises(DatasetChecksumError, match="verify_checksums=false"):
+        cifar10_split(root, train=True, verify_checksums=True)
+    with pytest.raises(DatasetChecksumError, match="verify_checksums=false") as error:
         datamodule(root, verify_checksums=True).setup("fit")
+    assert isinstance(error.value, DataError) and "\n" not in str(error.value)
     dm = datamodule(root)
     dm.setup("fit")
     assert len(dm.split(train=True)) == N_TRAIN
@@ -77,7 +81,7 @@ def test_missing_dataset_raises_one_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError) as error:
         datamodule(tmp_path / "nowhere").setup("fit")
     message = str(error.value)
-    assert isinstance(error.value, FileNotFoundError)
+    assert isinstance(error.value, DataError) and isinstance(error.value, FileNotFoundError)
     assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in message
     assert "data.download=true" in message and "\n" not in message
 
@@ -115,7 +119,9 @@ def test_train_batches_hold_two_augmented_views_and_labels(root):
     loader = dm.train_dataloader()
     batches = list(loader)
     assert len(batches) == N_TRAIN // 16  # drop_last
-    view1, view2, labels = batches[0]
+    [views] = batches[0]  # one mini-batch per training batch
+    assert isinstance(views, Views)
+    view1, view2, labels = views.view1, views.view2, views.labels
     assert view1.shape == view2.shape == (16, 3, 32, 32)
     assert view1.dtype == view2.dtype == torch.float32 and labels.dtype == torch.int64
     assert not torch.allclose(view1, view2)
@@ -124,15 +130,15 @@ def test_train_batches_hold_two_augmented_views_and_labels(root):
     assert labels.tolist() == [order[i] % 10 for i in range(16)]
 
 
-@pytest.mark.parametrize("views,solarised", [("simclr", (0.0, 0.0)), ("byol", (0.0, 0.2))])
-def test_only_the_second_byol_view_is_solarised(views, solarised):
+@pytest.mark.parametrize("views,solarized", [("simclr", (0.0, 0.0)), ("byol", (0.0, 0.2))])
+def test_only_the_second_byol_view_is_solarized(views, solarized):
     """On a white image, jitter keeps every pixel in [0.6, 1] (brightness 0.6..1.4, clipped; contrast, saturation
-    and hue leave grey unchanged) and solarisation maps it to [0, 0.4]."""
+    and hue leave grey unchanged) and solarization maps it to [0, 0.4]."""
     white = Image.new("RGB", (32, 32), (255, 255, 255))
     torch.manual_seed(0)
     n = 400
-    for transform, p in zip(view_transforms(views, 0.08), solarised):
-        raw = torch.stack([unnormalise(transform(white)) for _ in range(n)])
+    for transform, p in zip(view_transforms(views, 0.08), solarized):
+        raw = torch.stack([unnormalize(transform(white)) for _ in range(n)])
         dark = raw.flatten(1).amax(dim=1) < 0.45
         assert (raw.flatten(1).amin(dim=1)[~dark] > 0.55).all()
         assert abs(dark.float().mean().item() - p) < 0.08
@@ -201,10 +207,11 @@ class _RecordLabels(L.LightningModule):
         self.labels: list[list[int]] = []
 
     def training_step(self, batch, batch_idx):
+        [views] = batch
         if batch_idx == 0:
             self.labels.append([])
-        self.labels[-1] += batch[2].tolist()
-        return (self.weight * batch[0].mean()).sum()
+        self.labels[-1] += views.labels.tolist()
+        return (self.weight * views.view1.mean()).sum()
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -214,7 +221,7 @@ def test_lightning_sets_the_epoch_of_the_sampler(root):
     dm, module = datamodule(root, batch_size=8, seed=3), _RecordLabels()
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=DataModuleAdapter(dm))
     expected = [[(i % N_TRAIN) % 10 for i in order(3, k)] for k in range(2)]
     assert module.labels == expected and expected[0] != expected[1]
 
@@ -222,13 +229,13 @@ def test_lightning_sets_the_epoch_of_the_sampler(root):
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def test_evaluation_inputs_are_the_first_test_images_normalised(root):
+def test_evaluation_inputs_are_the_first_test_images_normalized(root):
     dm = datamodule(root)
     inputs = dm.evaluation_inputs(5)
     assert inputs.shape == (5, 3, 32, 32) and inputs.device.type == "cpu" and type(inputs) is torch.Tensor
     assert torch.equal(inputs, datamodule(root).evaluation_inputs(5))
     images = dm.split(train=False).data[:5]
-    np.testing.assert_allclose(unnormalise(inputs).permute(0, 2, 3, 1).numpy(), images / 255.0, atol=1e-5)
+    np.testing.assert_allclose(unnormalize(inputs).permute(0, 2, 3, 1).numpy(), images / 255.0, atol=1e-5)
     assert dm.evaluation_inputs(100).shape[0] == N_TEST
 
 
@@ -239,7 +246,7 @@ def test_readout_and_validation_loaders_cover_both_splits_unaugmented(root):
     for loader, split, n in ((train, True, N_TRAIN), (test, False, N_TEST)):
         images, labels = map(torch.cat, zip(*loader))
         assert images.shape == (n, 3, 32, 32) and labels.tolist() == [i % 10 for i in range(n)]
-        np.testing.assert_allclose(unnormalise(images).permute(0, 2, 3, 1).numpy(),
+        np.testing.assert_allclose(unnormalize(images).permute(0, 2, 3, 1).numpy(),
                                    dm.split(train=split).data / 255.0, atol=1e-5)
     val_images, val_labels = map(torch.cat, zip(*dm.val_dataloader()))
     assert torch.equal(val_images, dm.evaluation_inputs(N_TEST)) and val_labels.tolist() == labels.tolist()
@@ -271,3 +278,19 @@ def test_cifar_stem_is_a_stride_one_3x3_conv_without_max_pool():
 def test_unknown_resnet_name():
     with pytest.raises(ValueError, match="resnet18.*resnet50"):
         ResNetBackbone("resnet34")
+
+
+def test_config_builds_the_datamodule_and_a_resnet_with_the_online_probe(root):
+    from ssl_bench.cli import load
+    from ssl_bench.run import build_data, build_module
+
+    cfg = load("cifar10/simclr", [f"data.root={root}", "data.verify_checksums=false", "data.batch_size=4",
+                                  "data.num_workers=0", "data.views=byol", "encoder.cifar_stem=false"])
+    data = build_data(cfg)
+    assert isinstance(data, CIFAR10DataModule) and data.batch_size == 4 and data.labelled_batches
+    assert data.root == root and not data.verify_checksums
+    module = build_module(cfg, data)
+    encoder = module.method.encoder
+    assert isinstance(encoder, ResNetBackbone) and encoder.output_dim == 512
+    assert encoder.net.conv1.kernel_size == (7, 7)
+    assert module.probe is not None and module.probe.out_features == 10

@@ -7,16 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
-from datamodules.sparse_coding import (
-    SparseCodingDataModule,
-    fixed_count_sizes,
-    make_dictionary,
-    mask_views,
-    sample_latents,
-)
-from ssl_bench.config import ConfigError, DataConfig, RunConfig
-from ssl_bench.run import build_datamodule
+from datamodules.sparse_coding import SparseCodingDataModule, make_dictionary, mask_views, sample_latents
+from ssl_bench.cli import load
+from ssl_bench.config import ConfigError
+from ssl_bench.run import build_data
+from ssl_bench.views import Views
+
+SparseConfig = SparseCodingDataModule.Config
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -51,33 +50,33 @@ def test_identity_dictionary():
 def test_datamodule_dictionary_is_orthonormal():
     dm = SparseCodingDataModule(n=10, p=30, d=7, seed=5)
     np.testing.assert_allclose((dm.dictionary.T @ dm.dictionary).numpy(), np.eye(7), atol=1e-5)
+    assert (dm.input_dim, dm.latent_dim) == (30, 7)
 
 
 # ------------------------------------------------------------------------------------------- fixed-count sampler
 
-FIXED_CASES = [(d, s) for d in (2, 3, 4, 10, 20, 50) for s in (0.05, 0.1, 0.2, 0.25, 0.3, 0.5, 0.9, 1.0)]
+# (d, sparsity) -> numbers of -1 and +1 entries per row, worked out by hand from the official code
+# (ashwinipokle/contrastive_landscape, data_model/gen_sparse_coding_data.py, gen_z): the first ceil(d s / 2)
+# coordinates are -1 and the coordinates up to max(ceil(d s), ceil(d s / 2) + 1) are +1, then each row is permuted.
+FIXED_COUNTS = {
+    (10, 0.1): (1, 1),   # d s = 1: one -1, and the "+1" rule adds one +1
+    (10, 0.2): (1, 1),   # d s = 2: the same latents as s = 0.1 (configs/pokle2022/table2.yaml)
+    (10, 0.3): (2, 1),   # d s = 3: ceil(1.5) = 2 minus ones, 3 non-zero in all
+    (10, 0.5): (3, 2),
+    (10, 1.0): (5, 5),
+    (50, 0.1): (3, 2),
+    (20, 0.25): (3, 2),
+    (4, 0.2): (1, 1),    # d s = 0.8 still gives one of each
+    (7, 1.0): (4, 3),
+    (3, 0.9): (2, 1),
+    (2, 1.0): (1, 1),
+}
 
 
-@pytest.mark.parametrize("d,s", FIXED_CASES)
-def test_fixed_count_sizes_formula(d, s):
-    n_neg = math.ceil(d * s / 2)
-    n_pos = max(math.ceil(d * s), n_neg + 1) - n_neg
-    assert fixed_count_sizes(d, s) == (n_neg, n_pos)
-    assert n_pos >= 1
-
-
-def test_fixed_count_sizes_known_small_cases():
-    # d=10: s=0.1 and s=0.2 both give one -1 and one +1 (see configs/pokle2022/table2.yaml); s=0.3 gives 2 and 1
-    assert fixed_count_sizes(10, 0.1) == (1, 1)
-    assert fixed_count_sizes(10, 0.2) == (1, 1)
-    assert fixed_count_sizes(10, 0.3) == (2, 1)
-    assert fixed_count_sizes(10, 1.0) == (5, 5)
-
-
-@pytest.mark.parametrize("d,s", [(4, 0.2), (10, 0.1), (10, 0.3), (20, 0.25), (7, 1.0), (3, 0.9), (2, 1.0)])
-def test_fixed_count_rows_have_exact_counts(d, s):
+@pytest.mark.parametrize("d,s", list(FIXED_COUNTS))
+def test_fixed_count_rows_have_the_official_counts(d, s):
+    n_neg, n_pos = FIXED_COUNTS[d, s]
     n = 2000
-    n_neg, n_pos = fixed_count_sizes(d, s)
     z = sample_latents(n, d, s, "symmetric", "fixed_count", gen(1))
     assert z.shape == (n, d)
     assert set(z.unique().tolist()) <= {-1.0, 0.0, 1.0}
@@ -86,20 +85,23 @@ def test_fixed_count_rows_have_exact_counts(d, s):
     # the chosen coordinates are uniform over the d positions
     freq = (z != 0).float().mean(dim=0).numpy()
     np.testing.assert_allclose(freq, (n_neg + n_pos) / d, atol=0.05)
+    np.testing.assert_allclose((z == -1).float().mean(dim=0).numpy(), n_neg / d, atol=0.05)
 
     zb = sample_latents(n, d, s, "binary", "fixed_count", gen(1))
     assert set(zb.unique().tolist()) <= {0.0, 1.0}
     assert torch.all(zb.sum(dim=1) == n_neg + n_pos)
 
 
-@pytest.mark.parametrize("d,s", [(1, 0.5), (1, 1.0)])
-def test_fixed_count_that_does_not_fit_in_d_is_a_config_error(d, s):
-    n_neg, n_pos = fixed_count_sizes(d, s)
-    assert n_neg + n_pos > d
-    with pytest.raises(ConfigError, match="data.sparsity"):
-        DataConfig(d=d, p=max(d, 2), sparsity=s).validate("data")
+@pytest.mark.parametrize("s", [0.1, 0.5, 1.0])
+def test_fixed_count_that_does_not_fit_in_d_is_a_config_error(s):
+    # d = 1 needs one -1 and one +1: two non-zero latents in one coordinate
+    with pytest.raises(ConfigError, match=r"data\.sparsity=.* needs 2 non-zero latents .* data\.d=1"):
+        load("quickstart", [*TINY, "data.d=1", f"data.sparsity={s}"])
     with pytest.raises(ValueError, match="coordinates"):
-        sample_latents(5, d, s, "symmetric", "fixed_count", gen(1))
+        sample_latents(5, 1, s, "symmetric", "fixed_count", gen(1))
+    # the Bernoulli sampler and one-hot latents have no such limit
+    assert load("quickstart", [*TINY, "data.d=1", f"data.sparsity={s}", "data.sampler=bernoulli"]).data.d == 1
+    assert load("quickstart", [*TINY, "data.d=1", f"data.sparsity={s}", "data.latent=one_hot"]).data.d == 1
 
 
 # --------------------------------------------------------------------------------------------- bernoulli sampler
@@ -167,15 +169,16 @@ def test_no_noise_means_x_equals_mz():
 
 @pytest.mark.parametrize("d", [2, 4, 10, 20])
 def test_default_noise_std_is_sqrt_ln_d_over_d(d):
-    assert DataConfig(d=d).resolved_noise_std == pytest.approx(math.sqrt(math.log(d)) / d)
-    assert DataConfig(d=d, noise_std=0.0).resolved_noise_std == 0.0
-    assert DataConfig(d=d, noise_std=0.7).resolved_noise_std == 0.7
+    assert SparseConfig(d=d).resolved_noise_std == pytest.approx(math.sqrt(math.log(d)) / d)
+    assert SparseConfig(d=d, noise_std=0.0).resolved_noise_std == 0.0
+    assert SparseConfig(d=d, noise_std=0.7).resolved_noise_std == 0.7
 
 
 def test_default_noise_reaches_the_data():
-    cfg = RunConfig()
-    cfg.data.n, cfg.data.p, cfg.data.d = 4000, 30, 10
-    dm = build_datamodule(cfg)
+    cfg = load("quickstart", ["data.n=4000", "data.p=30", "data.d=10"])
+    assert cfg.data.noise_std is None
+    dm = build_data(cfg)
+    assert isinstance(dm, SparseCodingDataModule)
     residual = (dm.inputs - dm.latents @ dm.dictionary.T).numpy()
     expected = math.sqrt(math.log(10)) / 10
     assert abs(residual.std() - expected) < 0.02 * expected
@@ -218,8 +221,9 @@ def test_dependent_masks(mask_prob):
 def test_epoch_views_are_masks_of_a_permutation_of_the_inputs():
     dm = SparseCodingDataModule(n=300, p=12, d=4, sparsity=0.5, noise_std=0.05, augmentation="dependent",
                                 batch_size=64, seed=3)
-    pairs = dm.epoch_batches(0)
-    x = torch.cat([(a + b) / 2 for a, b in pairs])
+    batches = dm.epoch_batches(0)
+    assert all(isinstance(views, Views) and views.labels is None for views in batches)
+    x = torch.cat([(views.view1 + views.view2) / 2 for views in batches])
     assert x.shape == dm.inputs.shape
     dist = torch.cdist(x.double(), dm.inputs.double())
     match = dist.argmin(dim=1)
@@ -231,8 +235,8 @@ def test_epoch_views_are_masks_of_a_permutation_of_the_inputs():
 # ------------------------------------------------------------------------------------------------ epoch batches
 
 
-def _flat(pairs):
-    return torch.cat([torch.cat([a, b], dim=1) for a, b in pairs])
+def _flat(batches):
+    return torch.cat([torch.cat([views.view1, views.view2], dim=1) for views in batches])
 
 
 def test_epoch_batches_deterministic_per_seed_and_epoch():
@@ -259,10 +263,10 @@ def test_epoch_batches_deterministic_per_seed_and_epoch():
 ])
 def test_batch_splitting_and_drop_last(n, batch, drop_last, sizes):
     dm = SparseCodingDataModule(n=n, p=12, d=4, batch_size=batch, drop_last=drop_last, seed=0)
-    pairs = dm.epoch_batches(0)
-    assert [a.shape[0] for a, _ in pairs] == sizes
-    assert [b.shape[0] for _, b in pairs] == sizes
-    assert all(a.shape[1] == 12 and b.shape[1] == 12 for a, b in pairs)
+    batches = dm.epoch_batches(0)
+    assert [views.view1.shape[0] for views in batches] == sizes
+    assert [views.view2.shape[0] for views in batches] == sizes
+    assert all(views.view1.shape[1] == 12 and views.view2.shape[1] == 12 for views in batches)
 
 
 def test_datamodule_seed_controls_everything():
@@ -275,9 +279,11 @@ def test_datamodule_seed_controls_everything():
 
 def test_fixed_count_sparsity_01_and_02_draw_the_same_data_at_d10():
     """Under the official sampler the Table 2 rows at sparsity 0.1 and 0.2 are the same runs."""
-    assert fixed_count_sizes(10, 0.1) == fixed_count_sizes(10, 0.2) == (1, 1)
     low = SparseCodingDataModule(n=200, p=20, d=10, sparsity=0.1, noise_std=0.1, seed=3)
     high = SparseCodingDataModule(n=200, p=20, d=10, sparsity=0.2, noise_std=0.1, seed=3)
+    for dm in (low, high):  # one -1 and one +1 per sample at both sparsities
+        assert torch.all((dm.latents == -1).sum(dim=1) == 1) and torch.all((dm.latents == 1).sum(dim=1) == 1)
+    torch.testing.assert_close(low.latents, high.latents, rtol=0, atol=0)
     torch.testing.assert_close(low.inputs, high.inputs, rtol=0, atol=0)
     assert not torch.equal(low.latents, SparseCodingDataModule(n=200, p=20, d=10, sparsity=0.3, noise_std=0.1,
                                                                seed=3).latents)

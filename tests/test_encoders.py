@@ -1,4 +1,4 @@
-"""Sparse encoders (activations, init, warm start, weight normalisation) and the methods' update rules."""
+"""Sparse encoders (activations, init, warm start, weight normalization) and the methods' update rules."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from datamodules.sparse_coding import make_dictionary
+from ssl_bench.cli import load
 from ssl_bench.config import RunConfig
 from ssl_bench.losses import negative_cosine, normalized_mse, nt_xent
-from ssl_bench.methods import build_method
+from ssl_bench.module import DataModuleAdapter, SSLModule
 from ssl_bench.nets.sparse import SparseEncoder, SparseLayer, warm_start_noise
-from ssl_bench.run import build_datamodule
+from ssl_bench.run import build_data, build_module
+from ssl_bench.views import Views
 
 
 def relu(x):
@@ -194,20 +196,19 @@ def test_warm_start_noise_level():
     assert warm_start_noise(50, None, None) == 0.0
 
 
-def test_build_method_warm_start_matches_dictionary():
-    cfg = RunConfig()
-    cfg.data.n, cfg.data.p, cfg.data.d, cfg.encoder.width = 32, 12, 4, 4
-    cfg.encoder.warm_start, cfg.encoder.warm_start_noise = True, 0.0
-    dm = build_datamodule(cfg)
-    method = build_method(cfg, dm)
-    torch.testing.assert_close(method.first_layer_weight.detach(), dm.dictionary.T)
+def test_build_module_warm_start_matches_dictionary():
+    cfg = load("quickstart", ["data.n=32", "data.p=12", "data.d=4", "encoder.width=4", "encoder.warm_start=true",
+                              "encoder.warm_start_noise=0.0"])
+    data = build_data(cfg)
+    module = build_module(cfg, data)
+    torch.testing.assert_close(module.method.encoder.first_layer_weight.detach(), data.dictionary.T)
 
 
-# ------------------------------------------------------------------------------------------- weight normalisation
+# ------------------------------------------------------------------------------------------- weight normalization
 
 
 @pytest.mark.parametrize("mode,dim", [("row", 1), ("column", 0)])
-def test_weight_normalisation(mode, dim):
+def test_weight_normalization(mode, dim):
     enc = SparseEncoder(7, 5, layers=2)
     with torch.no_grad():
         enc.first_layer_weight.mul_(3.7)
@@ -218,7 +219,7 @@ def test_weight_normalisation(mode, dim):
     assert torch.equal(enc.layers[1].linear.weight.detach(), second)  # only the first layer
 
 
-def test_weight_normalisation_none_is_identity():
+def test_weight_normalization_none_is_identity():
     enc = SparseEncoder(7, 5)
     before = enc.first_layer_weight.detach().clone()
     enc.normalize_weights("none")
@@ -228,21 +229,20 @@ def test_weight_normalisation_none_is_identity():
 # ------------------------------------------------------------------------------------------------- method updates
 
 
-def tiny_cfg(method: str = "byol", n: int = 64, batch: int = 32, **method_kwargs) -> RunConfig:
-    cfg = RunConfig()
-    cfg.seed = 3
-    cfg.data.n, cfg.data.p, cfg.data.d, cfg.data.batch_size = n, 12, 4, batch
-    cfg.data.sparsity = 0.5
-    cfg.encoder.width = 6
-    cfg.method.name = method
-    if method == "simsiam":
-        cfg.method.predictor = "linear"
-    for key, value in method_kwargs.items():
-        setattr(cfg.method, key, value)
-    cfg.optim.lr = 0.5  # large, so that every update visibly moves the parameters
-    cfg.trainer.log_every_n_epochs = 1
-    cfg.validate()
+def tiny_cfg(method: str = "byol", n: int = 64, batch: int = 32, *overrides: str, **method_keys) -> RunConfig:
+    """Plain SGD (no momentum, no weight decay, constant rate) with a large rate, so that every update visibly moves
+    the parameters."""
+    cfg = load("quickstart", ["seed=3", f"data.n={n}", "data.p=12", "data.d=4", f"data.batch_size={batch}",
+                              "data.sparsity=0.5", "encoder.width=6", f"method={method}", "optim=sgd", "optim.lr=0.5",
+                              "trainer.log_every_n_epochs=1", *overrides,
+                              *(f"method.{key}={value}" for key, value in method_keys.items())])
+    assert (cfg.optim.name, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.schedule) == ("sgd", 0, 0, "constant")
     return cfg
+
+
+def build(cfg: RunConfig) -> tuple[object, SSLModule]:
+    data = build_data(cfg)
+    return data, build_module(cfg, data)
 
 
 def tiny_trainer(max_epochs: int) -> L.Trainer:
@@ -250,19 +250,20 @@ def tiny_trainer(max_epochs: int) -> L.Trainer:
                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
 
 
-def record_updates(method):
-    """Wrap ``method.update``: keep (index, views, module copies before, module copies after) of every call."""
+def record_updates(module: SSLModule):
+    """Wrap ``module.update``: keep (index, view 1, view 2, copies of the method's submodules before, copies after,
+    loss) of every call."""
     calls = []
-    original = method.update
+    original = module.update
 
-    def update(index, view1, view2):
-        before = copy.deepcopy({name: mod for name, mod in method.named_children()})
-        loss = original(index, view1, view2)
-        after = copy.deepcopy({name: mod for name, mod in method.named_children()})
-        calls.append((index, view1.clone(), view2.clone(), before, after, loss))
+    def update(index, views, progress):
+        before = copy.deepcopy(dict(module.method.named_children()))
+        loss = original(index, views, progress)
+        after = copy.deepcopy(dict(module.method.named_children()))
+        calls.append((index, views.view1.clone(), views.view2.clone(), before, after, loss))
         return loss
 
-    method.update = update
+    module.update = update
     return calls
 
 
@@ -297,12 +298,12 @@ def assert_params_equal(module: nn.Module, expected: dict[str, torch.Tensor]):
 
 def test_byol_alternate_updates_online_on_even_and_target_on_odd_minibatches():
     # 3 mini-batches per epoch, 2 epochs: indices 0,1,2,0,1,2 -> online, target, online, online, target, online
-    cfg = tiny_cfg("byol", n=96, batch=32, predictor="linear", target_update="alternate")
-    dm = build_datamodule(cfg)
-    method = build_method(cfg, dm)
-    assert not same(method.encoder, method.target)  # independently initialised
-    calls = record_updates(method)
-    tiny_trainer(2).fit(method, datamodule=dm)
+    cfg = tiny_cfg("byol", 96, 32, predictor="linear", target_update="alternate")
+    dm, module = build(cfg)
+    method = module.method
+    assert not same(method.encoder, method.target)  # independently initialized
+    calls = record_updates(module)
+    tiny_trainer(2).fit(module, datamodule=DataModuleAdapter(dm))
     assert [c[0] for c in calls] == [0, 1, 2, 0, 1, 2]
     lr = cfg.optim.lr
     for index, v1, v2, before, after, loss in calls:
@@ -325,20 +326,22 @@ def test_byol_alternate_updates_online_on_even_and_target_on_odd_minibatches():
         assert not same(after["predictor"], before["predictor"])
     # the views are the epoch's mini-batches
     for epoch in (0, 1):
-        for i, (a, b) in enumerate(dm.epoch_batches(epoch)):
-            torch.testing.assert_close(calls[3 * epoch + i][1], a)
-            torch.testing.assert_close(calls[3 * epoch + i][2], b)
+        batches = dm.epoch_batches(epoch)
+        assert len(batches) == 3 and all(isinstance(views, Views) for views in batches)
+        for i, views in enumerate(batches):
+            torch.testing.assert_close(calls[3 * epoch + i][1], views.view1)
+            torch.testing.assert_close(calls[3 * epoch + i][2], views.view2)
 
 
 def test_byol_ema_target_follows_online():
     mu = 0.9
     cfg = tiny_cfg("byol", predictor="none", target_update="ema", ema_momentum=mu)
-    dm = build_datamodule(cfg)
-    method = build_method(cfg, dm)
+    dm, module = build(cfg)
+    method = module.method
     assert same(method.encoder, method.target)  # the target starts as a copy
     assert not any(p.requires_grad for p in method.target.parameters())
-    calls = record_updates(method)
-    tiny_trainer(1).fit(method, datamodule=dm)
+    calls = record_updates(module)
+    tiny_trainer(1).fit(module, datamodule=DataModuleAdapter(dm))
     assert [c[0] for c in calls] == [0, 1]
     for index, v1, v2, before, after, loss in calls:
         online, target = before["encoder"], before["target"]
@@ -357,10 +360,9 @@ def test_byol_ema_target_follows_online():
 
 def test_simclr_update_is_sgd_on_nt_xent():
     cfg = tiny_cfg("simclr", projector="linear", temperature=0.5)
-    dm = build_datamodule(cfg)
-    method = build_method(cfg, dm)
-    calls = record_updates(method)
-    tiny_trainer(1).fit(method, datamodule=dm)
+    dm, module = build(cfg)
+    calls = record_updates(module)
+    tiny_trainer(1).fit(module, datamodule=DataModuleAdapter(dm))
     assert len(calls) == 2
     for index, v1, v2, before, after, loss in calls:
         enc, proj = before["encoder"], before["projector"]
@@ -370,11 +372,11 @@ def test_simclr_update_is_sgd_on_nt_xent():
 
 
 def test_simsiam_update_is_sgd_on_symmetric_negative_cosine():
-    cfg = tiny_cfg("simsiam")
-    dm = build_datamodule(cfg)
-    method = build_method(cfg, dm)
-    calls = record_updates(method)
-    tiny_trainer(1).fit(method, datamodule=dm)
+    cfg = tiny_cfg("simsiam", predictor="linear")
+    dm, module = build(cfg)
+    calls = record_updates(module)
+    tiny_trainer(1).fit(module, datamodule=DataModuleAdapter(dm))
+    assert len(calls) == 2
     for index, v1, v2, before, after, loss in calls:
         enc, pred = before["encoder"], before["predictor"]
 
@@ -389,12 +391,10 @@ def test_simsiam_update_is_sgd_on_symmetric_negative_cosine():
 
 @pytest.mark.parametrize("mode,dim", [("row", 1), ("column", 0)])
 def test_weight_norm_is_kept_after_every_step(mode, dim):
-    cfg = tiny_cfg("byol", target_update="alternate")
-    cfg.encoder.weight_norm = mode
-    dm = build_datamodule(cfg)
-    method = build_method(cfg, dm)
-    calls = record_updates(method)
-    tiny_trainer(2).fit(method, datamodule=dm)
+    cfg = tiny_cfg("byol", 64, 32, f"encoder.weight_norm={mode}", target_update="alternate")
+    dm, module = build(cfg)
+    calls = record_updates(module)
+    tiny_trainer(2).fit(module, datamodule=DataModuleAdapter(dm))
     assert len(calls) == 4
     for *_, after, _loss in calls:
         for name in ("encoder", "target"):

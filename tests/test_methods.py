@@ -15,15 +15,24 @@ from torch import nn
 from datamodules.cifar10 import write_cifar10_batches
 from ssl_bench.cli import load
 from ssl_bench.config import ConfigError, RunConfig
-from ssl_bench.methods import build_method
-from ssl_bench.nets.heads import LinearPredictor, predictor, projector
+from ssl_bench.nets.heads import LinearPredictor, PredictorKeys, ProjectorKeys
 from ssl_bench.optim import LARS, cosine_momentum, warmup_cosine
-from ssl_bench.run import build_datamodule, fit
+from ssl_bench.run import build_data, build_module, fit
 
 CIFAR_TINY = ["data.verify_checksums=false", "data.batch_size=8", "data.num_workers=0", "trainer.max_epochs=1",
               "trainer.precision=32-true", "trainer.accelerator=cpu", "trainer.threads=1", "trainer.progress=none",
-              "trainer.checkpoint_every_n_epochs=0", "logger=none", "callbacks.spectrum_samples=16",
-              "callbacks.readout_epochs=3", "method.projector_hidden_dim=32", "method.predictor_hidden_dim=16"]
+              "trainer.checkpoint_every_n_epochs=0", "logger=none", "callbacks.spectrum.samples=16",
+              "callbacks.readout.epochs=3"]
+# Small heads, for the methods that have them (keys are strict: a method without a predictor has no predictor keys).
+CIFAR_HEADS = {
+    "cifar10/simclr": ["method.projector_hidden_dim=32", "method.projector_dim=16"],
+    "cifar10/simsiam": ["method.projector_hidden_dim=32", "method.projector_dim=16", "method.predictor_hidden_dim=16"],
+    "cifar10/byol": ["method.projector_hidden_dim=32", "method.projector_dim=16", "method.predictor_hidden_dim=16"],
+    "cifar10/directclr": ["method.directclr_dim=64"],
+    "rusak2022/table2_cifar10": ["encoder=resnet18", "method.projector_hidden_dim=32", "method.projector_dim=16",
+                                 "method.temperatures=[1.0,0.7]"],
+    "bao2023/cifar10_resnet18": [],
+}
 CIFAR_METRICS = ["readout/online_acc", "readout/backbone_acc", "readout/projector_acc", "spectrum/effective_rank",
                  "spectrum/rank", "collapse/std_l2", "spectrum/effective_rank_backbone", "train/loss"]
 
@@ -33,15 +42,10 @@ def cifar_root(tmp_path_factory) -> Path:
     return write_cifar10_batches(tmp_path_factory.mktemp("cifar"), n_train=16, n_test=8, seed=1)
 
 
-@pytest.mark.parametrize("config", ["cifar10/simclr", "cifar10/simsiam", "cifar10/byol", "cifar10/directclr",
-                                    "cifar10/adaptive_infonce", "cifar10/simsiam_bao2023"])
+@pytest.mark.parametrize("config", list(CIFAR_HEADS))
 def test_every_method_fits_on_cifar_format_data_and_reports_readout_and_spectrum(config, cifar_root, run_cli,
                                                                                   tmp_path):
-    extra = ["encoder=resnet18", "method.projector_dim=16"] if config != "cifar10/directclr" else \
-        ["method.directclr_dim=64"]
-    if config == "cifar10/simsiam_bao2023":
-        extra = []
-    code, out, err = run_cli("fit", "--config", config, f"data.root={cifar_root}", *CIFAR_TINY, *extra,
+    code, out, err = run_cli("fit", "--config", config, f"data.root={cifar_root}", *CIFAR_TINY, *CIFAR_HEADS[config],
                              f"run_dir={tmp_path / 'run'}")
     assert code == 0, err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -70,12 +74,29 @@ def test_every_method_runs_on_sparse_coding_data_through_config_alone(method, fi
         assert math.isfinite(summary["metrics"][key]), key
 
 
-def test_directclr_dimension_beyond_the_backbone_is_one_clear_error(fit_tiny, capsys):
-    code, _, _ = fit_tiny("method=directclr", "method.directclr_dim=9")
+def test_directclr_dimension_beyond_the_backbone_is_one_clear_error(run_cli, tmp_path):
+    # TINY's encoder has width 8
+    code, out, err = run_cli("fit", "--config", "quickstart", *TINY, "method=directclr", "method.directclr_dim=9",
+                             f"run_dir={tmp_path / 'run'}")
     assert code == 2
+    assert err.strip().splitlines() == ["ssl-bench: error: method.directclr_dim=9 must be in [1, 8] (the backbone's "
+                                        "output width)"]
+    assert not (tmp_path / "run").exists()
+    assert load("quickstart", [*TINY, "method=directclr", "method.directclr_dim=8"]).method.directclr_dim == 8
 
 
 # ------------------------------------------------------------------------------------------------ heads
+
+
+def predictor(kind: str, dim: int, hidden_dim: int, init: str = "default") -> nn.Module:
+    return PredictorKeys(predictor=kind, predictor_hidden_dim=hidden_dim, predictor_init=init).make_predictor(dim)
+
+
+def projector(kind: str, width: int, hidden_dim: int, dim: int | None, layers: int = 2,
+              output_bn: bool = False) -> nn.Module:
+    keys = ProjectorKeys(projector=kind, projector_hidden_dim=hidden_dim, projector_dim=dim, projector_layers=layers,
+                         projector_output_bn=output_bn)
+    return keys.make_projector(width)
 
 
 def test_identity_predictors_and_frozen_diagonal():
@@ -83,6 +104,7 @@ def test_identity_predictors_and_frozen_diagonal():
     assert isinstance(head, LinearPredictor) and head.linear.bias is None
     torch.testing.assert_close(head.weight, torch.eye(4))
     frozen = predictor("identity_frozen_diagonal", 4, 8)
+    assert frozen.linear.bias is None
     optimizer = torch.optim.SGD(frozen.parameters(), lr=0.5)
     x = torch.randn(16, 4)
     for _ in range(3):
@@ -101,8 +123,13 @@ def test_symmetric_bias_free_predictor_and_kinds():
     torch.testing.assert_close(head.weight, head.weight.T)
     assert head.linear.bias is None
     assert head.weight.std().item() == pytest.approx(math.sqrt(0.5 / 64), rel=0.1)  # (A + A^T) / 2, A ~ N(0, 1/h)
-    assert isinstance(predictor("linear", 4, 8), nn.Linear) and predictor("none", 4, 8) is None
-    assert predictor("mlp", 6, 10)(torch.randn(5, 6)).shape == (5, 6)
+    assert isinstance(predictor("linear", 4, 8), nn.Linear) and isinstance(predictor("none", 4, 8), nn.Identity)
+    symmetric = predictor("linear", 16, 8, init="symmetric")
+    torch.testing.assert_close(symmetric.weight, symmetric.weight.T)
+    assert symmetric.linear.bias is not None
+    mlp = predictor("mlp", 6, 10)
+    assert mlp(torch.randn(5, 6)).shape == (5, 6)
+    assert [m.out_features for m in mlp if isinstance(m, nn.Linear)] == [10, 6]
 
 
 def test_projectors():
@@ -162,22 +189,24 @@ def sparse_cfg(*overrides: str) -> RunConfig:
 
 def test_learning_rate_scales_with_the_global_batch():
     cfg = sparse_cfg("optim.scale_lr=true", "optim.lr=0.4", "data.batch_size=64")
-    method = build_method(cfg, build_datamodule(cfg))
-    method.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
-    assert method.peak_lr() == pytest.approx(0.4 * 64 / 256)
-    [optimizer] = method.configure_optimizers()
+    module = build_module(cfg, build_data(cfg))
+    module.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    assert module.peak_lr() == pytest.approx(0.4 * 64 / 256)
+    [optimizer] = module.configure_optimizers()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
 
 
 def test_adaptive_temperatures_expand_to_their_groups():
     cfg = sparse_cfg("method=adaptive_infonce", "method.projector=none", "method.temperatures=[1.0,0.5]",
                      "method.temperature_groups=[3,5]")
-    method = build_method(cfg, build_datamodule(cfg))
-    torch.testing.assert_close(method.temperatures, torch.tensor([1.0] * 3 + [0.5] * 5))
-    bad = sparse_cfg("method=adaptive_infonce", "method.projector=none", "method.temperatures=[1.0,0.5]",
-                     "method.temperature_groups=[3,3]")
-    with pytest.raises(ConfigError, match="temperature_groups"):
-        build_method(bad, build_datamodule(bad))
+    module = build_module(cfg, build_data(cfg))
+    torch.testing.assert_close(module.method.temperatures, torch.tensor([1.0] * 3 + [0.5] * 5))
+    # groups that do not cover the embedding (width 8) are refused when the config is loaded
+    with pytest.raises(ConfigError, match=r"temperature_groups=\[3, 3\] sums to 6 but the embedding has 8"):
+        sparse_cfg("method=adaptive_infonce", "method.projector=none", "method.temperatures=[1.0,0.5]",
+                   "method.temperature_groups=[3,3]")
+    with pytest.raises(ConfigError, match="does not split into 3 equal groups"):
+        sparse_cfg("method=adaptive_infonce", "method.projector=none", "method.temperatures=[1.0,0.5,0.2]")
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -219,7 +248,8 @@ def test_byol_momentum_and_lr_schedules_continue_exactly_after_a_resume(tmp_path
     assert 0.99 < summary["metrics"]["train/ema_momentum"] < 1.0
     # a run that forgets the schedule's position (a fresh 2-epoch fit from the checkpointed weights) differs
     stopped = final_state(tmp_path / "first")
-    assert any(not torch.equal(stopped[k], expected[k]) for k in expected if k.startswith("target"))
+    targets = [k for k in expected if k.startswith("method.target.")]
+    assert targets and any(not torch.equal(stopped[k], expected[k]) for k in targets)
 
 
 def test_a_missing_cifar_folder_is_one_clear_error(run_cli, tmp_path):

@@ -1,4 +1,4 @@
-"""Embedding spectrum, effective rank, std of l2-normalised embeddings and linear readout: the metrics against direct
+"""Embedding spectrum, effective rank, std of l2-normalized embeddings and linear readout: the metrics against direct
 formulas, the callbacks in a real Trainer with the run directory's recorder and an offline W&B logger."""
 
 from __future__ import annotations
@@ -14,16 +14,19 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.sparse_coding import SparseCodingDataModule
-from ssl_bench.callbacks import EigenSpectrum, LinearReadout
+from ssl_bench.callbacks.readout import LinearReadout
+from ssl_bench.callbacks.spectrum import EigenSpectrum, frozen_representations
 from ssl_bench.metrics import effective_rank, embedding_spectrum, fit_linear_readout, numerical_rank, std_l2
+from ssl_bench.module import CallbackAdapter, DataModuleAdapter
 from ssl_bench.recorder import RunRecorder
+from ssl_bench.views import Views
 
 SPECTRUM_KEYS = [f"{name}{suffix}" for suffix in ("", "_backbone")
                  for name in ("spectrum/effective_rank", "spectrum/rank", "collapse/std_l2")]
 READOUT_KEYS = ["readout/backbone_acc", "readout/projector_acc"]
 
 
-def normalised(z: np.ndarray) -> np.ndarray:
+def normalized(z: np.ndarray) -> np.ndarray:
     return z / np.linalg.norm(z, axis=1, keepdims=True)
 
 
@@ -34,7 +37,7 @@ def normalised(z: np.ndarray) -> np.ndarray:
 def test_embedding_spectrum_matches_numpy(n, d):
     rng = np.random.default_rng(n + d)
     z = rng.normal(size=(n, d)) * rng.uniform(0.1, 5, size=d) + rng.normal(size=d)
-    expected = np.linalg.svd(np.cov(normalised(z).T), compute_uv=False)
+    expected = np.linalg.svd(np.cov(normalized(z).T), compute_uv=False)
     got = embedding_spectrum(torch.from_numpy(z).float())
     assert got.dtype == torch.float64 and got.shape == (d,)
     assert torch.all(got[:-1] >= got[1:])
@@ -75,7 +78,7 @@ def test_numerical_rank_is_relative_and_finds_the_rank_of_low_rank_data():
 def test_std_l2():
     rng = np.random.default_rng(2)
     z = rng.normal(size=(4000, 32))
-    assert std_l2(torch.from_numpy(z)) == pytest.approx(np.std(normalised(z), axis=0, ddof=1).mean() * np.sqrt(32))
+    assert std_l2(torch.from_numpy(z)) == pytest.approx(np.std(normalized(z), axis=0, ddof=1).mean() * np.sqrt(32))
     assert std_l2(torch.from_numpy(z)) == pytest.approx(1.0, abs=0.03)
     collapsed = torch.from_numpy(rng.uniform(0.5, 2, size=(100, 1)) * rng.normal(size=(1, 32)))
     assert std_l2(collapsed) == pytest.approx(0.0, abs=1e-6)
@@ -122,8 +125,9 @@ def test_sparse_coding_evaluation_interface():
 # -------------------------------------------------------------------------------------------------- callbacks
 
 
-class TinyModel(L.LightningModule):
-    """MLP backbone and linear projector; the loss trains only the backbone, so a rank-1 projector stays rank 1."""
+class TinyMethod(nn.Module):
+    """MLP backbone and linear projector, read by the callbacks through :meth:`representations`, which records the
+    train mode and grad mode it was called in."""
 
     def __init__(self, in_dim: int, hidden: int = 16, out: int = 8) -> None:
         super().__init__()
@@ -134,7 +138,7 @@ class TinyModel(L.LightningModule):
 
     def collapse_projector(self, x: Tensor) -> None:
         """Rank-1 projector ``u v^T`` with ``v`` orthogonal to the mean backbone output on ``x``: the embeddings are
-        ``(v . h) u`` with both signs of ``v . h``, so their normalised covariance has rank 1 (dimensional collapse;
+        ``(v . h) u`` with both signs of ``v . h``, so their normalized covariance has rank 1 (dimensional collapse;
         one sign only would be complete collapse, whose covariance is rounding noise)."""
         with torch.no_grad():
             h = self.backbone(x)
@@ -147,13 +151,22 @@ class TinyModel(L.LightningModule):
         h = self.backbone(x)
         return {"backbone": h, "projector": self.projector(h)}
 
+
+class TinyModel(L.LightningModule):
+    """A :class:`TinyMethod` as ``module.method``; the loss trains only the backbone, so a rank-1 projector stays
+    rank 1. Batches are ``(x, y)`` (Blobs) or ``list[Views]`` (sparse coding)."""
+
+    def __init__(self, in_dim: int, hidden: int = 16, out: int = 8) -> None:
+        super().__init__()
+        self.method = TinyMethod(in_dim, hidden, out)
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        assert self.training and self.backbone.training
-        x = batch[0] if isinstance(batch[0], Tensor) else torch.cat([view for view, _ in batch])
-        return 1e-3 * self.backbone(x).pow(2).mean()
+        assert self.training and self.method.training and self.method.backbone.training
+        x = torch.cat([views.view1 for views in batch]) if isinstance(batch[0], Views) else batch[0]
+        return 1e-3 * self.method.backbone(x).pow(2).mean()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.backbone.parameters(), lr=0.01)
+        return torch.optim.SGD(self.method.backbone.parameters(), lr=0.01)
 
 
 class Blobs(L.LightningDataModule):
@@ -182,8 +195,9 @@ def fit(tmp_path, model, datamodule, max_epochs=2, every_n_epochs=1, wandb=False
     """Fit with both callbacks; return the summary's metrics."""
     recorder = RunRecorder(tmp_path)
     loggers = [recorder, WandbLogger(save_dir=str(tmp_path), offline=True)] if wandb else [recorder]
-    trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=loggers,
-                        callbacks=[EigenSpectrum(every_n_epochs, num_samples=200), LinearReadout(epochs=100)],
+    callbacks = [CallbackAdapter("spectrum", EigenSpectrum(EigenSpectrum.Config(samples=200), every_n_epochs)),
+                 CallbackAdapter("readout", LinearReadout(LinearReadout.Config(epochs=100)))]
+    trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=loggers, callbacks=callbacks,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         log_every_n_steps=1, default_root_dir=str(tmp_path))
     try:
@@ -204,7 +218,7 @@ def spectra(tmp_path) -> list[dict]:
 def test_callbacks_record_a_collapsed_projector(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     model, datamodule = TinyModel(6), Blobs()
-    model.collapse_projector(datamodule.x)
+    model.method.collapse_projector(datamodule.x)
     metrics = fit(tmp_path, model, datamodule, wandb=True)
     for key in SPECTRUM_KEYS + READOUT_KEYS:
         assert key in metrics, key
@@ -212,13 +226,13 @@ def test_callbacks_record_a_collapsed_projector(tmp_path, monkeypatch, capsys):
     assert metrics["spectrum/rank_backbone"] > 3 and metrics["spectrum/effective_rank_backbone"] > 2
     assert metrics["readout/backbone_acc"] > 0.9
     assert f"backbone {metrics['readout/backbone_acc']:.4f}" in capsys.readouterr().out
-    assert model.modes and all(mode == (False, False) for mode in model.modes)
+    assert model.method.modes and all(mode == (False, False) for mode in model.method.modes)
 
     records = spectra(tmp_path)
     assert [r["epoch"] for r in records] == [1, 2]
     assert len(records[-1]["backbone"]) == 16 and len(records[-1]["projector"]) == 8
     with torch.no_grad():
-        final = model.eval().representations(datamodule.x[:200])
+        final = model.method.eval().representations(datamodule.x[:200])
     for kind in ("backbone", "projector"):
         np.testing.assert_allclose(records[-1][kind], embedding_spectrum(final[kind]).numpy(), rtol=1e-6, atol=1e-12)
     assert metrics["spectrum/effective_rank_backbone"] == pytest.approx(
@@ -236,8 +250,8 @@ def test_unlabelled_data_skips_the_readout(tmp_path):
 
 
 def test_callbacks_with_one_hot_sparse_coding(tmp_path):
-    datamodule = SparseCodingDataModule(n=256, p=12, d=4, latent="one_hot", noise_std=0.05, batch_size=64)
-    metrics = fit(tmp_path, TinyModel(12), datamodule)
+    data = SparseCodingDataModule(n=256, p=12, d=4, latent="one_hot", noise_std=0.05, batch_size=64)
+    metrics = fit(tmp_path, TinyModel(12), DataModuleAdapter(data))
     assert all(key in metrics for key in SPECTRUM_KEYS + READOUT_KEYS)
     assert metrics["readout/backbone_acc"] > 0.9
     # the inputs are four atoms plus small noise: the embeddings concentrate near a 3-dimensional affine span
@@ -250,3 +264,16 @@ def test_complete_collapse_has_rank_zero():
     s = embedding_spectrum(z)
     assert numerical_rank(s, 1e-4) == 0 and effective_rank(s) == 0.0
     assert std_l2(z) < 1e-6
+
+
+def test_frozen_representations_run_in_eval_mode_and_restore_every_submodule():
+    method = TinyMethod(6).train()
+    method.projector.eval()  # a mixed state, which must come back as it was
+    x = torch.randn(10, 6)
+    features = frozen_representations(method, x.split(4), torch.device("cpu"))
+    assert method.modes == [(False, False)] * 3  # one call per batch, in eval mode without gradients
+    assert method.training and method.backbone.training and not method.projector.training
+    assert features["backbone"].shape == (10, 16) and features["projector"].shape == (10, 8)
+    assert not features["backbone"].requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(features["projector"], method.projector(method.backbone(x)))
