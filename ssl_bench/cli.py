@@ -79,6 +79,11 @@ def compose_config(config: str, overrides: list[str]) -> dict[str, Any]:
             group, option = missing[1], missing[2]
             options = ", ".join(available_configs()[1][group])
             raise ConfigError(f"{group}={option} is not a config of group {group}; choose one of: {options}") from None
+        unknown = re.match(r"Could not override '([^'.]+)'", message)
+        if unknown:
+            from ssl_bench.config import unknown_top_level_key
+
+            raise unknown_top_level_key(unknown[1]) from None
         raise ConfigError(message) from None
     finally:
         GlobalHydra.instance().clear()

@@ -253,8 +253,8 @@ class RunConfig(RunKeys):
     def check_capabilities(self) -> None:
         """Every part's needs are met by what the data and the encoder provide."""
         available = self.data.provides() | self.encoder.provides()
-        users = [(f"encoder={self.encoder.name}", self.encoder.required(), ""),
-                 (f"method={self.method.name}", self.method.required(), ""),
+        users = [(f"encoder.name={self.encoder.name}", self.encoder.required(), ""),
+                 (f"method.name={self.method.name}", self.method.required(), ""),
                  *((f"callbacks.{name}", callback.needs, f"; remove it with ~callbacks.{name}")
                    for name, callback in self.callbacks.items())]
         for who, needs, hint in users:
@@ -265,9 +265,9 @@ class RunConfig(RunKeys):
                     kind = "images" if "images" in available else "vectors"
                     readers = [name for name in registry.names("encoder")
                                if kind in registry.lookup("encoder", name).Config.needs]
-                    hint = f"; encoders for {CAPABILITIES[kind]}: {', '.join(readers)}"
-                raise ConfigError(f"{who} needs {CAPABILITIES[need]}, which data={self.data.name} with "
-                                  f"encoder={self.encoder.name} does not provide{hint}")
+                    hint = f"; encoder names for {CAPABILITIES[kind]}: {', '.join(readers)}"
+                raise ConfigError(f"{who} needs {CAPABILITIES[need]}, which data.name={self.data.name} with "
+                                  f"encoder.name={self.encoder.name} does not provide{hint}")
 
     def to_container(self) -> dict[str, Any]:
         """The config as plain dicts and lists: exactly the chosen parts' keys."""
@@ -327,19 +327,28 @@ def _callbacks(values: Any) -> dict[str, CallbackConfig]:
         return {}
     if not isinstance(values, dict):
         raise ConfigError(f"callbacks={values!r} must map callback names to their keys, e.g. callbacks.spectrum={{}}")
-    return {name: _merge(registry.lookup("callback", name, key="callbacks").Config, config, f"callbacks.{name}",
-                         f"callbacks.{name}")
+    for name in values:
+        if name not in registry.names("callback"):
+            raise ConfigError(f"callbacks.{name} is not a registered callback; choose from: "
+                              f"{', '.join(registry.names('callback'))}")
+    return {name: _merge(registry.lookup("callback", name).Config, config, f"callbacks.{name}", f"callbacks.{name}")
             for name, config in values.items()}
+
+
+TOP_LEVEL = (*SCALARS, *PARTS, *SECTIONS, "callbacks")
+
+
+def unknown_top_level_key(key: str) -> ConfigError:
+    return ConfigError(f"unknown key '{key}'; top-level keys: {', '.join(TOP_LEVEL)}")
 
 
 def to_run_config(plain: dict[str, Any]) -> RunConfig:
     """Build the parts' configs from a composed config (plain dicts) and validate them; raise :class:`ConfigError`
     on the first problem."""
     plain = {key: value for key, value in plain.items() if key != "hydra"}
-    allowed = [*SCALARS, *PARTS, *SECTIONS, "callbacks"]
     for key in plain:
-        if key not in allowed:
-            raise ConfigError(f"unknown key '{key}'; top-level keys: {', '.join(allowed)}")
+        if key not in TOP_LEVEL:
+            raise unknown_top_level_key(key)
     keys = _merge(RunKeys, {k: plain[k] for k in SCALARS if k in plain}, "", "the run")
     run = RunConfig(**{section: _part(section, plain.get(section)) for section in PARTS},
                     **{key: getattr(keys, key) for key in SCALARS},

@@ -106,7 +106,8 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "sweep.json").write_text(json.dumps({
         "experiment": cfg.experiment, "config": config, "overrides": overrides, "metrics": list(cfg.sweep.metrics),
-        "reference": [dataclasses.asdict(row) for row in cfg.sweep.reference], "axes": list(dict.fromkeys(a for p in points for a, _ in p.axes)),
+        "reference": [dataclasses.asdict(row) for row in cfg.sweep.reference],
+        "axes": list(dict.fromkeys(a for p in points for a, _ in p.axes)),
         "groups": [p.group(cfg.experiment) for p in points],
     }, indent=2) + "\n")
     todo = [run for run in runs if not _finished(run[2])]
@@ -155,7 +156,11 @@ def report(sweep_dir: Path) -> str:
     order = {group: i for i, group in enumerate(spec.get("groups", []))}
     groups = dict(sorted(groups.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
     metrics = spec["metrics"]
-    reference = [ReferenceRow(**row) for row in spec.get("reference", [])]
+    rows = spec.get("reference", [])
+    if not isinstance(rows, list) or not all(isinstance(row, dict) and set(row) == {"match", "values"} for row in rows):
+        raise ConfigError(f"{spec_file}: 'reference' must be a list of {{match, values}} rows; rerun `ssl-bench sweep` "
+                          "with the same --sweep-dir to rewrite it (finished runs are kept)")
+    reference = [ReferenceRow(**row) for row in rows]
     rows, axes_names = [], list(spec.get("axes", []))
     for group, summaries in groups.items():
         label = group.removeprefix(f"{spec['experiment']}/")
