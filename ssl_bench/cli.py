@@ -10,9 +10,12 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ssl_bench.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from ssl_bench.config import RunConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("data", "encoder", "method", "optim", "trainer", "callbacks", "logger")
@@ -92,7 +95,7 @@ def compose_config(config: str, overrides: list[str]) -> dict[str, Any]:
     return plain
 
 
-def load(config: str, overrides: list[str]) -> Any:
+def load(config: str, overrides: list[str]) -> RunConfig:
     """The validated :class:`ssl_bench.config.RunConfig` of ``config`` with ``overrides``."""
     from ssl_bench.config import to_run_config
 
