@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import netrc
 import os
 import time
 import warnings
@@ -19,6 +18,7 @@ from ssl_bench.module import CallbackAdapter, DataModuleAdapter, SSLModule
 from ssl_bench.progress import EpochProgressBar, StepProgressBar
 from ssl_bench.recorder import RunRecorder
 from ssl_bench.registry import lookup
+from ssl_bench.wandb_logging import make_wandb_logger
 
 
 def build_data(cfg: RunConfig) -> DataModule:
@@ -56,37 +56,6 @@ def resolve_run_dir(cfg: RunConfig) -> Path:
     run_dir = Path("runs") / cfg.experiment / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{cfg.seed}"
     os.environ["SSL_BENCH_RUN_DIR"] = str(run_dir)
     return run_dir
-
-
-def wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> L.pytorch.loggers.Logger:
-    """W&B online when credentials exist (``logger.mode=auto``), offline otherwise or when going online fails."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    os.environ.setdefault("WANDB_SILENT", "true")
-    online = cfg.logger.mode == "online" or (cfg.logger.mode == "auto" and wandb_has_credentials()
-                                             and os.environ.get("WANDB_MODE") != "offline")
-    kwargs: dict[str, Any] = dict(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.resolved_group,
-                                  name=f"{cfg.resolved_group}/seed{cfg.seed}",
-                                  tags=list(dict.fromkeys([cfg.experiment, cfg.method.name, cfg.data.name,
-                                                           *cfg.logger.tags])),
-                                  save_dir=str(run_dir), config=cfg.to_container())
-    if online:
-        try:
-            logger = WandbLogger(offline=False, **kwargs)
-            logger.experiment  # noqa: B018  (starts the run now, so a network failure falls back below)
-            return logger
-        except Exception as err:  # noqa: BLE001  (any failure to reach W&B means: log offline instead)
-            warnings.warn(f"W&B online logging failed ({err}); logging offline to {run_dir / 'wandb'}")
-    return WandbLogger(offline=True, **kwargs)
 
 
 def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any] | None:
