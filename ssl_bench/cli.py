@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,6 +125,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_ending(summary: dict[str, Any], config: str, overrides: list[str]) -> int:
+    """Print how the run ended and return the exit code: 0 finished, 1 diverged, 128 + the signal's number when
+    interrupted (130 for SIGINT, 143 for SIGTERM)."""
+    metrics, run_dir, status = summary["metrics"], summary["run_dir"], summary["status"]
+    if status == "finished" and "maxcos/min" in metrics:
+        print(f"max-cosine max/median/min: {metrics['maxcos/max']:.3f} / {metrics['maxcos/median']:.3f} / "
+              f"{metrics['maxcos/min']:.3f}")
+    print(f"run directory: {run_dir}")
+    if status == "diverged":
+        at = summary["diverged"]
+        print(f"ssl-bench: diverged: non-finite loss ({at['loss']}) at epoch {at['epoch']}, step {at['step']}; the run "
+              "stopped there (lower optim.lr, or check the data)", file=sys.stderr)
+        return 1
+    if status == "interrupted":
+        if summary["resume"] is None:
+            how = "no checkpoint to resume from (trainer.checkpoint_every_n_epochs=N keeps one)"
+        else:
+            kept = [o for o in overrides if o.partition("=")[0].lstrip("+") not in ("run_dir", "trainer.resume")]
+            command = shlex.join(["ssl-bench", "fit", "--config", config, *kept, f"run_dir={run_dir}",
+                                  "trainer.resume=auto"])
+            how = f"resume from {summary['resume']} with: {command}"
+        print(f"ssl-bench: interrupted by {summary['signal']} at epoch {summary['epochs']}; {how}", file=sys.stderr)
+        return 128 + signal.Signals[summary["signal"]].value
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = _parser()
@@ -148,12 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = fit(cfg)
             if summary is None:  # a DDP process other than global rank 0, which writes and prints the summary
                 return 0
-            metrics = summary["metrics"]
-            if "maxcos/min" in metrics:
-                print(f"max-cosine max/median/min: {metrics['maxcos/max']:.3f} / {metrics['maxcos/median']:.3f} / "
-                      f"{metrics['maxcos/min']:.3f}")
-            print(f"run directory: {summary['run_dir']}")
-            return 0 if summary["status"] == "finished" else 1
+            return report_ending(summary, args.config, args.overrides)
         from ssl_bench.sweep import run_sweep
 
         return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
