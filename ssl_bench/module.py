@@ -19,6 +19,14 @@ from ssl_bench.optim import build_optimizer, probe_group, warmup_cosine
 from ssl_bench.views import Step, Views
 
 
+class Diverged(Exception):
+    """The training loss became non-finite: the run stops at once (status ``diverged``)."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        super().__init__(f"non-finite loss ({loss}) at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
 class SSLModule(L.LightningModule):
     """Manual optimization of ``method`` over training batches of type ``list[Views]``.
 
@@ -26,7 +34,8 @@ class SSLModule(L.LightningModule):
     ``training_loss``, plus the online linear probe's cross-entropy on the detached backbone features when the views
     carry labels. The learning rate is set from ``optim.schedule`` before every step, and every
     :class:`~ssl_bench.callbacks.base.Callback` with an ``on_optimizer_step`` hook is called after it. The validation
-    loop scores the online probe as ``readout/online_acc``.
+    loop scores the online probe as ``readout/online_acc``. A non-finite loss raises :class:`Diverged` before its
+    step is taken (in every process at once under DDP).
     """
 
     def __init__(self, method: Method, optim: OptimConfig, num_classes: int | None = None, batch_size: int = 256,
@@ -84,6 +93,7 @@ class SSLModule(L.LightningModule):
         optimizer = self.batch_optimizers[optimizer_index]
         self.schedule_lr(optimizer, progress)
         loss, features = self.method.training_loss(index, views)
+        self.check_finite(loss)
         total = loss
         if views.labels is not None and self.probe is not None and optimizer_index == 0:
             total = loss + F.cross_entropy(self.probe(features.detach()), views.labels)
@@ -98,6 +108,14 @@ class SSLModule(L.LightningModule):
             for callback in self._step_hooks:
                 callback.on_optimizer_step(self.trainer, self, step)
         return loss
+
+    def check_finite(self, loss: Tensor) -> None:
+        """Raise :class:`Diverged` when ``loss`` is not finite in this or (under DDP) any other process."""
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            raise Diverged(self.current_epoch, self.trainer.global_step, float(loss.detach()))
 
     def training_step(self, batch: list[Views], batch_idx: int) -> None:
         optimizers = self.optimizers()

@@ -11,9 +11,31 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
+HISTORIES = ("metrics.jsonl", "spectra.jsonl")
+"""The run directory's histories: one JSON record per line, each with the ``step`` it was written at."""
+
+
+def json_value(value: float) -> float | str:
+    """``value``, or its name ("nan", "inf", "-inf") where JSON has no number for it."""
+    return value if math.isfinite(value) else str(value)
+
+
+def truncate_histories(run_dir: Path, last_step: int | None) -> None:
+    """Keep the records of every history in ``run_dir`` up to ``last_step`` (all of them go when it is None): a run
+    resumed from a checkpoint of step S writes again everything after S, so no line is doubled or lost."""
+    for name in HISTORIES:
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        kept = [] if last_step is None else [
+            line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= last_step]
+        path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
 
 class RunRecorder(Logger):
-    """A Lightning logger that needs no network: history and final values live in the run directory."""
+    """A Lightning logger that needs no network: history and final values live in the run directory. It appends to
+    ``metrics.jsonl``; :func:`truncate_histories` prepares the file for a fresh or resumed run."""
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__()
@@ -39,16 +61,18 @@ class RunRecorder(Logger):
         values = {k: float(v) for k, v in metrics.items()}
         self.final.update(values)
         if self._history is None:
-            self._history = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")
-        self._history.write(json.dumps({"step": step, **values}) + "\n")
+            self._history = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._history.write(json.dumps({"step": step, **{k: json_value(v) for k, v in values.items()}}) + "\n")
+        self._history.flush()
 
     @rank_zero_only
     def write_summary(self, status: str, **extra: Any) -> dict[str, Any]:
-        """Write ``summary.json``: ``status`` (finished, failed or interrupted), final scalars, wall time."""
+        """Write ``summary.json``: ``status`` (finished, failed, interrupted or diverged), final scalars, wall time
+        and ``extra``."""
         if self._history is not None:
             self._history.close()
             self._history = None
-        metrics = {k: (v if math.isfinite(v) else str(v)) for k, v in sorted(self.final.items())}
+        metrics = {k: json_value(v) for k, v in sorted(self.final.items())}
         summary = {"status": status, "metrics": metrics, "wall_seconds": round(time.time() - self._started, 2),
                    **extra}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +18,9 @@ import torch
 
 from datamodules.base import DataModule
 from ssl_bench.config import ConfigError, RunConfig, to_yaml
-from ssl_bench.module import CallbackAdapter, DataModuleAdapter, SSLModule
+from ssl_bench.module import CallbackAdapter, DataModuleAdapter, Diverged, SSLModule
 from ssl_bench.progress import EpochProgressBar, StepProgressBar
-from ssl_bench.recorder import RunRecorder
+from ssl_bench.recorder import RunRecorder, json_value, truncate_histories
 from ssl_bench.registry import lookup
 from ssl_bench.wandb_logging import make_wandb_logger
 
@@ -58,27 +62,118 @@ def resolve_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any] | None:
-    """Train one run; write ``config.yaml``, ``metrics.jsonl``, ``summary.json`` (and W&B files) to its run dir.
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived during training: the run stops at once (status ``interrupted``). A
+    ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` swallows it."""
 
-    Returns the summary, or None in DDP processes other than global rank 0 (which writes it)."""
+    def __init__(self, signum: int) -> None:
+        self.signal = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(self.signal)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While training, SIGINT and SIGTERM raise :class:`Interrupted`; further signals are ignored until the run
+    directory is written. Only the main thread can install handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        for name in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(name, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {name: signal.signal(name, interrupt) for name in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(name, handler)
+
+
+def check_environment(cfg: RunConfig) -> str:
+    """The precision to train in; a one-line :class:`ConfigError` for settings this machine cannot run."""
     t = cfg.trainer
-    on_gpu = t.accelerator == "gpu" or (t.accelerator == "auto" and torch.cuda.is_available())
+    has_gpu = torch.cuda.is_available()
+    if t.accelerator == "gpu" and not has_gpu:
+        raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer.accelerator=auto "
+                          "(a GPU when there is one) or trainer.accelerator=cpu")
+    on_gpu = t.accelerator == "gpu" or (t.accelerator == "auto" and has_gpu)
     precision = t.precision if t.precision != "auto" else ("16-mixed" if on_gpu else "32-true")
+    if precision == "16-mixed" and not on_gpu:
+        raise ConfigError("trainer.precision=16-mixed needs a GPU (on a CPU Lightning would train in bf16-mixed); use "
+                          "trainer.precision=32-true, bf16-mixed or auto")
     if t.sync_batchnorm and not on_gpu and t.devices * t.num_nodes > 1:
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm has no CPU version); set "
                           "trainer.sync_batchnorm=false or trainer.accelerator=gpu")
+    return precision
+
+
+def resume_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
+    """The checkpoint ``trainer.resume`` names: a path, or with ``auto`` the run directory's ``last.ckpt`` when
+    there is one (None: start from scratch)."""
+    resume = cfg.trainer.resume
+    if resume != "auto":
+        return None if resume is None else Path(resume)
+    if not cfg.run_dir:
+        raise ConfigError("trainer.resume=auto needs run_dir=PATH, the run directory to continue")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def checkpoint_step(path: Path, module: SSLModule) -> int:
+    """The global step of the checkpoint at ``path``; a one-line :class:`ConfigError` when it is not a readable
+    checkpoint of this model."""
+    key = f"trainer.resume={path}"
+    if not path.is_file():
+        raise ConfigError(f"{key} is not a file; point it to a checkpoints/last.ckpt of a run directory, or use "
+                          "trainer.resume=auto with run_dir=PATH")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001  (whatever torch.load raises: the file is not a checkpoint)
+        raise ConfigError(f"{key} is not a readable checkpoint ({type(err).__name__}); point it to a last.ckpt that "
+                          "ssl-bench fit wrote") from None
+    if not isinstance(checkpoint, dict) or not {"state_dict", "global_step"} <= checkpoint.keys():
+        raise ConfigError(f"{key} is not a Lightning checkpoint; point it to a last.ckpt that ssl-bench fit wrote")
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(getattr(v, "shape", ())) for k, v in checkpoint["state_dict"].items()}
+    if expected != found:
+        differing = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        raise ConfigError(f"{key} holds another model ({len(differing)} parameters differ, e.g. {differing[0]}); "
+                          "resume with the config.yaml of the run that wrote it")
+    return int(checkpoint["global_step"])
+
+
+def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any] | None:
+    """Train one run; write ``config.yaml``, ``metrics.jsonl``, ``summary.json`` (and W&B files) to its run dir.
+
+    Everything that can be checked is checked before anything is written. The summary's ``status`` says how the run
+    ended: ``finished``; ``diverged`` (a non-finite loss stopped it; ``diverged`` holds the epoch and step);
+    ``interrupted`` (SIGINT or SIGTERM; ``signal``, and ``resume``, the checkpoint to continue from or None); or
+    ``failed`` (any other error, which is raised again). Returns the summary, or None in DDP processes other than
+    global rank 0 (which writes it)."""
+    t = cfg.trainer
+    precision = check_environment(cfg)
     run_dir = resolve_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    resume = resume_checkpoint(cfg, run_dir)
     torch.set_num_threads(t.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     noise = "does not have many workers|LightningModule.log|_DataFetcher|treespec|Total length of `list` across ranks"
     warnings.filterwarnings("ignore", message=f".*({noise}).*")
     L.seed_everything(cfg.seed, verbose=False)
-
     data = build_data(cfg)
     module = build_module(cfg, data)
+    resume_step = None if resume is None else checkpoint_step(resume, module)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"run_dir={run_dir} cannot be written ({err.strerror}); choose a directory you can write "
+                          "to") from None
+    truncate_histories(run_dir, resume_step)
+
     recorder = RunRecorder(run_dir)
     loggers: list[Any] = [recorder]
     if cfg.logger.backend == "wandb":
@@ -86,9 +181,11 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     callbacks: list[L.Callback] = [*(extra_callbacks or []), *build_callbacks(cfg)]
     if t.progress != "none":
         callbacks.append(EpochProgressBar() if t.progress == "epochs" else StepProgressBar())
+    checkpoints = run_dir / "checkpoints"
     if t.checkpoint_every_n_epochs:
-        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
-                                                             every_n_epochs=t.checkpoint_every_n_epochs))
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True,
+                                                             every_n_epochs=t.checkpoint_every_n_epochs,
+                                                             enable_version_counter=False))
     unused = t.strategy != "auto" and module.method.find_unused_parameters
     strategy = f"{t.strategy}_find_unused_parameters_true" if unused else t.strategy
     trainer = L.Trainer(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
@@ -99,16 +196,20 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
                         enable_progress_bar=t.progress != "none", enable_model_summary=False,
                         deterministic=t.deterministic, log_every_n_steps=1, num_sanity_val_steps=0,
                         default_root_dir=str(run_dir))
-    status = "failed"
+    status, ending = "failed", {}
     try:
-        trainer.fit(module, datamodule=DataModuleAdapter(data), ckpt_path=t.resume)
-        status = "interrupted" if trainer.interrupted else "finished"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
+        with stop_on_signals():
+            trainer.fit(module, datamodule=DataModuleAdapter(data), ckpt_path=resume)
+        status = "finished"
+    except Diverged as err:
+        status, ending = "diverged", {"diverged": {"epoch": err.epoch, "step": err.step, "loss": json_value(err.loss)}}
+    except Interrupted as err:
+        last = checkpoints / "last.ckpt"
+        status, ending = "interrupted", {"signal": err.signal, "resume": str(last) if last.is_file() else None}
     finally:
         summary = recorder.write_summary(status, epochs=trainer.current_epoch, run_dir=str(run_dir),
-                                         experiment=cfg.experiment, group=cfg.resolved_group, seed=cfg.seed)
+                                         experiment=cfg.experiment, group=cfg.resolved_group, seed=cfg.seed,
+                                         **ending)
         for logger in loggers[1:]:
             logger.finalize(status)
         if cfg.logger.backend == "wandb":

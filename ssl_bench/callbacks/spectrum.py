@@ -51,7 +51,8 @@ class EigenSpectrum(Callback):
     and ``collapse/std_l2`` for the projector embedding, the same with a ``_backbone`` suffix for the backbone. The
     log singular values against their rank go to every W&B logger as a line series, and the singular values are
     appended to ``spectra.jsonl`` in the trainer's ``default_root_dir``. Under complete collapse (``std_l2`` near 0)
-    the covariance is rounding noise, below :data:`ssl_bench.metrics.NOISE_FLOOR`, and both ranks read 0. Reads
+    the covariance is rounding noise, below :data:`ssl_bench.metrics.NOISE_FLOOR`, and both ranks read 0. Non-finite
+    embeddings (a diverging model) log every scalar as NaN and record no spectrum. Reads
     ``module.method.representations`` and ``trainer.datamodule.evaluation_inputs``; nothing else.
     """
 
@@ -74,6 +75,11 @@ class EigenSpectrum(Callback):
         if self._inputs is None:
             self._inputs = trainer.datamodule.evaluation_inputs(self.config.samples)
         embeddings = frozen_representations(module.method, self._inputs.split(self.config.batch_size), module.device)
+        if not all(bool(torch.isfinite(z).all()) for z in embeddings.values()):
+            for name in ("spectrum/effective_rank", "spectrum/rank", "collapse/std_l2"):
+                for suffix in ("", "_backbone"):
+                    module.log(f"{name}{suffix}", float("nan"), rank_zero_only=True)
+            return
         spectra = {kind: embedding_spectrum(z) for kind, z in embeddings.items()}
         for kind in KINDS:
             suffix = "" if kind == "projector" else f"_{kind}"
