@@ -19,7 +19,7 @@ import torch
 from datamodules.base import DataModule
 from ssl_bench.config import ConfigError, RunConfig, to_yaml
 from ssl_bench.module import CallbackAdapter, DataModuleAdapter, Diverged, SSLModule
-from ssl_bench.progress import EpochProgressBar, StepProgressBar
+from ssl_bench.progress import progress_bar
 from ssl_bench.recorder import RunRecorder, json_value, truncate_histories
 from ssl_bench.registry import lookup
 from ssl_bench.wandb_logging import make_wandb_logger
@@ -180,7 +180,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
         loggers.append(make_wandb_logger(cfg, run_dir))
     callbacks: list[L.Callback] = [*(extra_callbacks or []), *build_callbacks(cfg)]
     if t.progress != "none":
-        callbacks.append(EpochProgressBar() if t.progress == "epochs" else StepProgressBar())
+        callbacks.append(progress_bar(t.progress))
     checkpoints = run_dir / "checkpoints"
     if t.checkpoint_every_n_epochs:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True,

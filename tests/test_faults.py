@@ -205,3 +205,15 @@ def test_a_run_dir_that_cannot_be_written_is_one_line(run_cli, tmp_path, where):
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith(f"ssl-bench: error: run_dir={run_dir} cannot be written (")
     assert lines[0].endswith("); choose a directory you can write to")
+
+
+@pytest.mark.parametrize("progress", ["epochs", "steps"])
+def test_the_final_progress_line_is_printed_once_in_a_log_file(tmp_path, progress):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    settings = [o for o in TINY if not o.startswith("trainer.progress")]
+    proc = subprocess.run([sys.executable, "-m", "ssl_bench.cli", "fit", "--config", "quickstart", *settings,
+                           "trainer.max_epochs=40", f"trainer.progress={progress}", f"run_dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    redraws = proc.stdout.replace("\r", "\n").splitlines()
+    assert sum("40/40" in line for line in redraws) == 1, proc.stdout
