@@ -118,10 +118,15 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
             sub.add_argument("--sweep-dir", type=Path, default=None, help="where the runs go (default runs/sweeps/...)")
             sub.add_argument("--print-config", action="store_true", help="list the runs without starting them")
+            sub.add_argument("--force", action="store_true",
+                             help="run every run again, replacing those in --sweep-dir even if made with other settings")
         if command == "fit":
             sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    report = commands.add_parser("report", help="print the table of a finished or partial sweep directory")
-    report.add_argument("sweep_dir", type=Path)
+    text = ("print the table of a finished or partial sweep directory: per grid point, the runs that finished (the "
+            "others counted as diverged, failed, interrupted or missing) and the mean ± std of their final metrics")
+    report = commands.add_parser("report", help="print the table of a finished or partial sweep directory",
+                                 description=text)
+    report.add_argument("sweep_dir", type=Path, help="a directory that `ssl-bench sweep` wrote (with a sweep.json)")
     return parser
 
 
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         from ssl_bench.sweep import run_sweep
 
         return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
-                         dry_run=args.print_config)
+                         dry_run=args.print_config, force=args.force)
     except UserError as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return 2

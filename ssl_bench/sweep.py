@@ -2,8 +2,20 @@
 
 ``sweep.grid`` is a list of blocks; each block maps an axis to its values, and a block stands for the Cartesian
 product of its axes. An axis is either a config key with a list of values (``data.sparsity: [0.1, 0.2]``) or a name
-with named override sets (``model: {CL-basic: [method=simclr, encoder=basic_official]}``). Every run writes its
-own run directory under the sweep directory, so a sweep that is run again skips the runs that already finished.
+with named override sets (``model: {CL-basic: [method=simclr, encoder=basic_official]}``).
+
+A sweep directory holds ``sweep.json`` and one run directory per grid point and seed, ``POINT/seedS``.
+``sweep.json`` records the resolved settings of every grid point: the runs' config without the keys that the sweep
+sets per run (``seed``, ``run_dir``, ``group``, ``trainer.resume``) and without the ``sweep`` section, which only
+says which runs there are and how to tabulate them. Running a sweep again into the same directory
+
+- with the same settings keeps the runs that ended for good (finished, or diverged: a diverged run is
+  deterministic, so running it again would diverge again) and runs the others: failed and missing ones from scratch,
+  interrupted ones from their last checkpoint when they have one;
+- with other settings is refused, naming the keys that differ, unless ``--force`` replaces every run.
+
+Grid points and seeds may be added to a sweep directory; dropping one counts as a change of settings, since
+``sweep.json`` would no longer describe the runs in the directory.
 """
 
 from __future__ import annotations
@@ -11,13 +23,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +40,26 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ssl_bench.config import ConfigError, RunConfig, ReferenceRow
+
+PER_RUN = {
+    "seed": ("every run would get the same seed", "give the sweep's seeds with sweep.seeds=[{value}]", "1,2,3"),
+    "run_dir": ("every run would write to the same directory",
+                "choose where the sweep's runs go with --sweep-dir {value}", "DIR"),
+    "group": ("the sweep groups its runs as EXPERIMENT/GRID_POINT", "name the groups with experiment={value}", "NAME"),
+    "trainer.resume": ("every run would start from the same checkpoint",
+                       "a sweep run again resumes its interrupted runs from their own last checkpoints", ""),
+}
+"""Keys that the sweep sets for each run: why an override of one is refused, the fix, and a value for the fix."""
+
+RUN_OVERRIDES = ("trainer.progress=none",)
+"""What every run of a sweep gets besides its grid point's overrides and the user's (a log file has no use for a
+progress bar)."""
+
+ENDED = ("finished", "diverged")
+"""How a run that is kept when the sweep runs again ended."""
+
+STATUS_ORDER = ("finished", "diverged", "failed", "interrupted", "missing")
+"""The order of the statuses in messages and in the table's ``runs`` cells."""
 
 
 @dataclass(frozen=True)
@@ -39,12 +74,21 @@ class Point:
         return ",".join(f"{axis}={value}" for axis, value in self.axes)
 
     def group(self, experiment: str) -> str:
-        """The runs' W&B group and the key their table row is found by."""
-        return f"{experiment}/{self.label}"
+        """The runs' W&B group: ``EXPERIMENT/LABEL``, or the experiment alone for a sweep without a grid."""
+        return f"{experiment}/{self.label}" if self.axes else experiment
 
     @property
     def dirname(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", self.label) or "default"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a sweep: a grid point with a seed, in its own run directory."""
+
+    point: Point
+    seed: int
+    dir: Path
 
 
 def _axis_options(axis: str, values: Any) -> list[tuple[str, tuple[str, ...]]]:
@@ -80,59 +124,281 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _finished(run_dir: Path) -> bool:
-    summary = run_dir / "summary.json"
-    return summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"
-
-
-def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, sweep_dir: Path | None = None,
-              dry_run: bool = False) -> int:
-    """Run every grid point x seed (``jobs`` at a time, one thread each), then print and save the table."""
-    if jobs < 1:
-        raise ConfigError(f"--jobs={jobs} must be >= 1")
-    points = expand_grid(cfg.sweep.grid)
+def check_overrides(overrides: list[str], points: list[Point]) -> None:
+    """Refuse overrides that would make the sweep's runs other than its grid x seeds: keys the sweep sets per run
+    (:data:`PER_RUN`) and keys its grid sets."""
     grid_keys = {_override_key(o) for p in points for o in p.overrides}
     for override in overrides:
         key = _override_key(override)
+        if key in PER_RUN:
+            why, fix, example = PER_RUN[key]
+            value = override.split("=", 1)[1] if "=" in override else ""
+            raise ConfigError(f"{override} cannot be given to a sweep, which sets {key} for each run ({why}); "
+                              + fix.format(value=value or example))
         if key in grid_keys:
             raise ConfigError(f"{key} is set by the sweep's grid, so the override '{override}' would relabel its "
                               "rows; change sweep.grid instead, or run `ssl-bench fit` for a single point")
-    sweep_dir = sweep_dir or Path("runs") / "sweeps" / cfg.experiment / time.strftime("%Y%m%d-%H%M%S")
-    runs = [(point, seed, sweep_dir / point.dirname / f"seed{seed}") for point in points for seed in cfg.sweep.seeds]
-    if dry_run:
-        for point, seed, run_dir in runs:
-            print(f"{run_dir}: {' '.join(point.overrides)} seed={seed}")
-        return 0
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "sweep.json").write_text(json.dumps({
-        "experiment": cfg.experiment, "config": config, "overrides": overrides, "metrics": list(cfg.sweep.metrics),
-        "reference": [dataclasses.asdict(row) for row in cfg.sweep.reference],
-        "axes": list(dict.fromkeys(a for p in points for a, _ in p.axes)),
-        "groups": [p.group(cfg.experiment) for p in points],
-    }, indent=2) + "\n")
-    todo = [run for run in runs if not _finished(run[2])]
-    print(f"sweep {cfg.experiment}: {len(points)} points x {len(cfg.sweep.seeds)} seeds = {len(runs)} runs, "
-          f"{len(runs) - len(todo)} already finished; writing to {sweep_dir}")
 
-    def launch(run: tuple[Point, int, Path]) -> int:
-        point, seed, run_dir = run
-        run_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "ssl_bench.cli", "fit", "--config", config, *point.overrides,
-                   f"seed={seed}", f"run_dir={_quoted(str(run_dir))}", f"group={_quoted(point.group(cfg.experiment))}",
-                   "trainer.progress=none", *overrides]
+
+def settings_of(plain: dict[str, Any]) -> dict[str, Any]:
+    """A run's config (plain dicts) without what the sweep sets per run and without the ``sweep`` section: what
+    every run of one grid point shares, as JSON would read it back."""
+    kept = {key: value for key, value in plain.items() if key not in ("seed", "run_dir", "group", "sweep")}
+    if isinstance(kept.get("trainer"), dict):
+        kept["trainer"] = {k: v for k, v in kept["trainer"].items() if k != "resume"}
+    return json.loads(json.dumps(kept, default=str))
+
+
+def point_settings(config: str, points: list[Point], overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """The resolved settings of every grid point (by label); a config error names the grid point it is in."""
+    from ssl_bench.cli import load
+
+    settings = {}
+    for point in points:
+        try:
+            cfg = load(config, [*point.overrides, *RUN_OVERRIDES, *overrides])
+        except ConfigError as err:
+            if not point.axes:
+                raise
+            raise ConfigError(f"grid point {point.label}: {err}") from None
+        settings[point.label] = settings_of(cfg.to_container())
+    return settings
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (``{"data": {"n": 64}}`` -> ``{"data.n": 64}``)."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def setting_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The keys whose values differ, as ``key: old -> new`` (``unset`` where a side lacks the key)."""
+    unset = object()
+
+    def show(value: Any) -> str:
+        return "unset" if value is unset else value if isinstance(value, str) else json.dumps(value)
+
+    before, after = _flat(old), _flat(new)
+    return [f"{key}: {show(before.get(key, unset))} -> {show(after.get(key, unset))}"
+            for key in dict.fromkeys([*before, *after]) if before.get(key, unset) != after.get(key, unset)]
+
+
+def read_spec(sweep_dir: Path) -> dict[str, Any]:
+    """``sweep_dir/sweep.json``; a one-line :class:`ConfigError` when there is none or it is not one."""
+    spec_file = sweep_dir / "sweep.json"
+    if not spec_file.is_file():
+        raise ConfigError(f"{sweep_dir} is not a sweep directory (no sweep.json); run `ssl-bench sweep` first")
+    try:
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{spec_file} cannot be read ({err}); run `ssl-bench sweep` again with --force and the same "
+                          "--sweep-dir to rewrite it") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("metrics"), list) or "experiment" not in spec:
+        raise ConfigError(f"{spec_file} is not the record of a sweep (no experiment and metrics); run `ssl-bench "
+                          "sweep` again with --force and the same --sweep-dir to rewrite it")
+    return spec
+
+
+def _recorded_points(spec: dict[str, Any], spec_file: Path) -> list[dict[str, Any]] | None:
+    """The grid points that ``sweep.json`` records with their settings, or None for a record without them."""
+    points = spec.get("points")
+    if points is None:
+        return None
+    if not (isinstance(points, list) and isinstance(spec.get("seeds"), list) and all(
+            isinstance(p, dict) and isinstance(p.get("settings"), dict) and {"label", "dir", "axes"} <= p.keys()
+            for p in points)):
+        raise ConfigError(f"{spec_file}: 'points' must be a list of grid points with their label, dir, axes and "
+                          "settings; run `ssl-bench sweep` again with --force and the same --sweep-dir to rewrite it")
+    return points
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``summary.json``, or None when it has none (not started, still running, or killed) or a broken one."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def run_status(run_dir: Path) -> str:
+    """How the run in ``run_dir`` ended: its summary's status, or ``missing`` without a summary."""
+    summary = read_summary(run_dir)
+    return "missing" if summary is None else str(summary.get("status", "failed"))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _previous_runs(sweep_dir: Path, runs: list[Run]) -> tuple[dict[str, dict[str, Any]], list[int], list[Path]]:
+    """What ``sweep_dir`` already holds: the settings its runs were made with (by grid point label), their seeds,
+    and their run directories. A record from before settings were kept is read from the runs' own config.yaml."""
+    import yaml
+
+    if not sweep_dir.is_dir():
+        return {}, [], []
+    spec_file = sweep_dir / "sweep.json"
+    spec = read_spec(sweep_dir) if spec_file.is_file() else {}
+    points = _recorded_points(spec, spec_file)
+    if points is not None:
+        seeds = spec["seeds"]
+        dirs = [sweep_dir / str(p["dir"]) / f"seed{s}" for p in points for s in seeds]
+        return {str(p["label"]): p["settings"] for p in points}, list(seeds), [d for d in dirs if _inside(d, sweep_dir)]
+    settings: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        config_file = run.dir / "config.yaml"
+        if run.point.label not in settings and config_file.is_file():
+            try:
+                plain = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                continue  # no evidence of the settings this run was made with
+            if isinstance(plain, dict):
+                settings[run.point.label] = settings_of(plain)
+    return settings, [], [run.dir for run in runs]
+
+
+def _changes(previous: dict[str, dict[str, Any]], old_seeds: list[int], settings: dict[str, dict[str, Any]],
+             seeds: list[int]) -> list[str]:
+    """How this sweep differs from the runs already in its directory; growing the grid or the seeds is no change."""
+    changes: list[str] = []
+    for label, old in previous.items():
+        if label not in settings:
+            changes.append(f"grid point {label or '(no grid)'} dropped")
+            continue
+        changes += [c for c in setting_changes(old, settings[label]) if c not in changes]
+    if not set(old_seeds) <= set(seeds):
+        changes.append(f"sweep.seeds: {json.dumps(old_seeds)} -> {json.dumps(seeds)}")
+    return changes
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _remove_run(run_dir: Path) -> None:
+    """Delete a run directory of the sweep and its grid point's directory when that is left empty."""
+    if run_dir.is_dir():
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.parent.rmdir()
+    except OSError:
+        pass
+
+
+def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, sweep_dir: Path | None = None,
+              dry_run: bool = False, force: bool = False) -> int:
+    """Run every grid point x seed that has not ended for good (``jobs`` at a time, one thread each), then print
+    and save the table. ``force`` replaces every run, whatever settings the directory's runs were made with.
+
+    Returns 0 when every run ended for good (finished or diverged), 1 when some failed, were interrupted or are
+    missing, 130 when the sweep itself was interrupted (Ctrl-C)."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs={jobs} must be >= 1")
+    points = expand_grid(cfg.sweep.grid)
+    check_overrides(overrides, points)
+    sweep_dir = sweep_dir or Path("runs") / "sweeps" / cfg.experiment / time.strftime("%Y%m%d-%H%M%S")
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise ConfigError(f"--sweep-dir {sweep_dir} is a file; choose a directory (a new one, or a sweep's)")
+    seeds = list(cfg.sweep.seeds)
+    runs = [Run(point, seed, sweep_dir / point.dirname / f"seed{seed}") for point in points for seed in seeds]
+    settings = point_settings(config, points, overrides)
+    previous, old_seeds, old_dirs = _previous_runs(sweep_dir, runs)
+    changes = _changes(previous, old_seeds, settings, seeds)
+    if changes and not force:
+        shown = changes[:5] + ([f"and {len(changes) - 5} more"] if len(changes) > 5 else [])
+        raise ConfigError(f"{sweep_dir} holds runs made with other settings ({', '.join(shown)}); run with --force "
+                          "to replace them, or choose another --sweep-dir")
+    status = {run: run_status(run.dir) for run in runs}
+    todo = runs if force else [run for run in runs if status[run] not in ENDED]
+    if dry_run:
+        for run in runs:
+            state = "" if status[run] == "missing" else \
+                f" [{status[run]}: {'replaced' if force else 'kept' if run not in todo else 'run again'}]"
+            print(f"{run.dir}: {' '.join([*run.point.overrides, f'seed={run.seed}'])}{state}")
+        return 0
+
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if force:
+            for run_dir in dict.fromkeys([*old_dirs, *(run.dir for run in runs)]):
+                _remove_run(run_dir)
+        (sweep_dir / "sweep.json").write_text(json.dumps({
+            "experiment": cfg.experiment, "config": config, "overrides": overrides, "metrics": list(cfg.sweep.metrics),
+            "reference": [dataclasses.asdict(row) for row in cfg.sweep.reference],
+            "axes": list(dict.fromkeys(a for p in points for a, _ in p.axes)),
+            "groups": [p.group(cfg.experiment) for p in points],
+            "seeds": seeds,
+            "points": [{"label": p.label, "group": p.group(cfg.experiment), "dir": p.dirname, "axes": dict(p.axes),
+                        "overrides": list(p.overrides), "settings": settings[p.label]} for p in points],
+        }, indent=2) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"--sweep-dir {sweep_dir} cannot be written ({err.strerror or err}); choose a directory you "
+                          "can write to") from None
+
+    counts = Counter(status.values())
+    kept = "all to run again (--force)" if force else f"{counts['finished']} already finished" + (
+        f", {counts['diverged']} diverged (kept)" if counts["diverged"] else "")
+    print(f"sweep {cfg.experiment}: {_count(len(points), 'point')} x {_count(len(seeds), 'seed')} = "
+          f"{_count(len(runs), 'run')}, {kept}; running {len(todo)}; writing to {sweep_dir}", flush=True)
+
+    def launch(run: Run) -> int:
+        summary = None if force else read_summary(run.dir)
+        resume = summary is not None and summary.get("status") == "interrupted" and bool(summary.get("resume"))
+        if not resume and run.dir.is_dir():
+            shutil.rmtree(run.dir)  # a failed or broken run starts again from scratch
+        run.dir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "ssl_bench.cli", "fit", "--config", config, *run.point.overrides,
+                   f"seed={run.seed}", f"run_dir={_quoted(str(run.dir))}",
+                   f"group={_quoted(run.point.group(cfg.experiment))}", *RUN_OVERRIDES,
+                   *(["trainer.resume=auto"] if resume else []), *overrides]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        with open(run_dir / "log.txt", "w", encoding="utf-8") as log:
+        with open(run.dir / "log.txt", "a" if resume else "w", encoding="utf-8") as log:
             return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        codes = list(tqdm(pool.map(launch, todo), total=len(todo), desc="sweep", unit="run", file=sys.stdout))
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures = {pool.submit(launch, run): run for run in todo}
+    # A bar only on a terminal; a log or a pipe gets one plain line per run that ends, so no line is written twice.
+    bar = tqdm(total=len(todo), desc="sweep", unit="run", file=sys.stdout) if todo and sys.stdout.isatty() else None
+    try:
+        for done, future in enumerate(as_completed(futures), 1):
+            future.result()
+            run = futures[future]
+            if bar is not None:
+                bar.update(1)
+            else:
+                print(f"sweep [{done}/{len(todo)}] {run.dir.relative_to(sweep_dir)}: {run_status(run.dir)}", flush=True)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if bar is not None:
+            bar.close()
+        print(f"ssl-bench: sweep interrupted, no further run started; run the same command again to continue in "
+              f"{sweep_dir} (finished runs are kept, interrupted ones resume from their last checkpoint)",
+              file=sys.stderr)
+        return 130
+    if bar is not None:
+        bar.close()
+    pool.shutdown()
+
     table = report(sweep_dir)
-    (sweep_dir / "table.md").write_text(table + "\n")
+    (sweep_dir / "table.md").write_text(table + "\n", encoding="utf-8")
     print(table)
-    failed = [str(run[2]) for run, code in zip(todo, codes) if code != 0]
-    for run_dir in failed:
-        print(f"failed: {run_dir} (see its log.txt)", file=sys.stderr)
-    return 1 if failed else 0
+    unfinished = 0
+    for run in runs:
+        summary = read_summary(run.dir) or {}
+        state = summary.get("status", "missing")
+        if state == "diverged":
+            at = summary.get("diverged") if isinstance(summary.get("diverged"), dict) else {}
+            print(f"diverged: {run.dir} (non-finite loss at epoch {at.get('epoch')}, step {at.get('step')})",
+                  file=sys.stderr)
+        elif state != "finished":
+            unfinished += 1
+            print(f"{state}: {run.dir} (see its log.txt; run the sweep again to retry it)", file=sys.stderr)
+    return 1 if unfinished else 0
 
 
 def reference_value(rows: list[ReferenceRow], axes: dict[str, str], metric: str) -> float | None:
@@ -143,39 +409,82 @@ def reference_value(rows: list[ReferenceRow], axes: dict[str, str], metric: str)
     return None
 
 
+def _number(value: Any) -> float | None:
+    """A metric value as a float ("nan", "inf" and "-inf" included), or None for anything that is not a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _mean_std(values: list[float]) -> str:
+    """``mean ± std`` (population std) to three decimals; non-finite values show as nan or inf."""
+    if all(math.isfinite(v) for v in values):
+        return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
+    mean = sum(values) / len(values)
+    return f"{mean:.3f} ± nan"
+
+
+def _runs_cell(statuses: list[str]) -> str:
+    """``finished/all``, then the other runs by status: ``2/5 (1 diverged, 2 missing)``."""
+    counts = Counter(statuses)
+    order = [s for s in STATUS_ORDER if s != "finished"] + sorted(set(counts) - set(STATUS_ORDER))
+    others = ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
+    return f"{counts['finished']}/{len(statuses)}" + (f" ({others})" if others else "")
+
+
 def report(sweep_dir: Path) -> str:
-    """A markdown table of mean +- std over seeds of the final metrics, with the paper's values beside them."""
+    """A markdown table with one row per grid point: how many of its runs finished (the others counted by status:
+    diverged, failed, interrupted, missing) and the mean ± std over its finished runs of each final metric, with the
+    paper's value beside it. A grid point without a finished run has ``-`` cells."""
+    spec = read_spec(sweep_dir)
     spec_file = sweep_dir / "sweep.json"
-    if not spec_file.is_file():
-        raise ConfigError(f"{sweep_dir} is not a sweep directory (no sweep.json); run `ssl-bench sweep` first")
-    spec = json.loads(spec_file.read_text())
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for summary_file in sorted(sweep_dir.rglob("summary.json")):
-        summary = json.loads(summary_file.read_text())
-        groups.setdefault(summary["group"], []).append(summary)
-    order = {group: i for i, group in enumerate(spec.get("groups", []))}
-    groups = dict(sorted(groups.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
-    metrics = spec["metrics"]
     rows = spec.get("reference", [])
     if not isinstance(rows, list) or not all(isinstance(row, dict) and set(row) == {"match", "values"} for row in rows):
         raise ConfigError(f"{spec_file}: 'reference' must be a list of {{match, values}} rows; rerun `ssl-bench sweep` "
                           "with the same --sweep-dir to rewrite it (finished runs are kept)")
     reference = [ReferenceRow(**row) for row in rows]
-    rows, axes_names = [], list(spec.get("axes", []))
-    for group, summaries in groups.items():
-        label = group.removeprefix(f"{spec['experiment']}/")
-        axes = dict(part.split("=", 1) for part in label.split(",") if "=" in part)
-        done = [s for s in summaries if s["status"] == "finished"]
-        cells = [axes.get(a, "") for a in axes_names] + [f"{len(done)}/{len(summaries)}"]
+    metrics = [str(m) for m in spec["metrics"]]
+
+    # (axis values, the summaries of the grid point's runs: None for a run without one)
+    points = _recorded_points(spec, spec_file)
+    table_rows: list[tuple[dict[str, str], list[dict[str, Any] | None]]] = []
+    if points is not None:
+        for point in points:
+            summaries = [read_summary(sweep_dir / str(point["dir"]) / f"seed{seed}") for seed in spec["seeds"]]
+            table_rows.append(({str(k): str(v) for k, v in point["axes"].items()}, summaries))
+    else:  # a record without grid points: the rows are the groups of the summaries found
+        groups: dict[str, list[dict[str, Any] | None]] = {}
+        for summary_file in sorted(sweep_dir.rglob("summary.json")):
+            summary = read_summary(summary_file.parent)
+            if summary is not None:
+                groups.setdefault(str(summary.get("group", spec["experiment"])), []).append(summary)
+        order = {group: i for i, group in enumerate(spec.get("groups", []))}
+        for group in sorted(groups, key=lambda g: (order.get(g, len(order)), g)):
+            label = group.removeprefix(f"{spec['experiment']}/")
+            table_rows.append((dict(part.split("=", 1) for part in label.split(",") if "=" in part), groups[group]))
+
+    axes_names = [str(a) for a in spec.get("axes", [])]
+    lines = []
+    for axes, summaries in table_rows:
+        statuses = ["missing" if s is None else str(s.get("status", "failed")) for s in summaries]
+        done = [s for s in summaries if s is not None and s.get("status") == "finished"]
+        cells = [axes.get(a, "") for a in axes_names] + [_runs_cell(statuses)]
         for metric in metrics:
-            values = [float(s["metrics"][metric]) for s in done if metric in s["metrics"]]
-            cell = "-" if not values else f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
+            values = [v for s in done if isinstance(s.get("metrics"), dict)
+                      and (v := _number(s["metrics"].get(metric))) is not None]
+            cell = _mean_std(values) if values else "-"
             ref = reference_value(reference, axes, metric)
             cells.append(cell + (f" ({ref:.2f})" if ref is not None else ""))
-        rows.append(cells)
+        lines.append("| " + " | ".join(cells) + " |")
     header = axes_names + ["runs"] + metrics
-    lines = [f"{spec['experiment']}: mean ± std over seeds of the final values"
-             + (", paper's value in parentheses" if spec.get("reference") else ""),
-             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    title = (f"{spec['experiment']}: mean ± std over the finished runs of the final values"
+             + (", paper's value in parentheses" if reference else "")
+             + "; runs: finished/all, the others by status")
+    return "\n".join([title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines])
