@@ -177,10 +177,13 @@ class LoggerConfig:
     project: str = "ssl-bench"
     entity: Optional[str] = None
     tags: list[str] = field(default_factory=list)
+    init_timeout: float = 30.0
+    """Seconds to wait in all for W&B to answer and start the run before logging offline."""
 
     def validate(self, prefix: str) -> None:
         check_choice(f"{prefix}.backend", self.backend, ("wandb", "none"))
         check_choice(f"{prefix}.mode", self.mode, ("auto", "online", "offline"))
+        check_range(f"{prefix}.init_timeout", self.init_timeout, 0, 600, "(]")
 
 
 @dataclass

@@ -1,44 +1,166 @@
-"""Weights & Biases logging that never fails a run: online when it can be, offline otherwise."""
+"""Weights & Biases logging that never fails or stalls a run: online when W&B answers, offline otherwise.
+
+``logger.mode``: ``offline`` logs offline; ``online`` and ``auto`` (the default) try W&B once, ``auto`` only when
+``WANDB_MODE`` is not ``offline``, ``dryrun`` or ``disabled``. The single online attempt waits at most
+``logger.init_timeout`` (T seconds) in all, plus wandb's own second or so of start-up (and, only when wandb's output
+is turned on with ``WANDB_SILENT=false``, its account look-up for the "logged in" message, at most 2 x 5 s):
+
+1. without credentials (``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE``, or the server's netrc entry written by
+   ``wandb login``) the run logs offline at once, and no request is made;
+2. the W&B server (``WANDB_BASE_URL``, else wandb's default) must answer an HTTP request within T: a refused
+   connection or an unknown host means offline at once, silence means offline after T;
+3. ``wandb.init`` then gets the rest of T (at least 1 s) as its ``init_timeout``; if it fails (a stale key, a
+   server error, no answer in time), its half-started run is torn down (``wandb.teardown``) and its directory
+   removed, and the run logs offline.
+
+An offline run prints one line: why, and the ``wandb sync`` command that uploads it later. Once offline, wandb
+stays offline for the rest of the process, and wandb's error reporting is off unless ``WANDB_ERROR_REPORTING`` is
+set: both would otherwise make the process wait for the unanswering server at exit.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import netrc
 import os
-import warnings
+import shutil
+import ssl
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from ssl_bench.config import RunConfig
+from ssl_bench.config import LoggerConfig, RunConfig
+
+__all__ = ["BoundedWandbLogger", "make_wandb_logger", "start_wandb_run", "wandb_answers", "wandb_has_credentials"]
 
 
-def wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
+def wandb_has_credentials(base_url: str) -> bool:
+    """Whether W&B would find credentials for ``base_url`` without prompting: an API key or identity token in the
+    environment, or an entry for the server's host in the netrc file (``NETRC``, else ``~/.netrc``)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
+        entry = netrc.netrc(str(path)).authenticators(urlsplit(base_url).netloc)
+    except (OSError, netrc.NetrcParseError):
         return False
+    return entry is not None and bool(entry[2])
 
 
-def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> L.pytorch.loggers.Logger:
-    """W&B online when credentials exist (``logger.mode=auto``), offline otherwise or when going online fails."""
-    from lightning.pytorch.loggers import WandbLogger
+def wandb_answers(base_url: str, timeout: float) -> str | None:
+    """None when the server at ``base_url`` answers an HTTP request within ``timeout`` seconds (any status, or a
+    TLS error, counts as an answer); otherwise why not. Name resolution is bounded too: the request runs in a
+    daemon thread that is waited for at most ``timeout`` seconds."""
+    silent = f"W&B at {base_url} did not answer within {timeout:g} s (logger.init_timeout)"
+    outcome: list[str | None] = []
+
+    def request() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(base_url, method="HEAD"), timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # an error status is an answer
+            outcome.append(None)
+        except urllib.error.URLError as err:
+            reason = err.reason
+            if isinstance(reason, ssl.SSLError):  # so is a TLS failure: wandb's own request will say more
+                outcome.append(None)
+            elif isinstance(reason, TimeoutError):
+                outcome.append(silent)
+            else:
+                why = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
+                outcome.append(f"cannot reach W&B at {base_url} ({why})")
+        except TimeoutError:
+            outcome.append(silent)
+        except (OSError, ValueError) as err:
+            outcome.append(f"cannot reach W&B at {base_url} ({err})")
+
+    thread = threading.Thread(target=request, name="wandb-reachability", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else silent
+
+
+def _offline_reason(config: LoggerConfig, base_url: str) -> str | None:
+    """Why the run logs offline without trying W&B, or None to try once."""
+    if config.mode == "offline":
+        return "logger.mode=offline"
+    env_mode = os.environ.get("WANDB_MODE", "")
+    if config.mode == "auto" and env_mode in ("offline", "dryrun", "disabled"):
+        return f"WANDB_MODE={env_mode}"
+    if not wandb_has_credentials(base_url):
+        return f"no W&B credentials for {base_url}: set WANDB_API_KEY or run `wandb login`"
+    return None
+
+
+def start_wandb_run(init: dict[str, Any], config: LoggerConfig, save_dir: Path) -> Any:
+    """Start the W&B run (``wandb.init(**init)``, files under ``save_dir / "wandb"``) with at most one online
+    attempt, bounded by ``config.init_timeout``; offline when that is impossible or fails (see the module doc)."""
+    import wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    online = cfg.logger.mode == "online" or (cfg.logger.mode == "auto" and wandb_has_credentials()
-                                             and os.environ.get("WANDB_MODE") != "offline")
-    kwargs: dict[str, Any] = dict(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.resolved_group,
-                                  name=f"{cfg.resolved_group}/seed{cfg.seed}",
-                                  tags=list(dict.fromkeys([cfg.experiment, cfg.method.name, cfg.data.name,
-                                                           *cfg.logger.tags])),
-                                  save_dir=str(run_dir), config=cfg.to_container())
-    if online:
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # else a failed start reports to the server at exit
+    base_url = wandb.setup().settings.base_url
+    deadline = time.monotonic() + config.init_timeout
+    reason = _offline_reason(config, base_url)
+    if reason is None:
+        reason = wandb_answers(base_url, config.init_timeout)
+    if reason is None:
+        wandb_dir = save_dir / "wandb"
+        before = set(wandb_dir.glob("run-*"))
         try:
-            logger = WandbLogger(offline=False, **kwargs)
-            logger.experiment  # noqa: B018  (starts the run now, so a network failure falls back below)
-            return logger
-        except Exception as err:  # noqa: BLE001  (any failure to reach W&B means: log offline instead)
-            warnings.warn(f"W&B online logging failed ({err}); logging offline to {run_dir / 'wandb'}")
-    return WandbLogger(offline=True, **kwargs)
+            left = max(deadline - time.monotonic(), 1.0)
+            return wandb.init(mode="online", dir=str(save_dir), settings=wandb.Settings(init_timeout=left), **init)
+        except Exception as err:  # noqa: BLE001  (whatever stops W&B from starting the run means: log offline)
+            reason = f"W&B did not start the run: {next(iter(str(err).splitlines()), '') or type(err).__name__}"
+            with contextlib.suppress(Exception, SystemExit):  # a service that ends badly must not end the fit
+                wandb.teardown()  # frees the half-started run held by wandb's service process
+            for path in set(wandb_dir.glob("run-*")) - before:
+                shutil.rmtree(path, ignore_errors=True)
+    # offline for the whole process too, so wandb's own usage telemetry does not wait on the server at exit
+    wandb.setup(wandb.Settings(mode="offline"))
+    run = wandb.init(mode="offline", dir=str(save_dir), **init)
+    print(f"ssl-bench: W&B logs offline ({reason}); upload later with: wandb sync {run.settings.sync_dir}",
+          file=sys.stderr, flush=True)
+    return run
+
+
+class BoundedWandbLogger(WandbLogger):
+    """Lightning's ``WandbLogger`` whose run is started by ``start_wandb_run`` (at most one online attempt, bounded
+    by ``logger.init_timeout``, else offline) with exactly the given ``wandb.init`` arguments, instead of Lightning's
+    own ``wandb.init`` call, which adds ``anonymous=None`` (deprecated: wandb warns about it on every run). As in
+    Lightning, the run starts on first use and only on global rank 0 (the other ranks get a no-op experiment), and
+    a process spawned for DDP attaches to the run of its parent."""
+
+    def __init__(self, init: dict[str, Any], config: LoggerConfig, save_dir: Path) -> None:
+        super().__init__(name=init["name"], save_dir=str(save_dir), project=init["project"])
+        self._start_args = (init, config, Path(save_dir))
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._experiment is None and getattr(self, "_attach_id", None) is None:
+            run = start_wandb_run(*self._start_args)
+            # as WandbLogger does for the runs it starts: metrics are plotted against the trainer's global step
+            run.define_metric("trainer/global_step")
+            run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+            self._experiment = run
+        return super().experiment
+
+
+def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> WandbLogger:
+    """The run's W&B logger: files under ``run_dir/wandb``, the run's group, name ``GROUP/seedS``, tags (experiment,
+    method, data, ``logger.tags``) and config (``config.yaml``); online or offline as the module doc says."""
+    init: dict[str, Any] = dict(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.resolved_group,
+                                name=f"{cfg.resolved_group}/seed{cfg.seed}",
+                                tags=list(dict.fromkeys([cfg.experiment, cfg.method.name, cfg.data.name,
+                                                         *cfg.logger.tags])),
+                                config=cfg.to_container())
+    return BoundedWandbLogger(init, cfg.logger, run_dir)
