@@ -31,6 +31,10 @@ class DataModule:
     def from_config(cls, config: DataConfig, seed: int) -> DataModule:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Raise a one-line :class:`~ssl_bench.errors.DataError` for data that cannot load, before a run writes
+        anything (what it loads is kept for :meth:`setup`)."""
+
     def prepare_data(self) -> None:
         """Download or check files, once per node."""
 

@@ -48,6 +48,27 @@ class DatasetChecksumError(DataError):
     """The CIFAR-10 files are there but fail torchvision's md5 check."""
 
 
+class DatasetFileError(DataError):
+    """A CIFAR-10 file that is truncated or not a pickled batch (read only with ``verify_checksums=False``)."""
+
+
+UNREADABLE = (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError,
+              ImportError)
+"""What parsing a file that is not a pickled CIFAR-10 batch raises in torchvision's ``CIFAR10``."""
+
+
+def unreadable(path: Path, keys: tuple[str, ...]) -> str | None:
+    """Why ``path`` is not a pickled dict with ``keys`` (as torchvision reads it), or None if it is one."""
+    try:
+        with path.open("rb") as stream:
+            entry = pickle.load(stream, encoding="latin1")
+    except (OSError, *UNREADABLE) as error:
+        return f"{type(error).__name__}: {error}"
+    if not isinstance(entry, dict) or not set(keys) <= entry.keys():
+        return f"not a pickled dict with {', '.join(keys)}"
+    return None
+
+
 def cifar10_split(root: str | Path, train: bool = True, download: bool = False, verify_checksums: bool = True) -> Any:
     """torchvision's ``CIFAR10`` (download, md5 check and parsing) with the md5 check optional.
 
@@ -206,7 +227,31 @@ class CIFAR10DataModule(DataModule):
 
     def prepare_data(self) -> None:
         if self.download:
-            cifar10_split(self.root, train=True, download=True, verify_checksums=self.verify_checksums)
+            self.check_root()
+            try:
+                cifar10_split(self.root, train=True, download=True, verify_checksums=self.verify_checksums)
+            except (OSError, RuntimeError) as error:  # no network (URLError), a full disk, a corrupt archive
+                reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
+                raise DatasetNotFoundError(
+                    f"downloading CIFAR-10 into {self.root.absolute()} failed ({reason}); retry on a machine with "
+                    f"internet, or copy the extracted {FOLDER} folder there and set data.download=false") from None
+
+    def check(self) -> None:
+        """Without ``download``, load both splits now (a missing, corrupt or unreadable file is one line); with it,
+        only check that ``root`` can hold the download."""
+        self.check_root()
+        if not self.download:
+            self.split(train=True)
+            self.split(train=False)
+
+    def check_root(self) -> None:
+        """``root`` and its ``cifar-10-batches-py`` are directories where they exist."""
+        if self.root.exists() and not self.root.is_dir():
+            raise DatasetNotFoundError(f"data.root={self.root} is a file, not a directory; set data.root to the "
+                                       f"directory that holds {FOLDER} (or that data.download=true should fill)")
+        if self.folder.exists() and not self.folder.is_dir():
+            raise DatasetNotFoundError(f"{self.folder.absolute()} is a file, not the extracted {FOLDER} folder; "
+                                       "delete it and set data.download=true, or copy the extracted folder there")
 
     def setup(self, stage: str) -> None:
         self.split(train=True)
@@ -215,6 +260,7 @@ class CIFAR10DataModule(DataModule):
     def split(self, train: bool) -> Any:
         """The parsed train or test split (PIL images, int labels), loaded once."""
         if train not in self._splits:
+            self.check_root()
             missing = [name for name in FILES if not (self.folder / name).is_file()]
             if missing:
                 raise DatasetNotFoundError(
@@ -227,7 +273,20 @@ class CIFAR10DataModule(DataModule):
                     f"CIFAR-10 files in {self.folder.absolute()} fail torchvision's md5 check (not the official "
                     "files): delete them and set data.download=true, or set data.verify_checksums=false to load them "
                     "as they are") from error
+            except UNREADABLE as error:
+                raise self.file_error(train, error) from None
         return self._splits[train]
+
+    def file_error(self, train: bool, error: Exception) -> DatasetFileError:
+        """The error for a split that torchvision could not parse, naming the first file that is not a batch."""
+        batches = TRAIN_FILES if train else (TEST_FILE,)
+        files = [(name, ("data", "labels")) for name in batches] + [(META_FILE, ("label_names",))]
+        found = ((name, reason) for name, keys in files if (reason := unreadable(self.folder / name, keys)))
+        name, reason = next(found, (None, f"{type(error).__name__}: {error}"))
+        where = f"CIFAR-10 file {(self.folder / name).absolute()}" if name else f"a CIFAR-10 file in {self.folder}"
+        return DatasetFileError(f"{where} is truncated or not a pickled batch ({reason}); delete "
+                                f"{self.folder.absolute()} and set data.download=true to fetch the official files, "
+                                "or regenerate them")
 
     def _loader(self, dataset: Dataset, batch_size: int, **kwargs) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,

@@ -146,6 +146,10 @@ class SparseCodingDataModule(DataModule):
                 raise ConfigError(f"{prefix}.dictionary=identity needs p == d (got p={self.p}, d={self.d})")
             if self.dictionary == "orthonormal" and self.p < self.d:
                 raise ConfigError(f"{prefix}.p={self.p} must be >= {prefix}.d={self.d} for an orthonormal dictionary")
+            if self.drop_last and self.batch_size > self.n:
+                raise ConfigError(f"{prefix}.batch_size={self.batch_size} is larger than {prefix}.n={self.n} with "
+                                  f"{prefix}.drop_last=true, so no full batch exists; set {prefix}.batch_size to at "
+                                  f"most {self.n} or {prefix}.drop_last=false")
             if self.noise_std is not None and self.noise_std < 0:
                 raise ConfigError(f"{prefix}.noise_std={self.noise_std} must be >= 0")
             non_zero = sum(fixed_count_sizes(self.d, self.sparsity))

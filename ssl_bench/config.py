@@ -9,11 +9,14 @@ what is allowed (exit code 2). Rules that span parts are capabilities (:data:`CA
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import math
+import re
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, Optional
 
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from ssl_bench import registry
 from ssl_bench.errors import ConfigError
@@ -31,6 +34,8 @@ def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
 def check_positive(key: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{key}={value} must be > 0")
+    if value == math.inf:
+        raise ConfigError(f"{key}={value} must be a finite number > 0")
 
 
 def check_non_negative(key: str, value: float) -> None:
@@ -44,6 +49,14 @@ def check_range(key: str, value: float, low: float, high: float, closed: str = "
                                                                       else value < high)
     if not inside:
         raise ConfigError(f"{key}={value} is out of range; allowed: {closed[0]}{low}, {high}{closed[1]}")
+
+
+SEED_RANGE = (0, 2**32 - 1)
+"""The seeds Lightning's ``seed_everything`` accepts (numpy's 32-bit unsigned range)."""
+
+
+def check_seed(key: str, value: int) -> None:
+    check_range(key, value, *SEED_RANGE)
 
 
 CAPABILITIES = {
@@ -207,6 +220,11 @@ class SweepConfig:
     def validate(self, prefix: str) -> None:
         if not self.seeds:
             raise ConfigError(f"{prefix}.seeds is empty; give at least one seed, e.g. {prefix}.seeds=[1]")
+        for index, seed in enumerate(self.seeds):
+            check_seed(f"{prefix}.seeds[{index}]", seed)
+        repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
+        if repeated:
+            raise ConfigError(f"{prefix}.seeds={self.seeds} repeats seed {repeated[0]}; list each seed once")
 
 
 @dataclass
@@ -217,6 +235,12 @@ class RunKeys:
     group: Optional[str] = None
     seed: int = 1
     run_dir: Optional[str] = None
+
+    def validate(self) -> None:
+        if not self.experiment.strip():
+            raise ConfigError("experiment='' is empty; name the experiment, e.g. experiment=mytest (it names the run "
+                              "directory runs/<experiment>/...)")
+        check_seed("seed", self.seed)
 
 
 SCALARS = tuple(f.name for f in fields(RunKeys))
@@ -245,7 +269,8 @@ class RunConfig(RunKeys):
         return self.group or self.experiment
 
     def validate(self) -> None:
-        """Each part's and section's own checks, then the capabilities that span parts."""
+        """The run's own keys, each part's and section's own checks, then the capabilities that span parts."""
+        super().validate()
         for section in (*PARTS, *SECTIONS):
             getattr(self, section).validate(section)
         for name, callback in self.callbacks.items():
@@ -287,40 +312,78 @@ def _plain(config: Any) -> Any:
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
 
 
+def _field_type(schema: Any, path: str) -> Any:
+    """The declared type at ``path`` (``key.key[0].key``) below the dataclass ``schema``; None if unknown."""
+    hint = schema
+    for part in re.findall(r"[^.\[\]]+", path):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) is typing.Union and len(args) == 1:
+            hint = args[0]
+        if is_dataclass(hint):
+            hint = typing.get_type_hints(hint).get(part)
+        elif typing.get_origin(hint) in (list, dict):
+            hint = typing.get_args(hint)[-1]
+        else:
+            return None
+    return hint
+
+
+def _type_name(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) is None and isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
 def _merge(schema: type, values: Any, prefix: str, owner: str) -> Any:
-    """``values`` (a mapping) merged into the dataclass ``schema``; unknown keys and wrong types are one line."""
+    """``values`` (a mapping) merged into the dataclass ``schema``; unknown keys and wrong types are one line, also
+    inside lists and mappings (e.g. ``sweep.seeds[0]='a' has the wrong type; expected int``)."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix}={values!r} must be a mapping of keys, e.g. {prefix}.KEY=VALUE")
-    base = OmegaConf.structured(schema)
+        example = (f"{prefix}.KEY=VALUE" if not prefix.endswith("]")
+                   else "{" + ", ".join(f"{f.name}: ..." for f in fields(schema)) + "}")
+        raise ConfigError(f"{prefix}={values!r} must be a mapping of keys, e.g. {example}")
 
     def dotted(key: str) -> str:
         return f"{prefix}.{key}" if prefix else key
 
+    for name, hint in typing.get_type_hints(schema).items():
+        item = _field_type(schema, f"{name}[0]")
+        if typing.get_origin(hint) is list and is_dataclass(item) and isinstance(values.get(name), list):
+            for index, row in enumerate(values[name]):  # each row on its own, so that an error names its index
+                _merge(item, row, f"{dotted(name)}[{index}]", f"{dotted(name)}[{index}]")
     try:
-        merged = OmegaConf.merge(base, values)
-    except ConfigKeyError as err:
+        merged = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+        OmegaConf.structured(merged)  # merge converts some values it should refuse, e.g. [1] into a list[str]
+        return merged
+    except (ConfigKeyError, ConfigAttributeError) as err:
         key = err.full_key or str(err.key)
-        allowed = ", ".join(str(k) for k in base.keys())
-        raise ConfigError(f"{dotted(key)} is not a key of {owner}; its keys: {allowed}") from None
+        parent, _, _ = key.rpartition(".")
+        holder = _field_type(schema, parent) if parent else schema
+        if is_dataclass(holder):
+            allowed = ", ".join(f.name for f in fields(holder))
+            where = owner if holder is schema else dotted(parent)
+            raise ConfigError(f"{dotted(key)} is not a key of {where}; its keys: {allowed}") from None
+        raise ConfigError(f"{dotted(key)}: {str(err).splitlines()[0]}") from None
     except ValidationError as err:
-        if err.full_key is None:
+        if not err.full_key:
             raise ConfigError(f"{prefix}: {str(err).splitlines()[0]}") from None
-        node = base
-        *parents, leaf = err.full_key.split(".")
-        for part in parents:
-            node = node[part]
-        expected = node._get_node(leaf)._metadata.ref_type
-        name = getattr(expected, "__name__", str(expected).replace("typing.", ""))
-        raise ConfigError(f"{dotted(err.full_key)}={err.value!r} has the wrong type; expected {name}") from None
-    return OmegaConf.to_object(merged)
+        expected = _field_type(schema, err.full_key)
+        if expected is None:
+            raise ConfigError(f"{dotted(err.full_key)}={err.value!r}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"{dotted(err.full_key)}={err.value!r} has the wrong type; expected "
+                          f"{_type_name(expected)}") from None
 
 
 def _part(section: str, values: Any) -> PartConfig:
+    names = ", ".join(registry.names(PARTS[section]))
     if not isinstance(values, dict) or "name" not in values:
-        names = ", ".join(registry.names(PARTS[section]))
         raise ConfigError(f"{section}.name is missing; choose one of: {names} (e.g. {section}=NAME)")
+    if not isinstance(values["name"], str):
+        raise ConfigError(f"{section}.name={values['name']!r} is not a name; choose one of: {names}")
     part = registry.lookup(PARTS[section], values["name"], key=f"{section}.name")
     return _merge(part.Config, values, section, f"{section}={values['name']}")
 

@@ -159,9 +159,9 @@ def test_summary_max_cosine_matches_checkpointed_weights(fit_tiny):
 
 def test_print_config_does_not_train(run_cli, tmp_path):
     run_dir = tmp_path / "never"
-    code, out, err = run_cli("fit", "--config", "quickstart", "data.n=77", f"run_dir={run_dir}", "--print-config")
+    code, out, err = run_cli("fit", "--config", "quickstart", "data.n=777", f"run_dir={run_dir}", "--print-config")
     assert code == 0
-    assert yaml.safe_load(out)["data"]["n"] == 77
+    assert yaml.safe_load(out)["data"]["n"] == 777
     assert not run_dir.exists()
 
 

@@ -197,8 +197,8 @@ def test_warm_start_noise_level():
 
 
 def test_build_module_warm_start_matches_dictionary():
-    cfg = load("quickstart", ["data.n=32", "data.p=12", "data.d=4", "encoder.width=4", "encoder.warm_start=true",
-                              "encoder.warm_start_noise=0.0"])
+    cfg = load("quickstart", ["data.n=32", "data.batch_size=32", "data.p=12", "data.d=4", "encoder.width=4",
+                              "encoder.warm_start=true", "encoder.warm_start_noise=0.0"])
     data = build_data(cfg)
     module = build_module(cfg, data)
     torch.testing.assert_close(module.method.encoder.first_layer_weight.detach(), data.dictionary.T)
