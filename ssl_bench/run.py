@@ -164,6 +164,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     warnings.filterwarnings("ignore", message=f".*({noise}).*")
     L.seed_everything(cfg.seed, verbose=False)
     data = build_data(cfg)
+    data.check()
     module = build_module(cfg, data)
     resume_step = None if resume is None else checkpoint_step(resume, module)
     try:

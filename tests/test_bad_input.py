@@ -182,6 +182,7 @@ def test_unreadable_cifar_file_through_the_cli(run_cli, cifar_root, tmp_path):
                              f"run_dir={tmp_path / 'run'}")
     message = error_line(code, out, err)
     assert message.startswith(f"CIFAR-10 file {batch.absolute()} is truncated or not a pickled batch")
+    assert not (tmp_path / "run").exists()  # the data is checked before the run directory is written
 
 
 # ---------------------------------------------------------------------------------------------- real subprocesses

@@ -509,7 +509,7 @@ def test_report_aggregates_and_shows_reference(tmp_path):
     rows = [line for line in table if line.startswith("| A") or line.startswith("| B")]
     assert [r.split("|")[1].strip() for r in rows] == ["B", "A"]  # the spec's group order
     a_row = [c.strip() for c in rows[1].strip("|").split("|")]
-    assert a_row[:3] == ["A", "0.1", "2/3"]  # failed runs are counted but not averaged
+    assert a_row[:3] == ["A", "0.1", "2/3 (1 failed)"]  # failed runs are counted but not averaged
     assert a_row[3] == f"{statistics.fmean([0.2, 0.6]):.3f} ± {statistics.pstdev([0.2, 0.6]):.3f} (0.50)"
     b_row = [c.strip() for c in rows[0].strip("|").split("|")]
     assert b_row[2:] == ["1/1", "0.900 ± 0.000"]
