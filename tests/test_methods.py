@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -261,11 +262,17 @@ def test_a_missing_cifar_folder_is_one_clear_error(run_cli, tmp_path):
     assert "data.download=true" in line
 
 
-def test_step_progress_bar_shows_batches_and_logged_scalars(cifar_root, run_cli, tmp_path):
+def test_step_progress_bar_shows_batches_and_logged_scalars(cifar_root, run_cli, tmp_path, monkeypatch):
     overrides = [o for o in CIFAR_TINY if not o.startswith("trainer.progress")]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # the batch bar is for terminals
     code, out, err = run_cli("fit", "--config", "cifar10/simclr", f"data.root={cifar_root}", *overrides,
                              "trainer.progress=steps", "method.projector_dim=16", f"run_dir={tmp_path / 'run'}")
     assert code == 0, err
     bar = out + err
     assert "Epoch 0: 100%" in bar and "2/2" in bar  # 16 images, batch 8
     assert "train/loss=" in bar and "v_num" not in bar
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)  # a log file gets the bar over epochs
+    code, out, err = run_cli("fit", "--config", "cifar10/simclr", f"data.root={cifar_root}", *overrides,
+                             "trainer.progress=steps", "method.projector_dim=16", f"run_dir={tmp_path / 'log'}")
+    assert code == 0, err
+    assert "fit: 100%" in out + err and "Epoch 0" not in out + err
