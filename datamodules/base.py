@@ -46,7 +46,8 @@ class DataModule:
         raise NotImplementedError
 
     def val_dataloader(self) -> Any:
-        """Labelled ``(inputs, labels)`` batches for the online probe; ``[]`` when there is nothing to validate."""
+        """A DataLoader (or other iterable) of labelled ``(inputs, labels)`` batches for the online probe; ``[]``
+        when there is nothing to validate (a list is read as several dataloaders)."""
         return []
 
     def transfer_batch_to_device(self, batch: list[Any], device: torch.device) -> list[Any]:

@@ -3,6 +3,9 @@ resumed run repeats it; under DDP each process takes its share of every batch th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from torch import Tensor
 
 
@@ -18,3 +21,19 @@ def shard(x: Tensor, rank: int, world_size: int) -> Tensor:
     of ``x``; with one process this is ``x`` itself.
     """
     return x[: len(x) - len(x) % world_size][rank::world_size]
+
+
+class WholeEpochs:
+    """The train loader of a synthetic datamodule: one batch per epoch, the whole epoch's mini-batches as one
+    ``list[Views]``, so Lightning's per-batch machinery runs once per epoch. It asks ``data.epoch_batches(epoch,
+    rank, world_size)`` for the current epoch and this process's share."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[Any]:
+        trainer = self.data.trainer
+        yield self.data.epoch_batches(trainer.current_epoch if trainer is not None else 0, *self.data.world())

@@ -11,7 +11,6 @@ training batch of all its mini-batches (a ``list[Views]``), so no per-sample Pyt
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
 from datamodules.base import DataModule
-from datamodules.epochs import epoch_seed, shard
+from datamodules.epochs import WholeEpochs, epoch_seed, shard
 from ssl_bench.config import ConfigError, DataConfig, check_choice, check_positive, check_range
 from ssl_bench.registry import register
 from ssl_bench.views import Views
@@ -84,22 +83,6 @@ def mask_views(x: Tensor, augmentation: str, mask_prob: float, generator: torch.
         return 2.0 * d1 * x, 2.0 * (1.0 - d1) * x
     d2 = (torch.rand(x.shape, generator=generator, device=x.device) < keep).to(x.dtype)
     return d1 * x, d2 * x
-
-
-class _EpochBatches:
-    """The train loader: one item per epoch, the epoch's mini-batches as a ``list[Views]`` (the last one partial
-    unless ``drop_last``)."""
-
-    def __init__(self, datamodule: SparseCodingDataModule) -> None:
-        self.datamodule = datamodule
-
-    def __len__(self) -> int:
-        return 1
-
-    def __iter__(self) -> Iterator[list[Views]]:
-        trainer = self.datamodule.trainer
-        epoch = trainer.current_epoch if trainer is not None else 0
-        yield self.datamodule.epoch_batches(epoch, *self.datamodule.world())
 
 
 @register("data", "sparse_coding")
@@ -244,5 +227,5 @@ class SparseCodingDataModule(DataModule):
         batches = [Views(a, b) for a, b in zip(view1.split(self.batch_size), view2.split(self.batch_size))]
         return batches[:-1] if self.drop_last and len(view1) % self.batch_size and len(batches) > 1 else batches
 
-    def train_dataloader(self) -> _EpochBatches:
-        return _EpochBatches(self)
+    def train_dataloader(self) -> WholeEpochs:
+        return WholeEpochs(self)

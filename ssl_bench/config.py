@@ -62,8 +62,8 @@ def check_seed(key: str, value: int) -> None:
 CAPABILITIES = {
     "vectors": "vector inputs",
     "images": "image inputs",
-    "dictionary": "a ground-truth dictionary (data=sparse_coding)",
-    "first_layer_weight": "a first-layer weight matrix (a sparse encoder)",
+    "dictionary": "a ground-truth dictionary (e.g. data.name=sparse_coding)",
+    "first_layer_weight": "a first-layer weight matrix (e.g. encoder.name=sparse)",
     "labels": "labelled data",
 }
 """What parts provide and need, with the words an error uses for each."""

@@ -354,7 +354,7 @@ def test_max_cosine_on_cifar_says_how_to_remove_it(run_cli):
     code, out, err = run_cli("fit", "--config", "cifar10/simclr", "data=cifar10", "encoder=resnet18",
                              "callbacks=default", "--print-config")
     assert error_line(code, err) == (
-        "callbacks.max_cosine needs a ground-truth dictionary (data=sparse_coding), which data.name=cifar10 with "
+        "callbacks.max_cosine needs a ground-truth dictionary (e.g. data.name=sparse_coding), which data.name=cifar10 with "
         "encoder.name=resnet18 does not provide; remove it with ~callbacks.max_cosine")
     code, out, err = run_cli("fit", "--config", "cifar10/simclr", "callbacks=default", "~callbacks.max_cosine",
                              "--print-config")
