@@ -33,6 +33,17 @@ TINY = [
 ]
 
 
+def error_line(code: int, err: str, out: str = "") -> str:
+    """The message of a refused CLI command: exit code 2, exactly one stderr line with the CLI's prefix, and no
+    traceback on either stream; returned without the prefix."""
+    assert code == 2, err
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ssl-bench: error: "), lines[0]
+    return lines[0].removeprefix("ssl-bench: error: ")
+
+
 @pytest.fixture(autouse=True)
 def _single_thread():
     """Every test runs on one intra-op thread (fit() also sets trainer.threads=1 by default)."""

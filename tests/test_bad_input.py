@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY
+from conftest import REPO, TINY, error_line
 
 from datamodules.cifar10 import FOLDER, CIFAR10DataModule, DatasetFileError, DatasetNotFoundError, write_cifar10_batches
 
@@ -107,16 +107,6 @@ CASES = [
 ]
 
 
-def error_line(code: int, out: str, err: str) -> str:
-    """The one stderr line of a refused command, without its prefix."""
-    assert code == 2, err
-    assert "Traceback" not in out + err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ssl-bench: error: "), lines[0]
-    return lines[0].removeprefix("ssl-bench: error: ")
-
-
 @pytest.mark.parametrize("command,argv,message", CASES)
 def test_bad_input_is_one_line_with_exit_2_and_writes_nothing(run_cli, tmp_path, command, argv, message):
     for name, text in USER_FILES.items():
@@ -124,7 +114,7 @@ def test_bad_input_is_one_line_with_exit_2_and_writes_nothing(run_cli, tmp_path,
     run_dir = tmp_path / "run"
     where = [f"run_dir={run_dir}"] if command == "fit" else ["--sweep-dir", str(run_dir)]
     code, out, err = run_cli(command, *(a.replace("{tmp}", str(tmp_path)) for a in argv), *where)
-    assert error_line(code, out, err) == message.replace("{tmp}", str(tmp_path))
+    assert error_line(code, err, out) == message.replace("{tmp}", str(tmp_path))
     assert not run_dir.exists()
 
 
@@ -180,7 +170,7 @@ def test_unreadable_cifar_file_through_the_cli(run_cli, cifar_root, tmp_path):
                              "method.projector_hidden_dim=8", "method.projector_dim=8", "trainer.max_epochs=1",
                              "trainer.precision=32-true", "trainer.progress=none", "logger=none",
                              f"run_dir={tmp_path / 'run'}")
-    message = error_line(code, out, err)
+    message = error_line(code, err, out)
     assert message.startswith(f"CIFAR-10 file {batch.absolute()} is truncated or not a pickled batch")
     assert not (tmp_path / "run").exists()  # the data is checked before the run directory is written
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY
+from conftest import REPO, TINY, error_line
 
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.sparse_coding import SparseCodingDataModule
@@ -34,15 +34,6 @@ METHODS = "adaptive_infonce, byol, directclr, simclr, simsiam"
 SPARSE_DATA_KEYS = {f.name for f in fields(SparseCodingDataModule.Config)}
 CIFAR_DATA_KEYS = {f.name for f in fields(CIFAR10DataModule.Config)}
 SIMCLR_KEYS = {f.name for f in fields(SimCLR.Config)}
-
-
-def error_line(code: int, err: str) -> str:
-    """The message of a CLI config error: exit code 2 and exactly one stderr line with the CLI's prefix."""
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ssl-bench: error: "), lines[0]
-    return lines[0].removeprefix("ssl-bench: error: ")
 
 
 def listed_keys(message: str, head: str) -> set[str]:

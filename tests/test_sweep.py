@@ -14,22 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, TINY
+from conftest import REPO, TINY, error_line
 
 from ssl_bench.cli import load
 from ssl_bench.config import to_yaml
 from ssl_bench.sweep import expand_grid, report
 
 TINY_SWEEP = [*TINY, "sweep.seeds=[1]"]
-
-
-def error_line(code: int, err: str) -> str:
-    """The message of a CLI error: exit code 2 and exactly one stderr line with the CLI's prefix."""
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ssl-bench: error: "), lines[0]
-    return lines[0].removeprefix("ssl-bench: error: ")
 
 
 def table_rows(table: str) -> list[list[str]]:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY
+from conftest import TINY
 
 DUMMY_KEY = "0" * 40
 WANDB_TINY = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb"]
