@@ -155,7 +155,8 @@ class SparseEncoder(nn.Module):
         weight.copy_((atoms + noise_std * torch.randn(atoms.shape, generator=generator)).to(weight))
 
     def after_optimizer_step(self) -> None:
-        self.normalize_weights(self.weight_norm)
+        if self.weight_norm != "none":
+            self.normalize_weights(self.weight_norm)
 
     @torch.no_grad()
     def normalize_weights(self, mode: str) -> None:
