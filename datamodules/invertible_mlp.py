@@ -87,7 +87,7 @@ def sample_noise(kind: str, scale: float, beta: float, size: tuple[int, ...], ge
     raise ValueError(f"unknown noise {kind!r}")
 
 
-def truncate_to_box(sample: Callable[[tuple[int, ...]], Tensor], centre: Tensor, generator: torch.Generator, low: float = 0.0,
+def truncate_to_box(sample: Callable[[tuple[int, ...]], Tensor], centre: Tensor, low: float = 0.0,
                     high: float = 1.0) -> Tensor:
     """``centre + e`` with every coordinate kept in ``[low, high]`` by redrawing its noise ``e = sample(n)`` until
     it lands inside (cl-ica's truncated rejection resampling, per coordinate)."""
@@ -130,9 +130,11 @@ def sample_vmf(mean: Tensor, kappa: float, generator: torch.Generator) -> Tensor
         ok = kappa * cand + (m - 1) * torch.log(1.0 - x0 * cand) - c >= torch.log(u)
         w[todo[ok]] = cand[ok]
         todo = todo[~ok]
-    mu = mean.to(dtype)
+    mu = torch.nn.functional.normalize(mean.to(dtype), dim=1)
     v = torch.randn(n, m, generator=generator, device=device, dtype=dtype)
-    v = torch.nn.functional.normalize(v - (v * mu).sum(1, keepdim=True) * mu, dim=1)
+    for _ in range(2):  # twice: v nearly parallel to mu leaves a small residual that one pass does not orthogonalize
+        v = v - (v * mu).sum(1, keepdim=True) * mu
+    v = torch.nn.functional.normalize(v, dim=1)
     x = w[:, None] * mu + (1.0 - w[:, None] ** 2).clamp_min(0).sqrt() * v
     return x.to(mean.dtype)
 
@@ -303,7 +305,7 @@ class InvertibleMLPDataModule(DataModule):
             return sample_noise(c.marginal, c.marginal_scale, c.marginal_beta, size, generator, device)
 
         if c.space == "box":
-            return truncate_to_box(noise, torch.full((n, c.d), 0.5, device=device), generator)
+            return truncate_to_box(noise, torch.full((n, c.d), 0.5, device=device))
         return noise((n, c.d))
 
     def sample_conditional(self, z: Tensor, generator: torch.Generator) -> Tensor:
@@ -316,7 +318,8 @@ class InvertibleMLPDataModule(DataModule):
         if c.style_change_prob >= 1:
             change[:, c.n_content:] = True
         else:
-            change[:, c.n_content:] = torch.rand(len(z), style, generator=generator, device=device) < c.style_change_prob
+            draw = torch.rand(len(z), style, generator=generator, device=device)
+            change[:, c.n_content:] = draw < c.style_change_prob
 
         def noise(size: tuple[int, ...]) -> Tensor:
             return sample_noise(c.style_noise, c.style_scale, c.style_beta, size, generator, device)
@@ -325,7 +328,7 @@ class InvertibleMLPDataModule(DataModule):
             return torch.where(change, z + noise(z.shape), z)
         if c.space == "box":
             out = z.clone()
-            out[change] = truncate_to_box(noise, z[change], generator)
+            out[change] = truncate_to_box(noise, z[change])
             return out
         # sphere: move the changing coordinates on their sub-sphere of radius r = |z_changing|
         moving = torch.where(change, z, torch.zeros_like(z))

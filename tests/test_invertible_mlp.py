@@ -87,10 +87,12 @@ def test_box_samples_stay_inside_the_box():
         assert t.min() >= 0 and t.max() <= 1
     assert torch.allclose(z.mean(0), torch.full((10,), 0.5), atol=0.02)
     assert torch.allclose(z.var(0), torch.full((10,), 1 / 12), atol=0.005)
-    truncated = make(space="box", marginal="normal", marginal_scale=1.0)
-    z, z_tilde = pairs(truncated, 20000)
-    assert z.min() >= 0 and z.max() <= 1 and z_tilde.min() >= 0 and z_tilde.max() <= 1
-    assert torch.allclose(z.mean(0), torch.full((10,), 0.5), atol=0.02)
+    for marginal, noise in (("normal", "laplace"), ("laplace", "generalized_normal")):
+        truncated = make(space="box", marginal=marginal, marginal_scale=1.0, style_noise=noise, style_scale=0.5)
+        z, z_tilde = pairs(truncated, 20000)
+        assert z.min() >= 0 and z.max() <= 1 and z_tilde.min() >= 0 and z_tilde.max() <= 1
+        assert torch.allclose(z.mean(0), torch.full((10,), 0.5), atol=0.02)
+        assert (z_tilde != z).all()
 
 
 @pytest.mark.parametrize("marginal,variance", [("normal", 0.25), ("laplace", 2 * 0.5**2),
@@ -129,7 +131,7 @@ def test_style_change_probability_is_respected():
     assert (z_tilde != z)[:, 2:].all()
 
 
-@pytest.mark.parametrize("d,kappa", [(3, 5.0), (10, 30.0), (10, 1.0)])
+@pytest.mark.parametrize("d,kappa", [(2, 3.0), (3, 5.0), (10, 30.0), (10, 1.0)])
 def test_vmf_mean_resultant_length(d, kappa):
     generator = torch.Generator().manual_seed(1)
     mu = torch.nn.functional.normalize(torch.randn(30000, d, generator=generator), dim=1)
@@ -219,7 +221,8 @@ def test_latent_probe_data_and_evaluation_inputs():
 
 @pytest.mark.parametrize("overrides,message", [
     (["data.n_content=11"], "data.n_content=11 is out of range; allowed: 0 to data.d=10"),
-    (["data.space=sphere", "data.style_noise=vmf", "data.style_scale=0"], "data.style_scale=0.0 (the vMF concentration"),
+    (["data.space=sphere", "data.style_noise=vmf", "data.style_scale=0"],
+     "data.style_scale=0.0 (the vMF concentration"),
     (["data.style_noise=vmf"], "data.style_noise=vmf needs data.space=sphere"),
     (["data.space=torus"], "data.space='torus' is not allowed; choose one of: box, sphere, real"),
     (["data.space=real"], "data.marginal='uniform' is not allowed with data.space=real"),
