@@ -236,7 +236,10 @@ def test_bad_values_are_one_line_errors(overrides, message):
     assert "\n" not in text and text.startswith(message), text
 
 
-def test_tiny_fit_through_the_cli(run_cli, tmp_path):
+@pytest.mark.parametrize("latents", [["data.space=box"],
+                                     ["data.space=sphere", "data.style_noise=vmf", "data.style_scale=10",
+                                      "data.style_change_prob=0.5"]])
+def test_tiny_fit_through_the_cli(run_cli, tmp_path, latents):
     experiment = tmp_path / "mlp_data.yaml"
     experiment.write_text("defaults:\n  - base\n  - override /data: invertible_mlp\n  - override /callbacks: images\n"
                           "  - _self_\nexperiment: invertible_mlp_tiny\n")
@@ -245,7 +248,7 @@ def test_tiny_fit_through_the_cli(run_cli, tmp_path):
                              "data.steps_per_epoch=2", "data.condition_draws=200", "data.eval_samples=64",
                              "encoder.width=8", "callbacks.spectrum.samples=64", "trainer.max_epochs=2",
                              "trainer.metrics_every_n_epochs=1", "trainer.progress=none", "logger=none",
-                             f"run_dir={run_dir}")
+                             f"run_dir={run_dir}", *latents)
     assert code == 0, err
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs"] == 2
