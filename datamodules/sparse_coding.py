@@ -90,7 +90,8 @@ class SparseCodingDataModule(DataModule):
     """Sparse-coding data (Eq. 1) with masking augmentation, held as device tensors.
 
     Ground truth for metric callbacks: ``dictionary`` (M, p x d), ``latents`` (z, n x d) and ``inputs`` (x, n x p);
-    the evaluation interface: ``evaluation_inputs``, ``num_classes`` and ``readout_dataloaders``.
+    the evaluation interface: ``evaluation_inputs``, ``num_classes``, ``readout_dataloaders``, ``latent_groups`` and
+    ``latent_probe_data``.
     """
 
     @dataclass
@@ -114,7 +115,7 @@ class SparseCodingDataModule(DataModule):
         drop_last: bool = False
 
         def provides(self) -> set[str]:
-            return {"vectors", "dictionary", *(("labels",) if self.latent == "one_hot" else ())}
+            return {"vectors", "dictionary", "latents", *(("labels",) if self.latent == "one_hot" else ())}
 
         def validate(self, prefix: str) -> None:
             for key in ("n", "p", "d", "batch_size"):
@@ -188,21 +189,36 @@ class SparseCodingDataModule(DataModule):
     def readout_dataloaders(self, batch_size: int) -> tuple[DataLoader, DataLoader] | None:
         """Train and test loaders of ``(x, index of the active atom)`` for one-hot latents, None otherwise.
 
-        Train is the datamodule's own data; test is a held-out sample of the same size, dictionary and noise level,
-        drawn from a generator seeded with ``seed + 2**32``, a stream no data seed starts (seeds lie below 2**32 in
-        Lightning). Each batch is one slice of the device tensors.
+        Train is the datamodule's own data; test is the held-out sample of :meth:`held_out`. Each batch is one slice
+        of the device tensors.
         """
         if self.latent != "one_hot":
             return None
+        splits = ((self.inputs, self.latents), self.held_out())
+        datasets = [TensorDataset(x, z.argmax(dim=1)) for x, z in splits]
+        return tuple(DataLoader(data, batch_size=None, sampler=BatchSampler(SequentialSampler(data), batch_size, False))
+                     for data in datasets)
+
+    def held_out(self) -> tuple[Tensor, Tensor]:
+        """A held-out sample ``(x, z)`` of the same size, dictionary and noise level as the data, on its device,
+        drawn from a generator seeded with ``seed + 2**32``, a stream no data seed starts (seeds lie below 2**32 in
+        Lightning)."""
         generator = torch.Generator().manual_seed(self.seed + 2**32)
         n, (p, d) = len(self.inputs), self.dictionary.shape
         latents = sample_latents(n, d, self.sparsity, self.latent, self.sampler, generator)
         inputs = latents @ self.dictionary.cpu().T + self.noise_std * torch.randn(n, p, generator=generator)
-        device = self.inputs.device
-        splits = ((self.inputs, self.latents), (inputs.to(device), latents.to(device)))
-        datasets = [TensorDataset(x, z.argmax(dim=1)) for x, z in splits]
-        return tuple(DataLoader(data, batch_size=None, sampler=BatchSampler(SequentialSampler(data), batch_size, False))
-                     for data in datasets)
+        return inputs.to(self.inputs.device), latents.to(self.inputs.device)
+
+    @property
+    def latent_groups(self) -> dict[str, list[int]]:
+        """The latents by kind, for the R^2 probe: every coordinate of ``z`` is one ``latent``."""
+        return {"latent": list(range(self.latent_dim))}
+
+    def latent_probe_data(self, num_samples: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """``((x, z), (x_test, z_test))``: the first ``num_samples`` inputs and latents of the data (all n if fewer)
+        and as many of the held-out sample of :meth:`held_out` (the test split of :meth:`readout_dataloaders`)."""
+        x_test, z_test = self.held_out()
+        return (self.inputs[:num_samples], self.latents[:num_samples]), (x_test[:num_samples], z_test[:num_samples])
 
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")

@@ -65,6 +65,7 @@ CAPABILITIES = {
     "dictionary": "a ground-truth dictionary (e.g. data.name=sparse_coding)",
     "first_layer_weight": "a first-layer weight matrix (e.g. encoder.name=sparse)",
     "labels": "labelled data",
+    "latents": "ground-truth latents (e.g. data.name=sparse_coding)",
 }
 """What parts provide and need, with the words an error uses for each."""
 

@@ -110,3 +110,51 @@ def fit_linear_readout(train_features: Tensor, train_labels: Tensor, test_featur
                 schedule.step()
     with torch.no_grad():
         return (classifier(x_test).argmax(dim=1) == y_test).float().mean().item()
+
+
+def r2_scores(train_features: Tensor, train_latents: Tensor, test_features: Tensor,
+              test_latents: Tensor) -> dict[str, Tensor]:
+    """Held-out R^2 and adjusted R^2 of a linear map with intercept from features to every latent.
+
+    The features ``X`` (n x k) are standardized with the train split's mean and standard deviation (constant
+    features are dropped); ``z_j ~ b_j + X w_j`` is fit by least squares on the train split, in float64 on the
+    features' device, as the minimum-norm solution through the eigendecomposition of ``X^T X``: eigenvalues below
+    ``(max(n, k) eps)^2`` times the largest (``eps`` the machine epsilon of the features' dtype) are rank deficiency,
+    e.g. a collapsed layer, and left out of the pseudo-inverse. On the m test samples, per latent j:
+
+    - ``R^2_j = 1 - SS_res / SS_tot``, ``SS_res = sum_i (z_ij - zhat_ij)^2``, ``SS_tot = sum_i (z_ij - mean_i z_ij)^2``;
+    - ``adjusted R^2_j = 1 - (1 - R^2_j) (m - 1) / (m - k - 1)`` with k the number of feature columns.
+
+    ``R^2`` is 1 for a latent that is an exact affine function of the features, about 0 (or below) for one that is
+    independent of them. A latent constant on the test split, adjusted R^2 with ``m <= k + 1`` and non-finite
+    features give NaN. Returns ``{"r2": (d,), "adjusted_r2": (d,)}`` (float64, on the features' device).
+    """
+    if train_features.ndim != 2 or test_features.ndim != 2 or train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(f"features must be n x k with the same k; got {tuple(train_features.shape)} and "
+                         f"{tuple(test_features.shape)}")
+    if train_latents.ndim != 2 or test_latents.ndim != 2 or len(train_latents) != len(train_features) \
+            or len(test_latents) != len(test_features) or train_latents.shape[1] != test_latents.shape[1]:
+        raise ValueError(f"latents must be n x d matching the features; got {tuple(train_latents.shape)} and "
+                         f"{tuple(test_latents.shape)}")
+    device = train_features.device
+    eps = torch.finfo(train_features.dtype).eps if train_features.is_floating_point() else 0.0
+    x_train, x_test = train_features.detach().double(), test_features.detach().to(device).double()
+    z_train, z_test = train_latents.detach().to(device).double(), test_latents.detach().to(device).double()
+    (m, k), d = x_test.shape, z_test.shape[1]
+    nan = torch.full((d,), math.nan, dtype=torch.float64, device=device)
+    if not (torch.isfinite(x_train).all() and torch.isfinite(x_test).all()):
+        return {"r2": nan, "adjusted_r2": nan.clone()}
+    mean, std = x_train.mean(dim=0), x_train.std(dim=0) if len(x_train) > 1 else torch.zeros(k, device=device)
+    scale = torch.where(std > 0, 1.0 / std.clamp_min(1e-300), torch.zeros_like(std))
+    x_train, x_test = (x_train - mean) * scale, (x_test - mean) * scale
+    z_mean = z_train.mean(dim=0)
+    eigenvalues, vectors = torch.linalg.eigh(x_train.T @ x_train)
+    cutoff = eigenvalues.max().clamp_min(0) * (max(len(x_train), k) * eps) ** 2
+    inverse = torch.where(eigenvalues > cutoff, 1.0 / eigenvalues.clamp_min(1e-300), torch.zeros_like(eigenvalues))
+    weight = vectors @ (inverse.unsqueeze(1) * (vectors.T @ (x_train.T @ (z_train - z_mean))))
+    residual = z_test - (z_mean + x_test @ weight)
+    ss_res = residual.pow(2).sum(dim=0)
+    ss_tot = (z_test - z_test.mean(dim=0)).pow(2).sum(dim=0)
+    r2 = torch.where(ss_tot > 0, 1.0 - ss_res / ss_tot.clamp_min(1e-300), nan)
+    adjusted = 1.0 - (1.0 - r2) * (m - 1) / (m - k - 1) if m - k - 1 > 0 else nan.clone()
+    return {"r2": r2, "adjusted_r2": adjusted}

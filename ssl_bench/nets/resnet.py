@@ -52,3 +52,14 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def layer_outputs(self, x: Tensor) -> list[Tensor]:
+        """The global-average-pooled output of each stage ``layer1`` ... ``layer4``, (B, channels) each; the last
+        is :meth:`forward`'s output."""
+        net = self.net
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        outputs = []
+        for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+            x = stage(x)
+            outputs.append(x.mean(dim=(2, 3)))
+        return outputs

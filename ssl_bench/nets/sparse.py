@@ -126,6 +126,14 @@ class SparseEncoder(nn.Module):
             a = layer(a)
         return a
 
+    def layer_outputs(self, a: Tensor) -> list[Tensor]:
+        """The output of every :class:`SparseLayer`, (B, width) each; the last is :meth:`forward`'s output."""
+        outputs = []
+        for layer in self.layers:
+            a = layer(a)
+            outputs.append(a)
+        return outputs
+
     @torch.no_grad()
     def initialize(self, generator: torch.Generator, init_std: float | None, dictionary_dim: int,
                    zero_bias: bool) -> None:
