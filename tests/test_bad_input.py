@@ -14,6 +14,8 @@ import pytest
 from conftest import REPO, TINY, error_line
 
 from datamodules.cifar10 import FOLDER, CIFAR10DataModule, DatasetFileError, DatasetNotFoundError, write_cifar10_batches
+from ssl_bench import registry
+from ssl_bench.cli import available_configs
 
 NEEDS_BASE = "needs a defaults list starting with base: begin {tmp}/plain.yaml with `defaults: [base, _self_]`"
 FIX_OVERRIDE = ("write KEY=VALUE with a dotted KEY such as data.n, and quote a VALUE that holds = , [ ] { } or spaces: "
@@ -30,6 +32,9 @@ USER_FILES = {
     "notes.txt": "defaults: [base, _self_]\n",
 }
 """User config files (``--config {tmp}/NAME``) that every case below finds in its temporary directory."""
+
+
+OPTIONS = available_configs()[1]
 
 
 def case(argv: str, message: str, command: str = "fit") -> pytest.param:
@@ -75,14 +80,14 @@ CASES = [
          "hydra.foo=1 sets hydra.foo, which is not a key of the config; drop the override"),
     case("--config quickstart optim.lr=inf", "optim.lr=inf must be a finite number > 0"),
     # config groups
-    case("--config quickstart method=nosuch", "method=nosuch is not a config of group method; choose one of: "
-         "adaptive_infonce, byol, directclr, simclr, simsiam"),
-    case("--config quickstart data=", "data= does not name a config of group data; choose one of: cifar10, "
-         "sparse_coding"),
+    case("--config quickstart method=nosuch",
+         f"method=nosuch is not a config of group method; choose one of: {', '.join(OPTIONS['method'])}"),
+    case("--config quickstart data=", f"data= does not name a config of group data; choose one of: "
+         f"{', '.join(OPTIONS['data'])}"),
     case("--config quickstart callbacks=[1]",
-         "callbacks=[1] does not name a config of group callbacks; choose one of: default, images"),
-    case("--config quickstart method.name=[1]", "method.name=[1] is not a name; choose one of: adaptive_infonce, byol, "
-         "directclr, simclr, simsiam"),
+         f"callbacks=[1] does not name a config of group callbacks; choose one of: {', '.join(OPTIONS['callbacks'])}"),
+    case("--config quickstart method.name=[1]",
+         f"method.name=[1] is not a name; choose one of: {', '.join(registry.names('method'))}"),
     # the run's own keys and typed values
     case("--config quickstart seed=-1", "seed=-1 is out of range; allowed: [0, 4294967295]"),
     case("--config quickstart seed=4294967296", "seed=4294967296 is out of range; allowed: [0, 4294967295]"),
