@@ -154,6 +154,10 @@ class CallbackConfig:
     def validate(self, prefix: str) -> None:
         """Check this callback's own values."""
 
+    def required(self) -> tuple[str, ...]:
+        """The capabilities this callback needs with these values (by default :attr:`needs`)."""
+        return self.needs
+
 
 @dataclass
 class TrainerConfig:
@@ -282,15 +286,17 @@ class RunConfig(RunKeys):
     def check_capabilities(self) -> None:
         """Every part's needs are met by what the data and the encoder provide."""
         available = self.data.provides() | self.encoder.provides()
-        users = [(f"encoder.name={self.encoder.name}", self.encoder.required(), ""),
-                 (f"method.name={self.method.name}", self.method.required(), ""),
-                 *((f"callbacks.{name}", callback.needs, f"; remove it with ~callbacks.{name}")
+        users = [(f"encoder.name={self.encoder.name}", self.encoder, ""),
+                 (f"method.name={self.method.name}", self.method, ""),
+                 *((f"callbacks.{name}", callback, f"; remove it with ~callbacks.{name}")
                    for name, callback in self.callbacks.items())]
-        for who, needs, hint in users:
-            for need in needs:
+        for who, part, hint in users:
+            for need in part.required():
                 if need in available:
                     continue
-                if need in ("vectors", "images"):
+                if need not in part.needs:
+                    hint = f"; turn off the {who} option that needs it"
+                elif need in ("vectors", "images"):
                     kind = "images" if "images" in available else "vectors"
                     readers = [name for name in registry.names("encoder")
                                if kind in registry.lookup("encoder", name).Config.needs]

@@ -277,3 +277,30 @@ def test_frozen_representations_run_in_eval_mode_and_restore_every_submodule():
     assert not features["backbone"].requires_grad
     with torch.no_grad():
         torch.testing.assert_close(features["projector"], method.projector(method.backbone(x)))
+
+
+def test_weight_spectrum_of_the_first_layer(run_cli, tmp_path):
+    """``callbacks.spectrum.weights`` records the first-layer weight's singular values over the largest, the same as
+    a direct SVD of the checkpointed weight."""
+    from conftest import TINY
+
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli("fit", "--config", "quickstart", *TINY, "callbacks.spectrum.weights=true",
+                             "trainer.checkpoint_every_n_epochs=1", f"run_dir={run_dir}")
+    assert code == 0, err
+    weight = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"][
+        "method.encoder.layers.0.linear.weight"].double()
+    s = np.linalg.svd(weight.numpy(), compute_uv=False)
+    record = json.loads((run_dir / "spectra.jsonl").read_text().splitlines()[-1])
+    np.testing.assert_allclose(record["weight"], s / s.max(), rtol=1e-6, atol=1e-9)
+    metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
+    assert metrics["spectrum/weight_effective_rank"] == pytest.approx(effective_rank(torch.from_numpy(s)))
+    assert metrics["spectrum/weight_rank"] == min(weight.shape)
+
+
+def test_weight_spectrum_needs_a_first_layer_weight(run_cli):
+    code, out, err = run_cli("fit", "--config", "cifar10/simclr", "callbacks.spectrum.weights=true", "--print-config")
+    assert code == 2
+    assert err.strip() == ("ssl-bench: error: callbacks.spectrum needs a first-layer weight matrix (e.g. "
+                           "encoder.name=sparse), which data.name=cifar10 with encoder.name=resnet18 does not provide; "
+                           "turn off the callbacks.spectrum option that needs it")

@@ -54,6 +54,10 @@ class EigenSpectrum(Callback):
     the covariance is rounding noise, below :data:`ssl_bench.metrics.NOISE_FLOOR`, and both ranks read 0. Non-finite
     embeddings (a diverging model) log every scalar as NaN and record no spectrum. Reads
     ``module.method.representations`` and ``trainer.datamodule.evaluation_inputs``; nothing else.
+
+    With ``weights``, also the spectrum of the encoder's first-layer weight ``W`` (the whole map of a linear
+    encoder; Rusak et al. 2022, Fig. 1 left): its singular values divided by the largest go to ``spectra.jsonl``
+    (key ``weight``) and W&B, and ``spectrum/weight_effective_rank`` and ``spectrum/weight_rank`` are logged.
     """
 
     @dataclass
@@ -61,10 +65,14 @@ class EigenSpectrum(Callback):
         samples: int = 2048
         tolerance: float = 1e-4
         batch_size: int = 512
+        weights: bool = False
 
         def validate(self, prefix: str) -> None:
             for key in ("samples", "tolerance", "batch_size"):
                 check_positive(f"{prefix}.{key}", getattr(self, key))
+
+        def required(self) -> tuple[str, ...]:
+            return (*self.needs, "first_layer_weight") if self.weights else self.needs
 
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
         self._inputs: Tensor | None = None
@@ -87,6 +95,12 @@ class EigenSpectrum(Callback):
             module.log(f"spectrum/rank{suffix}", float(numerical_rank(spectra[kind], self.config.tolerance)),
                        rank_zero_only=True)
             module.log(f"collapse/std_l2{suffix}", std_l2(embeddings[kind]), rank_zero_only=True)
+        if self.config.weights:
+            weight = torch.linalg.svdvals(module.method.encoder.first_layer_weight.detach().double())
+            spectra["weight"] = weight / weight.max()
+            module.log("spectrum/weight_effective_rank", effective_rank(weight), rank_zero_only=True)
+            module.log("spectrum/weight_rank", float(numerical_rank(weight, self.config.tolerance)),
+                       rank_zero_only=True)
         if trainer.is_global_zero:
             self._record(trainer, trainer.current_epoch + 1, {kind: s.cpu() for kind, s in spectra.items()})
 
