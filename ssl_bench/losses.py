@@ -8,6 +8,8 @@ and the DDP-averaged gradients, equal one process's over the global batch.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -39,14 +41,20 @@ def scale_embedding(z: Tensor, temperature: float | Tensor, normalize: bool = Tr
     return u * torch.as_tensor(temperature, dtype=u.dtype, device=u.device).rsqrt()
 
 
-def nt_xent(z1: Tensor, z2: Tensor, temperature: float | Tensor, normalize: bool = True) -> Tensor:
-    """NT-Xent over the 2B views (SimCLR, Chen et al. 2020, Eq. 1; Pokle et al. 2022, Eq. 9).
+class InfoNCETerms(NamedTuple):
+    """An InfoNCE loss and its two summands, ``loss = alignment + uniformity`` (Wang & Isola 2020; the columns
+    ``L_align``, ``L_uniform`` and ``L_CL`` of Rusak et al. 2022, Table 1): ``alignment = mean_i -s(a_i, a_i+)``
+    and ``uniformity = mean_i log sum_{j in D_i} exp s(a_i, c_j)``, where the denominator ``D_i`` holds the positive
+    and the negatives. Each term is a differentiable scalar."""
 
-    With ``u = [n(z1); n(z2)]`` and ``s_ij = u_i . u_j / tau``, anchor ``i`` with positive partner ``i+`` contributes
-    ``-log( exp(s_{i,i+}) / sum_{j != i} exp(s_ij) )``; the loss is the mean over the 2B anchors. A per-dimension
-    ``temperature`` (shape m) gives ``s_ij = sum_k u_ik u_jk / tau_k`` (Rusak et al. 2022). Self-similarity is excluded from
-    every denominator. Under DDP the candidates ``j`` run over the views of all processes.
-    """
+    loss: Tensor
+    alignment: Tensor
+    uniformity: Tensor
+
+
+def _nt_xent_logits(z1: Tensor, z2: Tensor, temperature: float | Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
+    """The NT-Xent logits of every local anchor against its candidates (self-similarity left out or -inf) and the
+    column of its positive."""
     u1, u2 = scale_embedding(z1, temperature, normalize), scale_embedding(z2, temperature, normalize)
     rank, world_size = world()
     batch = z1.shape[0]
@@ -57,7 +65,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float | Tensor, normalize: bool
         off_diagonal = logits.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
         anchors = torch.arange(n, device=u.device)
         partner = anchors.roll(batch)
-        return F.cross_entropy(off_diagonal, partner - (partner > anchors).long())
+        return off_diagonal, partner - (partner > anchors).long()
     candidates = torch.cat([gather(u1), gather(u2)])
     total = candidates.shape[0] // 2
     local = torch.arange(batch, device=u1.device) + rank * batch
@@ -65,7 +73,88 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float | Tensor, normalize: bool
     partner = torch.cat([local + total, local])
     logits = torch.cat([u1, u2]) @ candidates.T
     logits = logits.masked_fill(F.one_hot(own, 2 * total).bool(), float("-inf"))
-    return F.cross_entropy(logits, partner)
+    return logits, partner
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float | Tensor, normalize: bool = True) -> Tensor:
+    """NT-Xent over the 2B views (SimCLR, Chen et al. 2020, Eq. 1; Pokle et al. 2022, Eq. 9).
+
+    With ``u = [n(z1); n(z2)]`` and ``s_ij = u_i . u_j / tau``, anchor ``i`` with positive partner ``i+`` contributes
+    ``-log( exp(s_{i,i+}) / sum_{j != i} exp(s_ij) )``; the loss is the mean over the 2B anchors. A per-dimension
+    ``temperature`` (shape m) gives ``s_ij = sum_k u_ik u_jk / tau_k`` (Rusak et al. 2022). Self-similarity is excluded from
+    every denominator. Under DDP the candidates ``j`` run over the views of all processes.
+    """
+    logits, positive = _nt_xent_logits(z1, z2, temperature, normalize)
+    return F.cross_entropy(logits, positive)
+
+
+def nt_xent_terms(z1: Tensor, z2: Tensor, temperature: float | Tensor, normalize: bool = True) -> InfoNCETerms:
+    """:func:`nt_xent` split into ``alignment = mean_i -s_{i,i+}`` and ``uniformity = mean_i log sum_{j != i}
+    exp(s_ij)`` over the 2B anchors; ``loss`` is exactly :func:`nt_xent`'s value (the terms add up to it to
+    rounding)."""
+    logits, positive = _nt_xent_logits(z1, z2, temperature, normalize)
+    alignment = -logits.gather(1, positive[:, None]).mean()
+    return InfoNCETerms(F.cross_entropy(logits, positive), alignment, torch.logsumexp(logits, dim=1).mean())
+
+
+def lp_distances(a: Tensor, b: Tensor, temperature: float | Tensor, p: float) -> Tensor:
+    """``D_ij = sum_k |a_ik - b_jk|^p / tau_k`` for every pair of rows of ``a`` (n x m) and ``b`` (n' x m).
+
+    ``temperature`` is a scalar or one value per dimension. Memory is n x n' x m. For ``p < 1`` differences are
+    floored at the smallest normal float, so that ``|x|^p`` has a finite (zero) gradient at ``x = 0``.
+    """
+    return _lp(a[:, None, :] - b[None, :, :], temperature, p)
+
+
+def _lp(difference: Tensor, temperature: float | Tensor, p: float) -> Tensor:
+    """``sum_k |x_k|^p / tau_k`` over the last dimension of ``difference``."""
+    magnitude = difference.abs()
+    if p < 1:
+        magnitude = magnitude.clamp_min(torch.finfo(magnitude.dtype).tiny)
+    tau = torch.as_tensor(temperature, dtype=magnitude.dtype, device=magnitude.device)
+    return (magnitude.pow(p) / tau).sum(dim=-1)
+
+
+def _anchor_info_nce(positive: Tensor, negatives: Tensor, include_self: bool) -> InfoNCETerms:
+    """InfoNCE terms from the positive logits (b) and the logits against every process's anchors (b x N); the
+    anchor's own column is dropped unless ``include_self``."""
+    if not include_self:
+        rank, _ = world()
+        own = torch.arange(positive.shape[0], device=positive.device) + rank * positive.shape[0]
+        negatives = negatives.masked_fill(F.one_hot(own, negatives.shape[1]).bool(), float("-inf"))
+    alignment = -positive.mean()
+    uniformity = torch.logsumexp(torch.cat([positive[:, None], negatives], dim=1), dim=1).mean()
+    return InfoNCETerms(alignment + uniformity, alignment, uniformity)
+
+
+def lp_info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor, p: float = 2.0,
+                include_self: bool = False) -> InfoNCETerms:
+    """The l_p InfoNCE for unnormalized embeddings (Zimmermann et al. 2021; Rusak et al. 2022, Eqs. 1 and 4).
+
+    Similarity ``s(a, b) = -sum_k |a_k - b_k|^p / tau_k`` (``-||a - b||_p^p / tau`` for a scalar ``tau``; Eq. 4 is
+    ``p = 2``, ``tau = 2``). Anchors are the rows of ``z1``, the positive of anchor ``i`` is ``z2_i`` and its
+    negatives are the other anchors ``z1_j`` (``j != i``, drawn from the marginal as in Eq. 4 and cl-ica, which pairs
+    every ``h(z1_i)`` with every row of the rolled batch ``h(z1)``); the denominator holds the positive as well:
+
+        l_i = -log( exp s(z1_i, z2_i) / (exp s(z1_i, z2_i) + sum_{j != i} exp s(z1_i, z1_j)) )
+            = ||z1_i - z2_i||_p^p / tau + log( exp s(z1_i, z2_i) + sum_{j != i} exp s(z1_i, z1_j) ).
+
+    ``alignment`` is the mean of the first summand (>= 0), ``uniformity`` the mean of the second (a log-sum-exp, no
+    ``- log M``), and ``loss = alignment + uniformity`` is their mean over the anchors: the box columns of Table 1.
+    ``include_self`` keeps ``j = i`` (``s = 0``) among the negatives, as cl-ica's full matrix against the rolled batch
+    does. Under DDP the negatives run over the anchors of all processes (:func:`gather`).
+    """
+    positive = -_lp(z1 - z2, temperature, p)
+    return _anchor_info_nce(positive, -lp_distances(z1, gather(z1), temperature, p), include_self)
+
+
+def cosine_info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor, normalize: bool = True,
+                    include_self: bool = False) -> InfoNCETerms:
+    """The InfoNCE of :func:`lp_info_nce` with the cosine similarity ``s(a, b) = sum_k n(a)_k n(b)_k / tau_k`` (the
+    sphere columns of Rusak et al. 2022, Table 1; cl-ica's ``SimCLRLoss``): anchors ``z1``, positives ``z2``,
+    negatives the other anchors; ``alignment = mean_i -s(z1_i, z2_i)`` can be negative."""
+    u1, u2 = scale_embedding(z1, temperature, normalize), scale_embedding(z2, temperature, normalize)
+    return _anchor_info_nce((u1 * u2).sum(dim=1), u1 @ gather(u1).T, include_self)
 
 
 def info_nce(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:

@@ -1,4 +1,4 @@
-"""InfoNCE with a temperature per embedding dimension or group of dimensions (Rusak et al. 2022)."""
+"""InfoNCE with a temperature per embedding dimension or group of dimensions, cosine or l_p (Rusak et al. 2022)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ssl_bench.config import ConfigError, MethodConfig, check_positive
-from ssl_bench.losses import nt_xent, standardize
+from ssl_bench.config import ConfigError, MethodConfig, check_choice, check_positive
+from ssl_bench.losses import InfoNCETerms, lp_info_nce, nt_xent_terms, standardize
 from ssl_bench.methods.base import Method
 from ssl_bench.nets.heads import ProjectorKeys
 from ssl_bench.registry import register
@@ -27,6 +27,17 @@ class AdaptiveInfoNCE(Method):
     ``normalize``, else ``z``; ``standardize`` first maps every dimension to zero mean and unit variance over the
     batch (:func:`ssl_bench.losses.standardize`), the "w/o normalization" rows of Rusak et al.'s Table 2.
     ``temperatures=null`` uses the single ``temperature``.
+
+    ``similarity=lp`` uses the l_p InfoNCE of the box and R^d latents instead (:func:`ssl_bench.losses.lp_info_nce`,
+    Rusak et al. 2022, Eq. 4; Zimmermann et al. 2021): ``s(a, b) = -sum_k |a_k - b_k|^p / tau_k``, anchors ``view1``,
+    positives ``view2``, negatives the other anchors; ``p`` is read only by lp. ``normalize=null`` means true for
+    cosine and false for lp; an explicit ``normalize=true`` with lp measures l_p distances between l2-normalized
+    embeddings (``standardize`` applies before either similarity). The rows of
+    Rusak et al.'s setting put ``tau_c`` on the first ``n_content`` dimensions and ``tau_s`` on the rest:
+    ``temperatures=[tau_c, tau_s]``, ``temperature_groups=[n_content, m - n_content]``.
+
+    Logged per epoch (means over the steps since the last log): ``train/alignment`` and ``train/uniformity``, the
+    summands of the loss (:class:`ssl_bench.losses.InfoNCETerms`), and the temperatures.
     """
 
     @dataclass
@@ -35,15 +46,24 @@ class AdaptiveInfoNCE(Method):
         temperatures: Optional[list[float]] = None
         temperature_groups: Optional[list[int]] = None
         learn_temperature: bool = False
-        normalize: bool = True
+        normalize: Optional[bool] = None
         standardize: bool = False
+        similarity: str = "cosine"
+        p: float = 2.0
 
         @property
         def group_temperatures(self) -> list[float]:
             return list(self.temperatures) if self.temperatures is not None else [self.temperature]
 
+        @property
+        def normalizes(self) -> bool:
+            """Whether embeddings are l2-normalized: ``normalize``, or by default only for the cosine similarity."""
+            return self.similarity == "cosine" if self.normalize is None else self.normalize
+
         def validate(self, prefix: str) -> None:
             self.validate_projector(prefix)
+            check_choice(f"{prefix}.similarity", self.similarity, ("cosine", "lp"))
+            check_positive(f"{prefix}.p", self.p)
             check_positive(f"{prefix}.temperature", self.temperature)
             if self.temperatures is not None:
                 if not self.temperatures:
@@ -79,7 +99,10 @@ class AdaptiveInfoNCE(Method):
         self.register_buffer("group_sizes", torch.tensor(groups), persistent=False)
         self.log_temperatures = nn.Parameter(torch.tensor(config.group_temperatures).log(),
                                              requires_grad=config.learn_temperature)
-        self.normalize, self.standardize = config.normalize, config.standardize
+        self.normalize, self.standardize = config.normalizes, config.standardize
+        self.similarity, self.p = config.similarity, config.p
+        self._term_sums: Tensor | None = None
+        self._term_steps = 0
 
     @property
     def temperatures(self) -> Tensor:
@@ -97,7 +120,25 @@ class AdaptiveInfoNCE(Method):
         z1, z2 = self.projector(f1), self.projector(f2)
         if self.standardize:
             z1, z2 = standardize(z1), standardize(z2)
-        return nt_xent(z1, z2, self.temperatures, normalize=self.normalize), f1
+        terms = self.loss_terms(z1, z2)
+        summands = torch.stack([terms.alignment, terms.uniformity]).detach()
+        self._term_sums = summands if self._term_sums is None else self._term_sums + summands
+        self._term_steps += 1
+        return terms.loss, f1
+
+    def loss_terms(self, z1: Tensor, z2: Tensor) -> InfoNCETerms:
+        """The loss of the embeddings ``z1``, ``z2`` (after standardization) with its alignment and uniformity."""
+        if self.similarity == "lp":
+            if self.normalize:
+                z1, z2 = nn.functional.normalize(z1, dim=1), nn.functional.normalize(z2, dim=1)
+            return lp_info_nce(z1, z2, self.temperatures, p=self.p)
+        return nt_xent_terms(z1, z2, self.temperatures, normalize=self.normalize)
 
     def epoch_metrics(self) -> dict[str, float | Tensor]:
-        return {f"train/temperature_{k}": tau for k, tau in enumerate(self.log_temperatures.detach().exp())}
+        metrics: dict[str, float | Tensor] = {f"train/temperature_{k}": tau
+                                              for k, tau in enumerate(self.log_temperatures.detach().exp())}
+        if self._term_sums is not None:
+            alignment, uniformity = (self._term_sums / self._term_steps).unbind()
+            metrics.update({"train/alignment": alignment, "train/uniformity": uniformity})
+            self._term_sums, self._term_steps = None, 0
+        return metrics
