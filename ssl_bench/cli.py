@@ -1,4 +1,4 @@
-"""``ssl-bench fit|sweep|report``: compose Hydra configs, validate them, run.
+"""``ssl-bench fit|sweep|report|evaluate``: compose Hydra configs, validate them, run.
 
 Start-up is light: ``--help`` reads only the config folder, and composing and checking a config imports the
 registered parts' files (torch) but neither Lightning nor torchvision; those load when a run starts.
@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
     help_text = configs_help()
     parser = argparse.ArgumentParser(prog="ssl-bench", description="Collapse studies of self-supervised learning.",
                                      epilog=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{fit,sweep,report}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{fit,sweep,report,evaluate}")
     for command, text in (("fit", "train one run"), ("sweep", "run an experiment's grid x seeds, print its table")):
         sub = commands.add_parser(command, help=text, description=text, epilog=help_text,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -259,6 +259,15 @@ def _parser() -> argparse.ArgumentParser:
                              help="run every run again, replacing those in --sweep-dir even if made with other settings")
         if command == "fit":
             sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    text = ("InfoNCE, alignment and uniformity of the config's encoder (trained weights from trainer.resume=PATH, "
+            "else as built, e.g. encoder=inverse for f = g^-1) on fresh positive pairs of its data: JSON on stdout, "
+            "one line on stderr")
+    evaluate = commands.add_parser("evaluate", help="InfoNCE, alignment and uniformity of an encoder on fresh pairs",
+                                   description=text, epilog=help_text,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("--config", required=True, help="experiment config name or path to a YAML file")
+    evaluate.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. encoder=inverse data.space=sphere")
+    evaluate.add_argument("--samples", type=int, default=10000, help="positive pairs drawn (default 10000)")
     text = ("print the table of a finished or partial sweep directory: per grid point, the runs that finished (the "
             "others counted as diverged, failed, interrupted or missing) and the mean ± std of their final metrics")
     report = commands.add_parser("report", help="print the table of a finished or partial sweep directory",
@@ -337,6 +346,15 @@ def command(argv: list[str] | None = None) -> int:
             print(report(args.sweep_dir))
             return 0
         cfg = load(args.config, args.overrides)
+        if args.command == "evaluate":
+            import json
+
+            from ssl_bench.evaluate import evaluate, table_line
+
+            result = evaluate(cfg, samples=args.samples)
+            print(json.dumps(result))
+            print(table_line(result), file=sys.stderr)
+            return 0
         if args.command == "fit":
             if args.print_config:
                 from ssl_bench.config import to_yaml
