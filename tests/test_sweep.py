@@ -240,8 +240,8 @@ def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_the_interrupted_run(tmp_path
     (exit 130); the same command again resumes the interrupted run from its last checkpoint and runs the rest."""
     sweep_dir = tmp_path / "sweep"
     args = [sys.executable, "-m", "ssl_bench.cli", "sweep", "--config", "quickstart",
-            *[o for o in TINY if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=200",
-            "trainer.checkpoint_every_n_epochs=1", "sweep.seeds=[1,2]", "--sweep-dir", str(sweep_dir)]
+            *[o for o in TINY if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=100",
+            "trainer.checkpoint_every_n_epochs=2", "sweep.seeds=[1,2]", "--sweep-dir", str(sweep_dir)]
     proc = subprocess.Popen(args, cwd=tmp_path, env=sweep_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     first = sweep_dir / "default" / "seed1"
@@ -268,7 +268,7 @@ def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_the_interrupted_run(tmp_path
     assert "0 already finished; running 2" in proc.stdout
     for seed in (1, 2):
         summary = json.loads((sweep_dir / "default" / f"seed{seed}" / "summary.json").read_text())
-        assert summary["status"] == "finished" and summary["epochs"] == 200, summary
+        assert summary["status"] == "finished" and summary["epochs"] == 100, summary
     assert yaml.safe_load((first / "config.yaml").read_text())["trainer"]["resume"] == "auto"
     steps = [json.loads(line)["step"] for line in (first / "metrics.jsonl").read_text().splitlines()]
     assert all(a < b for a, b in zip(steps, steps[1:])), steps  # the history goes on, no line doubled
