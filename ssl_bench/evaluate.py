@@ -134,5 +134,5 @@ def table_line(result: dict[str, Any]) -> str:
     """One line: what was evaluated and its three terms."""
     what = "trained f" if result["checkpoint"] else f"encoder={result['encoder']}"
     return (f"{what} on {result['space']} (seed {result['seed']}, {result['samples']} pairs, {result['similarity']}):"
-            f" alignment {result['alignment']:.4f} | uniformity {result['uniformity']:.4f} | "
-            f"InfoNCE {result['loss']:.4f}")
+            f" alignment {result['alignment']:.4g} | uniformity {result['uniformity']:.4g} | "
+            f"InfoNCE {result['loss']:.4g}")
