@@ -25,7 +25,7 @@ class InverseEncoder(nn.Module):
     @dataclass
     class Config(EncoderConfig):
         output_dim: int = 10
-        needs = ("vectors", "latents")
+        needs = ("latents",)  # not "vectors": it is no general vector encoder to suggest for vector inputs
 
         def validate(self, prefix: str) -> None:
             check_positive(f"{prefix}.output_dim", self.output_dim)
