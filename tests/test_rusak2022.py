@@ -35,10 +35,13 @@ def test_inverse_encoder_recovers_the_latents_of_g(space):
     assert list(encoder.parameters()) == []
     x = data.mixing(z)
     assert (x - z).abs().max() > 0.1  # g is not the identity
-    torch.testing.assert_close(encoder(x), z, atol=1e-10, rtol=0)
-    [output] = encoder.layer_outputs(x)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(x), z, atol=1e-10, rtol=0)
+    [output] = encoder.eval().layer_outputs(x)
     torch.testing.assert_close(output, z, atol=1e-10, rtol=0)
     assert encoder.output_dim == 5
+    with pytest.raises(ConfigError, match="^encoder.name=inverse .f = g.-1. has nothing to train"):
+        encoder.train()(x)  # a training step: refused in one line rather than failing in backward
 
 
 def test_inverse_encoder_refuses_another_width_and_data_without_unmixing():

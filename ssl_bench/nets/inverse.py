@@ -52,4 +52,8 @@ class InverseEncoder(nn.Module):
         return [self(x)]
 
     def forward(self, x: Tensor) -> Tensor:
+        """``g^-1(x)``; refused in training mode with gradients on, since there is nothing to train."""
+        if self.training and torch.is_grad_enabled():
+            raise ConfigError("encoder.name=inverse (f = g^-1) has nothing to train; evaluate it with `ssl-bench "
+                              "evaluate`, or fit a trainable encoder, e.g. encoder=mlp")
         return self.unmixing(x)
