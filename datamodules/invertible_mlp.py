@@ -29,6 +29,7 @@ from torch import Tensor
 from datamodules.base import DataModule
 from datamodules.epochs import WholeEpochs, epoch_seed, shard
 from ssl_bench.config import ConfigError, DataConfig, check_choice, check_positive, check_range
+from ssl_bench.errors import DataError
 from ssl_bench.registry import register
 from ssl_bench.views import Views
 
@@ -155,6 +156,10 @@ def condition_numbers(w: Tensor) -> Tensor:
     return s[..., 0] / s[..., -1]
 
 
+MAX_REDRAW_ROUNDS = 100
+"""Rounds of ``condition_draws`` candidates a mixing layer may take before :func:`draw_mixing_weights` gives up."""
+
+
 def draw_mixing_weights(d: int, layers: int, quantile: float, draws: int,
                         generator: torch.Generator) -> tuple[list[Tensor], float]:
     """``layers`` column-normalized uniform matrices, each redrawn until its condition number is at most the
@@ -162,10 +167,15 @@ def draw_mixing_weights(d: int, layers: int, quantile: float, draws: int,
     pool = condition_numbers(column_normalized_uniform(draws, d, generator)).sort().values
     threshold = float(pool[min(int(draws * quantile), draws - 1)])
     weights: list[Tensor] = []
-    while len(weights) < layers:
+    for _ in range(MAX_REDRAW_ROUNDS):
+        if len(weights) == layers:
+            break
         candidates = column_normalized_uniform(draws, d, generator)
         fine = (condition_numbers(candidates) <= threshold).nonzero().flatten()
         weights += [candidates[i] for i in fine[: layers - len(weights)].tolist()]
+    if len(weights) < layers:
+        raise DataError(f"no {d}x{d} mixing matrix out of {MAX_REDRAW_ROUNDS} x {draws} draws reached the condition "
+                        f"number {threshold:.4g} (data.condition_quantile={quantile}); raise data.condition_quantile")
     return weights, threshold
 
 
@@ -199,7 +209,7 @@ class InvertibleMLPDataModule(DataModule):
         style_change_prob: float = 1.0
         mixing: str = "mlp"
         mixing_layers: int = 3
-        condition_quantile: float = 0.0
+        condition_quantile: float = 0.25
         condition_draws: int = 25000
         steps_per_epoch: int = 100
         batch_size: int = 6144

@@ -254,3 +254,16 @@ def test_tiny_fit_through_the_cli(run_cli, tmp_path, latents):
     assert summary["status"] == "finished" and summary["epochs"] == 2
     assert math.isfinite(summary["metrics"]["train/loss"])
     assert "spectrum/effective_rank" in summary["metrics"]
+
+
+def test_a_mixing_draw_that_never_meets_its_threshold_is_one_line(monkeypatch):
+    import datamodules.invertible_mlp as invertible_mlp
+    from ssl_bench.errors import DataError
+
+    monkeypatch.setattr(invertible_mlp, "MAX_REDRAW_ROUNDS", 0)
+    with pytest.raises(DataError) as error:
+        make()
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("no 10x10 mixing matrix out of 0 x ") and message.endswith(
+        "; raise data.condition_quantile")
