@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ssl_bench.checkpoint import read_checkpoint
 from ssl_bench.config import ConfigError, RunConfig
 from ssl_bench.losses import InfoNCETerms, cosine_info_nce, lp_distances, lp_info_nce, scale_embedding, standardize
 from ssl_bench.registry import lookup
@@ -68,25 +69,10 @@ def info_nce_terms(z1: Tensor, z2: Tensor, similarity: str, temperatures: Tensor
 def load_trained(method: torch.nn.Module, path: Path) -> None:
     """Load the ``method.*`` weights of the Lightning checkpoint ``path`` that ``ssl-bench fit`` wrote into ``method``;
     a one-line :class:`ConfigError` when it is not one or holds another model."""
-    key = f"trainer.resume={path}"
-    if not path.is_file():
-        raise ConfigError(f"{key} is not a file; point it to a checkpoints/last.ckpt of a run directory")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001  (whatever torch.load raises: the file is not a checkpoint)
-        raise ConfigError(f"{key} is not a readable checkpoint ({type(err).__name__}); point it to a last.ckpt that "
-                          "ssl-bench fit wrote") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"{key} is not a Lightning checkpoint; point it to a last.ckpt that ssl-bench fit wrote")
-    state = {k.removeprefix("method."): v for k, v in checkpoint["state_dict"].items() if k.startswith("method.")}
-    expected = method.state_dict()
-    differing = sorted(k for k in expected.keys() | state.keys()
-                       if tuple(getattr(expected.get(k), "shape", ())) != tuple(getattr(state.get(k), "shape", ()))
-                       or (k in expected) != (k in state))
-    if differing:
-        raise ConfigError(f"{key} holds another model ({len(differing)} parameters differ, e.g. {differing[0]}); "
-                          "evaluate with the config and overrides of the run that wrote it")
-    method.load_state_dict(state)
+    checkpoint = read_checkpoint(path, method.state_dict(), "evaluate with the config and overrides of the run that "
+                                 "wrote it", prefix="method.")
+    method.load_state_dict({k.removeprefix("method."): v for k, v in checkpoint["state_dict"].items()
+                            if k.startswith("method.")})
 
 
 def evaluate(cfg: RunConfig, samples: int = 10_000, block: int = 512) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 
 from datamodules.base import DataModule
+from ssl_bench.checkpoint import read_checkpoint
 from ssl_bench.config import ConfigError, RunConfig, to_yaml
 from ssl_bench.module import CallbackAdapter, DataModuleAdapter, Diverged, SSLModule
 from ssl_bench.progress import progress_bar
@@ -126,23 +127,7 @@ def resume_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
 def checkpoint_step(path: Path, module: SSLModule) -> int:
     """The global step of the checkpoint at ``path``; a one-line :class:`ConfigError` when it is not a readable
     checkpoint of this model."""
-    key = f"trainer.resume={path}"
-    if not path.is_file():
-        raise ConfigError(f"{key} is not a file; point it to a checkpoints/last.ckpt of a run directory, or use "
-                          "trainer.resume=auto with run_dir=PATH")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001  (whatever torch.load raises: the file is not a checkpoint)
-        raise ConfigError(f"{key} is not a readable checkpoint ({type(err).__name__}); point it to a last.ckpt that "
-                          "ssl-bench fit wrote") from None
-    if not isinstance(checkpoint, dict) or not {"state_dict", "global_step"} <= checkpoint.keys():
-        raise ConfigError(f"{key} is not a Lightning checkpoint; point it to a last.ckpt that ssl-bench fit wrote")
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    found = {k: tuple(getattr(v, "shape", ())) for k, v in checkpoint["state_dict"].items()}
-    if expected != found:
-        differing = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
-        raise ConfigError(f"{key} holds another model ({len(differing)} parameters differ, e.g. {differing[0]}); "
-                          "resume with the config.yaml of the run that wrote it")
+    checkpoint = read_checkpoint(path, module.state_dict(), "resume with the config.yaml of the run that wrote it")
     return int(checkpoint["global_step"])
 
 
