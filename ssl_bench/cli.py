@@ -257,6 +257,9 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--print-config", action="store_true", help="list the runs without starting them")
             sub.add_argument("--force", action="store_true",
                              help="run every run again, replacing those in --sweep-dir even if made with other settings")
+            sub.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
+                             help="run only the grid points with these axis values (repeatable; the table keeps the "
+                                  "whole grid), e.g. --only model=CL-linear --only data.sparsity=0.1,0.3")
         if command == "fit":
             sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     text = ("InfoNCE, alignment and uniformity of the config's encoder (trained weights from trainer.resume=PATH, "
@@ -370,7 +373,7 @@ def command(argv: list[str] | None = None) -> int:
         from ssl_bench.sweep import run_sweep
 
         return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
-                         dry_run=args.print_config, force=args.force)
+                         dry_run=args.print_config, force=args.force, only=args.only)
     except UserError as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return 2

@@ -290,10 +290,40 @@ def _remove_run(run_dir: Path) -> None:
         pass
 
 
+def select_points(points: list[Point], only: list[str]) -> list[Point]:
+    """The grid points whose axes take one of the given values: each entry of ``only`` is ``AXIS=V1,V2,...``, and a
+    point is selected when it matches every entry. An unknown axis or value is a one-line error listing the valid
+    ones."""
+    values: dict[str, list[str]] = {}
+    for point in points:
+        for axis, value in point.axes:
+            values.setdefault(axis, [])
+            if value not in values[axis]:
+                values[axis].append(value)
+    wanted: dict[str, set[str]] = {}
+    for entry in only:
+        axis, sep, listed = entry.partition("=")
+        if not sep or not listed:
+            raise ConfigError(f"--only {entry!r} must be AXIS=VALUE[,VALUE...], e.g. --only "
+                              f"{next(iter(values), 'model')}=...")
+        if axis not in values:
+            raise ConfigError(f"--only {entry}: '{axis}' is not an axis of the grid; its axes: "
+                              f"{', '.join(values) or 'none (a sweep without a grid)'}")
+        chosen = {v.strip() for v in listed.split(",")}
+        unknown = sorted(chosen - set(values[axis]))
+        if unknown:
+            raise ConfigError(f"--only {entry}: {', '.join(unknown)} not a value of {axis}; its values: "
+                              f"{', '.join(values[axis])}")
+        wanted.setdefault(axis, set()).update(chosen)
+    return [p for p in points if all(dict(p.axes)[axis] in chosen for axis, chosen in wanted.items())]
+
+
 def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, sweep_dir: Path | None = None,
-              dry_run: bool = False, force: bool = False) -> int:
+              dry_run: bool = False, force: bool = False, only: list[str] | None = None) -> int:
     """Run every grid point x seed that has not ended for good (``jobs`` at a time, one thread each), then print
     and save the table. ``force`` replaces every run, whatever settings the directory's runs were made with.
+    ``only`` (``AXIS=V1,V2`` entries, see :func:`select_points`) runs just the matching grid points; the record and
+    the table keep the whole grid, whose other rows count their runs as missing until they are run.
 
     Returns 0 when every run ended for good (finished or diverged), 1 when some failed, were interrupted or are
     missing, 130 when the sweep itself was interrupted (Ctrl-C)."""
@@ -301,6 +331,7 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
         raise ConfigError(f"--jobs={jobs} must be >= 1")
     points = expand_grid(cfg.sweep.grid)
     check_overrides(overrides, points)
+    selected = set(select_points(points, only or []))
     sweep_dir = sweep_dir or Path("runs") / "sweeps" / cfg.experiment / time.strftime("%Y%m%d-%H%M%S")
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise ConfigError(f"--sweep-dir {sweep_dir} is a file; choose a directory (a new one, or a sweep's)")
@@ -313,10 +344,13 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
         shown = changes[:5] + ([f"and {len(changes) - 5} more"] if len(changes) > 5 else [])
         raise ConfigError(f"{sweep_dir} holds runs made with other settings ({', '.join(shown)}); run with --force "
                           "to replace them, or choose another --sweep-dir")
+    if changes and force and len(selected) < len(points):
+        raise ConfigError(f"--force with --only would keep the other grid points' runs, made with other settings "
+                          f"({changes[0]}); run with --force but without --only, or choose another --sweep-dir")
     status = {run: run_status(run.dir) for run in runs}
-    todo = runs if force else [run for run in runs if status[run] not in ENDED]
+    todo = [run for run in runs if run.point in selected and (force or status[run] not in ENDED)]
     if dry_run:
-        for run in runs:
+        for run in (run for run in runs if run.point in selected):
             state = "" if status[run] == "missing" else \
                 f" [{status[run]}: {'replaced' if force else 'kept' if run not in todo else 'run again'}]"
             print(f"{run.dir}: {' '.join([*run.point.overrides, f'seed={run.seed}'])}{state}")
@@ -325,7 +359,7 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if force:
-            for run_dir in dict.fromkeys([*old_dirs, *(run.dir for run in runs)]):
+            for run_dir in dict.fromkeys([*old_dirs, *(run.dir for run in runs if run.point in selected)]):
                 _remove_run(run_dir)
         (sweep_dir / "sweep.json").write_text(json.dumps({
             "experiment": cfg.experiment, "config": config, "overrides": overrides, "metrics": list(cfg.sweep.metrics),
@@ -340,11 +374,12 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
         raise ConfigError(f"--sweep-dir {sweep_dir} cannot be written ({err.strerror or err}); choose a directory you "
                           "can write to") from None
 
-    counts = Counter(status.values())
+    counts = Counter(status[run] for run in runs if run.point in selected)
     kept = "all to run again (--force)" if force else f"{counts['finished']} already finished" + (
         f", {counts['diverged']} diverged (kept)" if counts["diverged"] else "")
+    subset = f" (--only: {_count(len(selected), 'point')})" if len(selected) < len(points) else ""
     print(f"sweep {cfg.experiment}: {_count(len(points), 'point')} x {_count(len(seeds), 'seed')} = "
-          f"{_count(len(runs), 'run')}, {kept}; running {len(todo)}; writing to {sweep_dir}", flush=True)
+          f"{_count(len(runs), 'run')}{subset}, {kept}; running {len(todo)}; writing to {sweep_dir}", flush=True)
 
     def launch(run: Run) -> int:
         summary = None if force else read_summary(run.dir)
@@ -388,7 +423,7 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     (sweep_dir / "table.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     unfinished = 0
-    for run in runs:
+    for run in (run for run in runs if run.point in selected):
         summary = read_summary(run.dir) or {}
         state = summary.get("status", "missing")
         if state == "diverged":

@@ -272,3 +272,39 @@ def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_the_interrupted_run(tmp_path
     assert yaml.safe_load((first / "config.yaml").read_text())["trainer"]["resume"] == "auto"
     steps = [json.loads(line)["step"] for line in (first / "metrics.jsonl").read_text().splitlines()]
     assert all(a < b for a, b in zip(steps, steps[1:])), steps  # the history goes on, no line doubled
+
+
+# --------------------------------------------------------------------------------------------------- --only
+
+
+def test_only_runs_the_chosen_grid_points_and_the_table_keeps_the_whole_grid(run_cli, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["sweep", "--config", "quickstart", *TINY_SWEEP, "sweep.grid={data.sparsity:[0.2,0.3],optim.lr:[0.01,0.02]}",
+            "--sweep-dir", sweep_dir]
+    code, out, err = run_cli(*args, "--only", "optim.lr=0.02", "--only", "data.sparsity=0.3,0.2")
+    assert code == 0, err
+    assert "4 points x 1 seed = 4 runs (--only: 2 points), 0 already finished; running 2" in out
+    ran = sorted(p.parent.parent.name for p in sweep_dir.rglob("summary.json"))
+    assert ran == ["data.sparsity=0.2,optim.lr=0.02", "data.sparsity=0.3,optim.lr=0.02"]
+    assert [row[:3] for row in table_rows(report(sweep_dir))] == [
+        ["0.2", "0.01", "0/1 (1 missing)"], ["0.2", "0.02", "1/1"], ["0.3", "0.01", "0/1 (1 missing)"],
+        ["0.3", "0.02", "1/1"]]
+    assert len(json.loads((sweep_dir / "sweep.json").read_text())["points"]) == 4
+
+    code, out, err = run_cli(*args)  # the rest of the grid: the chosen points are kept
+    assert code == 0, err
+    assert "2 already finished; running 2" in out and "| 1/1 |" in out and "missing" not in out
+
+
+@pytest.mark.parametrize("only, message", [
+    ("lr", "--only 'lr' must be AXIS=VALUE[,VALUE...], e.g. --only data.sparsity=..."),
+    ("optim.momentum=0.9", "--only optim.momentum=0.9: 'optim.momentum' is not an axis of the grid; its axes: "
+                           "data.sparsity, optim.lr"),
+    ("optim.lr=0.01,0.5", "--only optim.lr=0.01,0.5: 0.5 not a value of optim.lr; its values: 0.01, 0.02"),
+])
+def test_only_names_a_bad_axis_or_value(run_cli, tmp_path, only, message):
+    code, out, err = run_cli("sweep", "--config", "quickstart", *TINY_SWEEP,
+                             "sweep.grid={data.sparsity:[0.2,0.3],optim.lr:[0.01,0.02]}", "--only", only,
+                             "--sweep-dir", tmp_path / "sweep")
+    assert error_line(code, err) == message
+    assert not (tmp_path / "sweep").exists()
