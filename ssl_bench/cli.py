@@ -271,11 +271,22 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", required=True, help="experiment config name or path to a YAML file")
     evaluate.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. encoder=inverse data.space=sphere")
     evaluate.add_argument("--samples", type=int, default=10000, help="positive pairs drawn (default 10000)")
-    text = ("print the table of a finished or partial sweep directory: per grid point, the runs that finished (the "
-            "others counted as diverged, failed, interrupted or missing) and the mean ± std of their final metrics")
-    report = commands.add_parser("report", help="print the table of a finished or partial sweep directory",
+    text = ("print the table of finished or partial sweeps (per grid point, the runs that finished, the others "
+            "counted as diverged, failed, interrupted or missing, and the mean ± std of their final metrics beside "
+            "the paper's values) and write OUT/report.md, a self-contained OUT/report.html and OUT/figures/*.png: "
+            "each metric over epochs per grid point with the min-max band across seeds, eigen-spectra and R^2 "
+            "heatmaps; reads only the run directories")
+    report = commands.add_parser("report", help="tables and figures of sweeps: report.md, report.html, PNGs",
                                  description=text)
-    report.add_argument("sweep_dir", type=Path, help="a directory that `ssl-bench sweep` wrote (with a sweep.json)")
+    report.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
+                        help="a sweep directory (with sweep.json), a run directory, or a directory of run directories")
+    report.add_argument("--out", type=Path, default=None,
+                        help="where report.md, report.html and figures/ go (default: DIR/report for one DIR)")
+    report.add_argument("--metrics", default=None, metavar="M1,M2",
+                        help="the metrics drawn over epochs (default: the table's metrics and train/loss)")
+    report.add_argument("--point", action="append", default=None, metavar="LABEL",
+                        help="draw only this grid point (its label, e.g. 'model=CL-basic,data.sparsity=0.1'; "
+                             "repeatable); the tables keep every grid point")
     text = ("save a W&B workspace for a sweep's study: its table with the paper's values, the final values and the "
             "metric curves per grid point (mean over seeds, min-max band), spectra and R^2 when the study logs them")
     dashboard = commands.add_parser("dashboard", help="save a W&B workspace that shows a sweep's study",
@@ -358,10 +369,10 @@ def command(argv: list[str] | None = None) -> int:
 
             return dashboard(args.sweep, args.project, entity=args.entity, dry_run=args.dry_run)
         if args.command == "report":
-            from ssl_bench.sweep import report
+            from ssl_bench.report import report_command
 
-            print(report(args.sweep_dir))
-            return 0
+            metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+            return report_command(args.dirs, args.out, metrics, args.point)
         cfg = load(args.config, args.overrides)
         if args.command == "evaluate":
             import json

@@ -478,48 +478,6 @@ def report(sweep_dir: Path) -> str:
     """A markdown table with one row per grid point: how many of its runs finished (the others counted by status:
     diverged, failed, interrupted, missing) and the mean ± std over its finished runs of each final metric, with the
     paper's value beside it. A grid point without a finished run has ``-`` cells."""
-    spec = read_spec(sweep_dir)
-    spec_file = sweep_dir / "sweep.json"
-    rows = spec.get("reference", [])
-    if not isinstance(rows, list) or not all(isinstance(row, dict) and set(row) == {"match", "values"} for row in rows):
-        raise ConfigError(f"{spec_file}: 'reference' must be a list of {{match, values}} rows; rerun `ssl-bench sweep` "
-                          "with the same --sweep-dir to rewrite it (finished runs are kept)")
-    reference = [ReferenceRow(**row) for row in rows]
-    metrics = [str(m) for m in spec["metrics"]]
+    from ssl_bench.report import markdown_table, sweep_study
 
-    # (axis values, the summaries of the grid point's runs: None for a run without one)
-    points = _recorded_points(spec, spec_file)
-    table_rows: list[tuple[dict[str, str], list[dict[str, Any] | None]]] = []
-    if points is not None:
-        for point in points:
-            summaries = [read_summary(sweep_dir / str(point["dir"]) / f"seed{seed}") for seed in spec["seeds"]]
-            table_rows.append(({str(k): str(v) for k, v in point["axes"].items()}, summaries))
-    else:  # a record without grid points: the rows are the groups of the summaries found
-        groups: dict[str, list[dict[str, Any] | None]] = {}
-        for summary_file in sorted(sweep_dir.rglob("summary.json")):
-            summary = read_summary(summary_file.parent)
-            if summary is not None:
-                groups.setdefault(str(summary.get("group", spec["experiment"])), []).append(summary)
-        order = {group: i for i, group in enumerate(spec.get("groups", []))}
-        for group in sorted(groups, key=lambda g: (order.get(g, len(order)), g)):
-            label = group.removeprefix(f"{spec['experiment']}/")
-            table_rows.append((dict(part.split("=", 1) for part in label.split(",") if "=" in part), groups[group]))
-
-    axes_names = [str(a) for a in spec.get("axes", [])]
-    lines = []
-    for axes, summaries in table_rows:
-        statuses = ["missing" if s is None else str(s.get("status", "failed")) for s in summaries]
-        done = [s for s in summaries if s is not None and s.get("status") == "finished"]
-        cells = [axes.get(a, "") for a in axes_names] + [_runs_cell(statuses)]
-        for metric in metrics:
-            values = [v for s in done if isinstance(s.get("metrics"), dict)
-                      and (v := _number(s["metrics"].get(metric))) is not None]
-            cell = _mean_std(values) if values else "-"
-            ref = reference_value(reference, axes, metric)
-            cells.append(cell + (f" ({ref:.2f})" if ref is not None else ""))
-        lines.append("| " + " | ".join(cells) + " |")
-    header = axes_names + ["runs"] + metrics
-    title = (f"{spec['experiment']}: mean ± std over the finished runs of the final values"
-             + (", paper's value in parentheses" if reference else "")
-             + "; runs: finished/all, the others by status")
-    return "\n".join([title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines])
+    return markdown_table(sweep_study(sweep_dir))

@@ -1,0 +1,406 @@
+"""The report's figures, drawn from run directories: metric curves over epochs with the min-max band across seeds (as
+in Pokle et al. 2022's figures), eigen-spectra at the last record, and R^2 heatmaps (layers x latents).
+
+The series a figure shows come from plain functions (:func:`band`, :func:`spectrum_bands`, :func:`r2_mean`), so
+they can be checked and reused without drawing. Drawing uses matplotlib's object API on an Agg canvas
+(``Figure.savefig``, no pyplot and no global backend), imported only when a figure is drawn. Every figure has a fixed
+size in pixels: its size in inches (``*_SIZE``) times :data:`DPI`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ssl_bench.sweep import _runs_cell
+
+if TYPE_CHECKING:
+    from ssl_bench.report import GridPoint, Study
+
+DPI = 100
+CURVE_SIZE = (10.0, 5.0)
+"""Inches of a curve figure: 1000 x 500 pixels."""
+SPECTRA_SIZE = (14.0, 5.0)
+"""Inches of a spectra figure (one panel per kind of spectrum): 1400 x 500 pixels."""
+R2_PANEL = (4.0, 3.0)
+"""Inches of one grid point's R^2 heatmap; the figure adds :data:`R2_MARGIN` for the title and the colour bar."""
+R2_MARGIN = (1.5, 0.8)
+R2_COLUMNS = 3
+"""Heatmaps per row of an R^2 figure."""
+
+SPECTRUM_KINDS = {
+    "backbone": "backbone embedding (before the projector)",
+    "projector": "projector output (after the projector)",
+    "weight": "first-layer weight",
+}
+"""The spectra that ``spectra.jsonl`` records, in panel order, with their panel titles."""
+
+DESCRIPTIONS = {
+    "maxcos/max": "max-cosine to the dictionary, best-recovered atom",
+    "maxcos/median": "max-cosine to the dictionary, median atom",
+    "maxcos/min": "max-cosine to the dictionary, worst-recovered atom",
+    "train/loss": "training loss",
+    "train/lr": "learning rate",
+    "spectrum/effective_rank": "effective rank of the embedding after the projector",
+    "spectrum/effective_rank_backbone": "effective rank of the backbone embedding",
+    "spectrum/rank": "numerical rank of the embedding after the projector",
+    "spectrum/rank_backbone": "numerical rank of the backbone embedding",
+    "collapse/std_l2": "std of the l2-normalised embedding x sqrt(dim): 1 no collapse, 0 complete",
+    "collapse/std_l2_backbone": "std of the l2-normalised backbone embedding x sqrt(dim)",
+}
+
+
+def describe(metric: str) -> str:
+    """What a metric measures, in words, for a figure's title ("" for a metric we know nothing of)."""
+    if metric in DESCRIPTIONS:
+        return DESCRIPTIONS[metric]
+    layer = re.fullmatch(r"r2/layer(\d+)/(\w+)", metric)
+    if layer:
+        return f"adjusted R² of the {layer[2]} latents from layer {layer[1]}"
+    output = re.fullmatch(r"r2/(\w+)", metric)
+    if output:
+        return f"adjusted R² of the {output[1]} latents from the encoder's output"
+    if metric.startswith("readout/"):
+        return "linear readout accuracy"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------------- the series
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a history file, one per line; a missing file gives none, a broken line (a run killed
+    while writing it) is skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _float(value: Any) -> float | None:
+    """A logged value as a float ("nan", "inf" included), None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def history(run_dir: Path, metric: str) -> dict[int, float]:
+    """``metric`` in the run's ``metrics.jsonl`` by epochs trained: the record's ``epoch`` (Lightning's 0-based
+    epoch index) + 1, as ``spectra.jsonl``, ``r2.jsonl`` and ``summary.json`` count them; the last value logged in an
+    epoch wins. Non-finite values stay (as float NaN or inf)."""
+    series: dict[int, float] = {}
+    for record in read_jsonl(run_dir / "metrics.jsonl"):
+        epoch, value = _float(record.get("epoch")), _float(record.get(metric))
+        if epoch is not None and math.isfinite(epoch) and value is not None:
+            series[int(epoch) + 1] = value
+    return series
+
+
+@dataclass(frozen=True)
+class Band:
+    """A series across runs: at each ``x``, the ``mean``, ``low`` (min) and ``high`` (max) of the runs with a finite
+    value there, and ``runs``, how many runs contributed to some ``x``."""
+
+    x: list[float]
+    mean: list[float]
+    low: list[float]
+    high: list[float]
+    runs: int
+
+
+def _band(series: list[dict[Any, float]]) -> Band | None:
+    """The band of several runs' series (x -> value), aligned on x; non-finite values are left out."""
+    finite = [{x: v for x, v in s.items() if math.isfinite(v)} for s in series]
+    xs = sorted({x for s in finite for x in s})
+    if not xs:
+        return None
+    columns = [[s[x] for s in finite if x in s] for x in xs]
+    return Band(list(xs), [statistics.fmean(c) for c in columns], [min(c) for c in columns],
+                [max(c) for c in columns], sum(1 for s in finite if s))
+
+
+def band(run_dirs: Sequence[Path], metric: str) -> Band | None:
+    """``metric`` over epochs trained (``x``) across the runs: mean, min and max at each epoch over the runs that
+    logged a finite value there (runs of different lengths or logging epochs align on the epoch). None when no run
+    logged a finite value."""
+    return _band([history(run_dir, metric) for run_dir in run_dirs])
+
+
+def last_record(run_dir: Path, name: str) -> dict[str, Any] | None:
+    """The last record of a history file of the run (``spectra.jsonl``, ``r2.jsonl``), or None."""
+    records = read_jsonl(run_dir / name)
+    return records[-1] if records else None
+
+
+def spectrum_bands(run_dirs: Sequence[Path]) -> tuple[dict[str, Band], list[int]]:
+    """Per kind of spectrum (backbone, projector, weight), the singular values at each rank (``x``, from 1) of the
+    runs' last ``spectra.jsonl`` records: the geometric mean (the mean of the logs: the figures have a log axis),
+    min and max over the runs with a positive finite value at that rank. Also the epochs of those records."""
+    records = [r for run_dir in run_dirs if (r := last_record(run_dir, "spectra.jsonl")) is not None]
+    bands = {}
+    for kind in SPECTRUM_KINDS:
+        logs = []
+        for record in records:
+            values = [_float(v) for v in record.get(kind, [])] if isinstance(record.get(kind), list) else []
+            logs.append({k: math.log10(v) for k, v in enumerate(values, 1) if v is not None and 0 < v < math.inf})
+        kind_band = _band(logs)
+        if kind_band is not None:
+            bands[kind] = Band(kind_band.x, *([10 ** v for v in vs] for vs in
+                                              (kind_band.mean, kind_band.low, kind_band.high)), kind_band.runs)
+    epochs = sorted({int(e) for r in records if (e := _float(r.get("epoch"))) is not None and math.isfinite(e)})
+    return bands, epochs
+
+
+@dataclass(frozen=True)
+class R2Matrix:
+    """The adjusted R^2 of each layer (rows) for each latent (columns), averaged over ``runs`` runs, with the
+    latent groups (name -> latent indices) and the epochs of the records."""
+
+    values: list[list[float]]
+    groups: dict[str, list[int]]
+    runs: int
+    epochs: list[int]
+
+
+def r2_mean(run_dirs: Sequence[Path]) -> R2Matrix | None:
+    """The mean adjusted R^2 matrix of the runs' last ``r2.jsonl`` records (entries without a finite value in any
+    run are NaN; a run whose matrix has another shape than the first run's is left out). None without records."""
+    matrices, groups, epochs = [], {}, []
+    for run_dir in run_dirs:
+        record = last_record(run_dir, "r2.jsonl")
+        matrix = record.get("adjusted_r2") if record else None
+        if not (isinstance(matrix, list) and matrix and all(isinstance(row, list) for row in matrix)):
+            continue
+        rows = [[v if (v := _float(x)) is not None else math.nan for x in row] for row in matrix]
+        if matrices and [len(r) for r in rows] != [len(r) for r in matrices[0]]:
+            continue
+        matrices.append(rows)
+        groups = groups or (record.get("groups") if isinstance(record.get("groups"), dict) else {})
+        if (epoch := _float(record.get("epoch"))) is not None and math.isfinite(epoch):
+            epochs.append(int(epoch))
+    if not matrices:
+        return None
+    mean = [[statistics.fmean(finite) if (finite := [m[i][j] for m in matrices if math.isfinite(m[i][j])])
+             else math.nan for j in range(len(matrices[0][i]))] for i in range(len(matrices[0]))]
+    return R2Matrix(mean, {str(k): list(v) for k, v in groups.items()}, len(matrices), sorted(set(epochs)))
+
+
+# -------------------------------------------------------------------------------------------------------- drawing
+
+
+def _figure(size: tuple[float, float]) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size, dpi=DPI, layout="constrained")
+
+
+def _save(figure: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI, format="png")
+
+
+def _colours(count: int) -> list[Any]:
+    """A distinct colour per grid point: tab10 up to 10, tab20 up to 20, then samples of viridis."""
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return [colormaps["tab10"](i) for i in range(count)]
+    if count <= 20:
+        return [colormaps["tab20"](i) for i in range(count)]
+    return [colormaps["viridis"](i / (count - 1)) for i in range(count)]
+
+
+def _name(study: Study, point: GridPoint, several: bool) -> str:
+    """A grid point in a legend: its axis values (the legend's title names the axes), the study's name first when
+    the figure shows several studies."""
+    values = ", ".join(point.axes.get(axis, "") for axis in study.axes) or study.name
+    return f"{study.name}: {values}" if several and values != study.name else values
+
+
+def _legend_title(studies: Sequence[Study]) -> str:
+    axes = list(dict.fromkeys(", ".join(study.axes) for study in studies if study.axes))
+    return " | ".join(axes)
+
+
+def _legend(figure: Any, title: str, entries: int) -> None:
+    """The figure's legend, right of the axes; two columns and a smaller font for many grid points."""
+    many = entries > 16
+    figure.legend(loc="outside right upper", title=title or None, fontsize=8 if many else 9, title_fontsize=9,
+                  ncols=2 if many else 1, frameon=False)
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
+
+
+def _colour_of(selection: Sequence[tuple[Study, Sequence[GridPoint]]]) -> dict[tuple[int, str], Any]:
+    """A colour for each grid point of the studies by its place in its study, so that a grid point keeps its colour
+    whichever points a figure shows."""
+    keys = [(i, point.label) for i, (study, _) in enumerate(selection) for point in study.points]
+    return dict(zip(keys, _colours(len(keys))))
+
+
+def _footnote(figure: Any, missing: list[str], what: str) -> None:
+    """Name the grid points a figure leaves out, below it (as the figure's x label, which the layout makes room
+    for)."""
+    if missing:
+        text = textwrap.fill(f"Not drawn, {what}: " + "; ".join(missing), width=int(figure.get_figwidth() * 15))
+        figure.supxlabel(text, x=0.01, ha="left", fontsize=8, color="#666")
+
+
+def draw_curves(selection: Sequence[tuple[Study, Sequence[GridPoint]]], metric: str, path: Path) -> str | None:
+    """``metric`` over epochs, a line per grid point (the mean over its finished runs) with the min-max band across
+    them, into ``path``; returns the caption, or None (nothing written) when no finished run logged the metric."""
+    from matplotlib.ticker import MaxNLocator
+
+    several = len(selection) > 1
+    drawn = [(study, point, b) for study, points in selection for point in points
+             if (b := band(point.finished, metric)) is not None]
+    if not drawn:
+        return None
+    colour = _colour_of(selection)
+    index = {id(study): i for i, (study, _) in enumerate(selection)}
+    figure = _figure(CURVE_SIZE)
+    ax = figure.add_subplot()
+    for study, point, b in drawn:
+        c = colour[index[id(study)], point.label]
+        ax.plot(b.x, b.mean, color=c, lw=1.8, marker="o" if len(b.x) == 1 else None,
+                label=f"{_name(study, point, several)} ({_runs(b.runs)})")
+        ax.fill_between(b.x, b.low, b.high, color=c, alpha=0.18, lw=0)
+    lows, highs = [v for *_, b in drawn for v in b.low], [v for *_, b in drawn for v in b.high]
+    if metric.endswith("loss") and min(lows) > 0 and max(highs) / min(lows) >= 10:
+        ax.set_yscale("log")
+    if metric.startswith("maxcos/") and min(lows) >= 0 and max(highs) <= 1:
+        ax.set_ylim(0, 1.02)
+    names = ", ".join(dict.fromkeys(study.name for study, _ in selection))
+    description = describe(metric)
+    ax.set_title(f"{names}: {metric}" + (f"\n{description}" if description else ""), fontsize=12)
+    ax.set_xlabel("epochs trained")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(metric + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.grid(True, alpha=0.3)
+    _legend(figure, _legend_title([s for s, _ in selection]), len(drawn))
+    shown = {(id(study), point.label) for study, point, _ in drawn}
+    _footnote(figure, [f"{_name(study, point, several)} (runs {_runs_cell(point.statuses)})"
+                       for study, points in selection for point in points if (id(study), point.label) not in shown],
+              f"no finished run logged {metric}")
+    _save(figure, path)
+    return f"{names}: {metric}" + (f", {description}," if description else "") + " over epochs trained."
+
+
+def draw_spectra(study: Study, points: Sequence[GridPoint], path: Path) -> str | None:
+    """The singular values against their rank at the runs' last spectra record, a panel per kind (backbone,
+    projector, first-layer weight), a line per grid point (geometric mean over its finished runs) with the min-max
+    band; returns the caption, or None (nothing written) when no finished run recorded a spectrum."""
+    from matplotlib.ticker import MaxNLocator
+
+    drawn = [(point, bands, epochs) for point in points
+             for bands, epochs in [spectrum_bands(point.finished)] if bands]
+    if not drawn:
+        return None
+    kinds = [kind for kind in SPECTRUM_KINDS if any(kind in bands for _, bands, _ in drawn)]
+    colour = _colour_of([(study, points)])
+    figure = _figure(SPECTRA_SIZE)
+    axes = figure.subplots(1, len(kinds), squeeze=False)[0]
+    for ax, kind in zip(axes, kinds):
+        for point, bands, _ in drawn:
+            if kind in bands:
+                b, c = bands[kind], colour[0, point.label]
+                ax.plot(b.x, b.mean, color=c, lw=1.8, marker="o", ms=3,
+                        label=f"{_name(study, point, False)} ({_runs(b.runs)})" if kind == kinds[0] else None)
+                ax.fill_between(b.x, b.low, b.high, color=c, alpha=0.18, lw=0)
+        ax.set_yscale("log")
+        ax.set_title(SPECTRUM_KINDS[kind], fontsize=11)
+        ax.set_xlabel("rank k (1 = largest)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("singular value s_k (log scale)")
+    epochs = sorted({e for _, _, es in drawn for e in es})
+    at = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}" if epochs else "last record"
+    figure.suptitle(f"{study.name}: eigen-spectra at {at} (geometric mean over finished runs, band min-max)",
+                    fontsize=12)
+    _legend(figure, _legend_title([study]), len(drawn))
+    _footnote(figure, [f"{_name(study, p, False)} (runs {_runs_cell(p.statuses)})" for p in points
+                       if all(p is not d for d, _, _ in drawn)],
+              "no finished run recorded a spectrum")
+    _save(figure, path)
+    weight = " and of the first-layer weight (divided by the largest)" if "weight" in kinds else ""
+    return (f"{study.name}: singular values against their rank (log scale) of the covariance of the l2-normalised "
+            f"embeddings before and after the projector{weight}, at {at}; per grid point the geometric mean over its "
+            "finished runs (line) and the min-max range (band). A spectrum that drops to zero after rank r: the "
+            "embedding spans r dimensions (dimensional collapse).")
+
+
+def r2_size(panels: int) -> tuple[float, float]:
+    """Inches of an R^2 figure with ``panels`` heatmaps, :data:`R2_COLUMNS` per row."""
+    columns = min(panels, R2_COLUMNS)
+    rows = math.ceil(panels / columns)
+    return R2_PANEL[0] * columns + R2_MARGIN[0], R2_PANEL[1] * rows + R2_MARGIN[1]
+
+
+def _latent_label(groups: dict[str, list[int]]) -> str:
+    def indices(ids: list[int]) -> str:
+        ids = sorted(ids)
+        return f"{ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) and len(ids) > 1 else \
+            ",".join(map(str, ids))
+
+    parts = [f"{name} {indices(ids)}" for name, ids in groups.items() if ids]
+    return "latent" + (f" ({'; '.join(parts)})" if len(parts) > 1 else "")
+
+
+def draw_r2(study: Study, points: Sequence[GridPoint], path: Path) -> str | None:
+    """A heatmap per grid point of the adjusted R^2 of each layer (rows) for each latent (columns), the mean over its
+    finished runs' last ``r2.jsonl`` records; returns the caption, or None (nothing written) without records."""
+    drawn = [(point, matrix) for point in points if (matrix := r2_mean(point.finished)) is not None]
+    if not drawn:
+        return None
+    columns = min(len(drawn), R2_COLUMNS)
+    figure = _figure(r2_size(len(drawn)))
+    grid = figure.subplots(math.ceil(len(drawn) / columns), columns, squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[len(drawn):]:
+        ax.set_visible(False)
+    image = None
+    for ax, (point, matrix) in zip(axes, drawn):
+        layers, latents = len(matrix.values), len(matrix.values[0])
+        image = ax.imshow(matrix.values, vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest")
+        if layers * latents <= 120:
+            for i, row in enumerate(matrix.values):
+                for j, value in enumerate(row):
+                    ax.text(j, i, "nan" if math.isnan(value) else f"{value:.2f}", ha="center", va="center",
+                            fontsize=7, color="white" if math.isnan(value) or value < 0.6 else "black")
+        ax.set_xticks(range(latents))
+        ax.set_yticks(range(layers), [f"{k}" + (" out" if k == layers - 1 and layers > 1 else "")
+                                      for k in range(layers)])
+        ax.tick_params(labelsize=8)
+        ax.set_xlabel(_latent_label(matrix.groups), fontsize=9)
+        ax.set_ylabel("encoder layer", fontsize=9)
+        epochs = ",".join(map(str, matrix.epochs))
+        ax.set_title(f"{point.label or study.name}\n{_runs(matrix.runs)}, epoch {epochs}", fontsize=9)
+    figure.colorbar(image, ax=axes[:len(drawn)], label="adjusted R² (colours clipped to 0-1)", shrink=0.9)
+    figure.suptitle(f"{study.name}: adjusted R² of a linear probe, encoder layers x ground-truth latents",
+                    fontsize=12)
+    _footnote(figure, [f"{_name(study, p, False)} (runs {_runs_cell(p.statuses)})" for p in points
+                       if all(p is not d for d, _ in drawn)], "no finished run recorded R²")
+    _save(figure, path)
+    return (f"{study.name}: adjusted R² of a linear map from each encoder layer (rows, the last one the output) to "
+            "each ground-truth latent (columns), held out, at the last record; the mean over each grid point's "
+            "finished runs. Bright: the latent can be read linearly from that layer.")

@@ -1,0 +1,446 @@
+"""``ssl-bench report``: a study's results as the paper shows them, read from its run directories alone (so it works
+offline, and on a laptop after copying the runs from a cluster).
+
+A study is a sweep directory (with the ``sweep.json`` that ``ssl-bench sweep`` writes) or, without one, a run
+directory or a folder of run directories (those holding ``summary.json`` or ``metrics.jsonl``), whose grid points are
+the runs' W&B groups (``EXPERIMENT/AXIS=VALUE,...``), their metrics and paper values those of the runs' ``sweep``
+config section. Its report, ``report.md`` and a self-contained ``report.html`` (figures embedded as data URIs, no
+external resources), holds per study:
+
+- the table: per grid point, its runs by status and the mean ± std over the finished runs of each final metric, the
+  paper's value beside it;
+- curves (:mod:`ssl_bench.plots`): each metric over epochs, one line per grid point (the mean over its finished
+  runs) with the min-max band across them;
+- eigen-spectra: the singular values of the embedding covariance against their rank at the last record, before and
+  after the projector;
+- R^2 heatmaps: layers x latents adjusted R^2 at the last record, for runs with the R^2 probe.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ssl_bench.config import ReferenceRow, SweepConfig
+from ssl_bench.errors import ConfigError
+from ssl_bench.sweep import (STATUS_ORDER, _count, _mean_std, _number, _recorded_points, _runs_cell, read_spec,
+                             read_summary, reference_value)
+
+HISTORY_FILES = ("summary.json", "metrics.jsonl")
+"""A directory holding one of these is a run directory."""
+
+CURVE_EXTRA = ("train/loss",)
+"""Metrics drawn over epochs besides the study's table metrics."""
+
+
+@dataclass
+class GridPoint:
+    """One row of a study: its axis values and the run directories of its seeds (some may not exist yet)."""
+
+    label: str
+    axes: dict[str, str]
+    runs: list[Path]
+    summaries: list[dict[str, Any] | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.summaries:
+            self.summaries = [read_summary(run) for run in self.runs]
+
+    @property
+    def statuses(self) -> list[str]:
+        """How each run ended; ``missing`` for a run without a readable summary (not started, running or killed)."""
+        return ["missing" if s is None else str(s.get("status", "failed")) for s in self.summaries]
+
+    @property
+    def finished(self) -> list[Path]:
+        """The run directories of the runs that finished: the ones the table and the figures average."""
+        return [run for run, status in zip(self.runs, self.statuses) if status == "finished"]
+
+
+@dataclass
+class Study:
+    """A sweep or a folder of runs: what the table shows (axes, metrics, the paper's values) and its grid points."""
+
+    name: str
+    dir: Path
+    axes: list[str]
+    metrics: list[str]
+    reference: list[ReferenceRow]
+    points: list[GridPoint]
+
+
+
+def _reference_rows(rows: Any, where: str) -> list[ReferenceRow]:
+    if not isinstance(rows, list) or not all(isinstance(row, dict) and set(row) == {"match", "values"}
+                                             for row in rows):
+        raise ConfigError(f"{where}: 'reference' must be a list of {{match, values}} rows; rerun `ssl-bench sweep` "
+                          "with the same --sweep-dir to rewrite it (finished runs are kept)")
+    return [ReferenceRow(**row) for row in rows]
+
+
+def _parse_label(label: str) -> dict[str, str]:
+    """The axes of a grid point label ``AXIS=VALUE,AXIS=VALUE``."""
+    return dict(part.split("=", 1) for part in label.split(",") if "=" in part)
+
+
+def _grouped(runs: list[tuple[Path, dict[str, Any] | None, str]], experiment: str,
+             order: Sequence[str] = ()) -> list[GridPoint]:
+    """Grid points from ``(run_dir, summary, group)``, labelled by the group without the experiment's prefix, ordered
+    as ``order`` lists the groups and then by name."""
+    groups: dict[str, list[tuple[Path, dict[str, Any] | None]]] = {}
+    for run_dir, summary, group in runs:
+        groups.setdefault(group, []).append((run_dir, summary))
+    rank = {group: i for i, group in enumerate(order)}
+    points = []
+    for group in sorted(groups, key=lambda g: (rank.get(g, len(rank)), g)):
+        label = group.removeprefix(f"{experiment}/") if group != experiment else ""
+        dirs, summaries = zip(*groups[group])
+        points.append(GridPoint(label, _parse_label(label), list(dirs), list(summaries)))
+    return points
+
+
+def sweep_study(sweep_dir: Path) -> Study:
+    """The study of a sweep directory: its grid points and seeds as ``sweep.json`` records them (a record without
+    grid points: the groups of the summaries found below it)."""
+    spec = read_spec(sweep_dir)
+    spec_file = sweep_dir / "sweep.json"
+    reference = _reference_rows(spec.get("reference", []), str(spec_file))
+    recorded = _recorded_points(spec, spec_file)
+    experiment = str(spec["experiment"])
+    if recorded is not None:
+        points = [GridPoint(str(p["label"]), {str(k): str(v) for k, v in p["axes"].items()},
+                            [sweep_dir / str(p["dir"]) / f"seed{seed}" for seed in spec["seeds"]]) for p in recorded]
+    else:
+        found = [(f.parent, s) for f in sorted(sweep_dir.rglob("summary.json")) if (s := read_summary(f.parent))]
+        points = _grouped([(d, s, str(s.get("group", experiment))) for d, s in found], experiment,
+                          [str(g) for g in spec.get("groups", [])])
+    return Study(experiment, sweep_dir, [str(a) for a in spec.get("axes", [])], [str(m) for m in spec["metrics"]],
+                 reference, points)
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's ``config.yaml`` as plain dicts ({} when it has none or a broken one)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def runs_study(path: Path) -> Study:
+    """The study of a run directory or a folder of them, grouped by the runs' W&B group; the table's metrics and
+    the paper's values are the ``sweep`` section of the first run's config that has one."""
+    if any((path / name).is_file() for name in HISTORY_FILES):
+        run_dirs = [path]
+    else:
+        run_dirs = sorted({f.parent for name in HISTORY_FILES for f in path.rglob(name)})
+    if not run_dirs:
+        raise ConfigError(f"{path} holds no runs (no sweep.json, and no summary.json or metrics.jsonl below it); "
+                          "give a sweep directory or a directory of run directories")
+    runs, experiments, sweep = [], [], None
+    for run_dir in run_dirs:
+        summary, config = read_summary(run_dir), _run_config(run_dir)
+        experiment = str((summary or {}).get("experiment") or config.get("experiment") or path.name)
+        group = (summary or {}).get("group") or config.get("group") or experiment
+        runs.append((run_dir, summary, str(group)))
+        experiments.append(experiment)
+        if sweep is None and isinstance(config.get("sweep"), dict):
+            sweep = config["sweep"]
+    name = experiments[0] if len(set(experiments)) == 1 else path.name
+    points = _grouped(runs, name)
+    if all(point.axes and point.label == ",".join(f"{k}={v}" for k, v in point.axes.items()) for point in points):
+        axes = list(dict.fromkeys(axis for point in points for axis in point.axes))
+    else:  # groups that are no grid labels: the group is the row's name
+        axes = ["group"]
+        for point in points:
+            point.axes = {"group": point.label or name}
+    metrics = (sweep or {}).get("metrics") or SweepConfig().metrics
+    reference = _reference_rows((sweep or {}).get("reference") or [], f"{run_dirs[0] / 'config.yaml'}: sweep")
+    return Study(name, path, axes, [str(m) for m in metrics], reference, points)
+
+
+def load_study(path: Path) -> Study:
+    """The study in ``path``: a sweep directory, a run directory, or a directory of run directories."""
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise ConfigError(f"{path} {what}; give a sweep directory (with sweep.json) or a directory of run directories")
+    return sweep_study(path) if (path / "sweep.json").is_file() else runs_study(path)
+
+
+def check_points(studies: Sequence[Study], points: Sequence[str] | None) -> None:
+    """Refuse a grid point label that no study has, listing the labels there are."""
+    known = list(dict.fromkeys(point.label for study in studies for point in study.points))
+    unknown = [label for label in points or [] if label not in known]
+    if unknown:
+        raise ConfigError(f"{unknown[0]!r} is not a grid point of {', '.join(str(s.dir) for s in studies)}; its grid "
+                          "points: " + ", ".join(repr(label) for label in known))
+
+
+# ----------------------------------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Row:
+    """A table row: the axis values, the runs by status, and per metric our ``mean ± std`` (``-`` without a finished
+    run) with the paper's value (None where the paper gives none)."""
+
+    axes: list[str]
+    runs: str
+    cells: list[tuple[str, float | None]]
+
+
+def table_rows(study: Study) -> list[Row]:
+    rows = []
+    for point in study.points:
+        done = [s for s, status in zip(point.summaries, point.statuses) if status == "finished" and s is not None]
+        cells = []
+        for metric in study.metrics:
+            values = [v for s in done if isinstance(s.get("metrics"), dict)
+                      and (v := _number(s["metrics"].get(metric))) is not None]
+            cells.append((_mean_std(values) if values else "-", reference_value(study.reference, point.axes, metric)))
+        rows.append(Row([point.axes.get(a, "") for a in study.axes], _runs_cell(point.statuses), cells))
+    return rows
+
+
+def markdown_table(study: Study) -> str:
+    """The table as ``ssl-bench report`` prints it: a title line, then one row per grid point with the paper's value
+    in parentheses beside ours."""
+    lines = []
+    for row in table_rows(study):
+        cells = [cell + (f" ({paper:.2f})" if paper is not None else "") for cell, paper in row.cells]
+        lines.append("| " + " | ".join([*row.axes, row.runs, *cells]) + " |")
+    header = [*study.axes, "runs", *study.metrics]
+    title = (f"{study.name}: mean ± std over the finished runs of the final values"
+             + (", paper's value in parentheses" if study.reference else "")
+             + "; runs: finished/all, the others by status")
+    return "\n".join([title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines])
+
+
+def _paper_columns(study: Study, rows: list[Row]) -> list[bool]:
+    """Per metric, whether the paper gives a value for some row (and so the metric gets a ``paper`` column)."""
+    return [any(row.cells[i][1] is not None for row in rows) for i in range(len(study.metrics))]
+
+
+def paper_table(study: Study) -> tuple[list[str], list[list[str]]]:
+    """The table for the report: header and rows, a ``paper`` column beside each metric the paper reports."""
+    rows = table_rows(study)
+    papers = _paper_columns(study, rows)
+    header = [*study.axes, "runs"]
+    for metric, paper in zip(study.metrics, papers):
+        header += [metric, "paper"] if paper else [metric]
+    body = []
+    for row in rows:
+        cells = [*row.axes, row.runs]
+        for (ours, value), paper in zip(row.cells, papers):
+            cells += [ours, "" if value is None else f"{value:.2f}"] if paper else [ours]
+        body.append(cells)
+    return header, body
+
+
+# ---------------------------------------------------------------------------------------------------- the report
+
+
+@dataclass
+class Figure:
+    """A PNG of the report and what it shows."""
+
+    path: Path
+    caption: str
+
+
+@dataclass
+class Section:
+    """One study's part of the report."""
+
+    study: Study
+    figures: list[Figure]
+    notes: list[str]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_") or "study"
+
+
+def _run_count(study: Study) -> str:
+    statuses = [s for point in study.points for s in point.statuses]
+    counts = {s: statuses.count(s) for s in STATUS_ORDER if statuses.count(s)}
+    return f"{_count(len(statuses), 'run')} in {_count(len(study.points), 'grid point')}: " + ", ".join(
+        f"{n} {status}" for status, n in counts.items())
+
+
+def draw_study(study: Study, figures_dir: Path, stem: str, metrics: Sequence[str] | None = None,
+               points: Sequence[str] | None = None) -> Section:
+    """Every figure of ``study`` as ``figures_dir/STEM-*.png``: the curves of ``metrics`` (default: the table's and
+    ``train/loss``), the spectra and the R^2 heatmaps; a note for each figure that has nothing to show."""
+    from ssl_bench import plots
+
+    chosen = [point for point in study.points if points is None or point.label in points]
+    figures, notes = [], []
+    for metric in dict.fromkeys(metrics or [*study.metrics, *CURVE_EXTRA]):
+        path = figures_dir / f"{stem}-{_slug(metric.replace('/', '-'))}.png"
+        drawn = plots.draw_curves([(study, chosen)], metric, path)
+        if drawn is None:
+            notes.append(f"No finished run logged {metric}.")
+        else:
+            figures.append(Figure(path, drawn))
+    for kind, draw in (("spectra", plots.draw_spectra), ("r2", plots.draw_r2)):
+        drawn = draw(study, chosen, figures_dir / f"{stem}-{kind}.png")
+        if drawn is None:
+            notes.append("No finished run recorded spectra (spectra.jsonl)." if kind == "spectra" else
+                         "No finished run recorded R^2 (r2.jsonl; add the probe with +callbacks.r2_probe={}).")
+        else:
+            figures.append(Figure(figures_dir / f"{stem}-{kind}.png", drawn))
+    return Section(study, figures, notes)
+
+
+CURVES_NOTE = ("In the figures, each grid point's line is the mean over its finished runs and its band the range "
+               "(min to max) across them; the legend gives the number of runs.")
+"""What the lines and bands of the figures are."""
+
+
+def _markdown(sections: list[Section], out: Path) -> str:
+    parts = ["# ssl-bench report", ""]
+    for section in sections:
+        study = section.study
+        header, body = paper_table(study)
+        parts += [f"## {study.name}", "", f"From `{study.dir}`: {_run_count(study)}.", "",
+                  "Mean ± std over the finished runs of each grid point of the final values; `paper`: the paper's "
+                  "value; runs: finished/all, the others by status.", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                  *("| " + " | ".join(cells) + " |" for cells in body), ""]
+        if section.figures:
+            parts += [CURVES_NOTE, ""]
+        for figure in section.figures:
+            parts += [f"![{figure.path.stem}]({figure.path.relative_to(out).as_posix()})", "", f"*{figure.caption}*",
+                      ""]
+        parts += [f"- {note}" for note in section.notes] + ([""] if section.notes else [])
+    return "\n".join(parts)
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; max-width: 1200px;
+       margin: 2em auto; padding: 0 1em; line-height: 1.45; }
+h1 { font-size: 1.6em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+h2 { font-size: 1.3em; margin-top: 2em; border-bottom: 1px solid #eee; padding-bottom: .2em; }
+.source, .note, figcaption, .legend { color: #555; font-size: .92em; }
+code { background: #f4f4f4; padding: 0 .25em; border-radius: 3px; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .93em; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #ddd; padding: .35em .7em; text-align: right; white-space: nowrap; }
+th { background: #f3f5f8; } td.axis, th.axis { text-align: left; }
+tr:nth-child(even) td { background: #fafafa; }
+td.paper, th.paper { color: #666; font-style: italic; background: #f7f7fb; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+"""
+
+
+def _class(name: str) -> str:
+    return f' class="{name}"' if name else ""
+
+
+def _html(sections: list[Section]) -> str:
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>ssl-bench report</title>",
+             f"<style>{CSS}</style></head><body>", "<h1>ssl-bench report</h1>"]
+    for section in sections:
+        study = section.study
+        header, body = paper_table(study)
+        kinds = ["axis"] * len(study.axes) + ["runs"] + ["paper" if h == "paper" else "" for h in header[
+            len(study.axes) + 1:]]
+        parts += [f"<h2>{esc(study.name)}</h2>",
+                  f'<p class="source">From <code>{esc(str(study.dir))}</code>: {esc(_run_count(study))}.</p>',
+                  '<p class="legend">Mean ± std over the finished runs of each grid point of the final values; '
+                  "<i>paper</i>: the paper's value; runs: finished/all, the others by status.</p>",
+                  "<table><thead><tr>" + "".join(f"<th{_class(k)}>{esc(h)}</th>" for k, h in zip(kinds, header))
+                  + "</tr></thead><tbody>"]
+        parts += ["<tr>" + "".join(f"<td{_class(k)}>{esc(c)}</td>" for k, c in zip(kinds, cells)) + "</tr>"
+                  for cells in body]
+        parts.append("</tbody></table>")
+        if section.figures:
+            parts.append(f'<p class="legend">{esc(CURVES_NOTE)}</p>')
+        for figure in section.figures:
+            data = base64.b64encode(figure.path.read_bytes()).decode("ascii")
+            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(figure.caption)}">'
+                         f"<figcaption>{esc(figure.caption)}</figcaption></figure>")
+        parts += [f'<p class="note">{esc(note)}</p>' for note in section.notes]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` wrote."""
+
+    markdown: Path
+    html: Path
+    sections: list[Section]
+
+    @property
+    def figures(self) -> list[Path]:
+        return [figure.path for section in self.sections for figure in section.figures]
+
+
+def default_out(dirs: Sequence[Path]) -> Path:
+    """``DIR/report`` for one directory; several need ``--out``."""
+    if len(dirs) != 1:
+        raise ConfigError(f"a report of {len(dirs)} directories needs --out OUT (where report.md, report.html and "
+                          "figures/ go)")
+    return dirs[0] / "report"
+
+
+def write_report(studies: Sequence[Study], out: Path, metrics: Sequence[str] | None = None,
+                 points: Sequence[str] | None = None) -> Report:
+    """Draw every study's figures into ``out/figures`` and write ``out/report.md`` and ``out/report.html``.
+    ``metrics`` chooses the curves; ``points`` (grid point labels) the grid points drawn, in every study."""
+    figures_dir = out / "figures"
+    try:
+        figures_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out} cannot be written ({err.strerror or err}); choose a directory you can write "
+                          "to") from None
+    stems = [_slug(study.name) for study in studies]
+    stems = [stem if stems.count(stem) == 1 else f"{stem}-{i + 1}" for i, stem in enumerate(stems)]
+    sections = [draw_study(study, figures_dir, stem, metrics, points) for study, stem in zip(studies, stems)]
+    markdown, page = out / "report.md", out / "report.html"
+    markdown.write_text(_markdown(sections, out) + "\n", encoding="utf-8")
+    page.write_text(_html(sections), encoding="utf-8")
+    return Report(markdown, page, sections)
+
+
+def curves(dirs: Sequence[Path | str], metric: str, out_png: Path | str, points: Sequence[str] | None = None) -> Path:
+    """One figure of ``metric`` over epochs for the grid points of one or more sweep or run directories (``points``:
+    their labels, e.g. ``["model=Simplified-SimCLR,data.sparsity=0.1"]``; all by default): per grid point the mean
+    over its finished runs with the min-max band across them. Returns ``out_png``; an error when no finished run
+    logged the metric."""
+    from ssl_bench import plots
+
+    studies = [load_study(Path(d)) for d in dirs]
+    check_points(studies, points)
+    chosen = [(study, [p for p in study.points if points is None or p.label in points]) for study in studies]
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    if plots.draw_curves(chosen, metric, out_png) is None:
+        raise ConfigError(f"no finished run in {', '.join(map(str, dirs))} logged {metric}; choose a metric of their "
+                          "metrics.jsonl")
+    return out_png
+
+
+def report_command(dirs: Sequence[Path], out: Path | None, metrics: Sequence[str] | None,
+                   points: Sequence[str] | None) -> int:
+    """``ssl-bench report``: the tables on stdout, the report files written, where they went on stderr."""
+    import sys
+
+    studies = [load_study(d) for d in dirs]
+    check_points(studies, points)  # before anything is drawn
+    out = out or default_out(dirs)
+    print("\n\n".join(markdown_table(study) for study in studies))
+    report = write_report(studies, out, metrics, points)
+    print(f"report: {report.markdown} and {report.html} ({len(report.figures)} figures in {out / 'figures'})",
+          file=sys.stderr)
+    return 0
+

@@ -1,0 +1,210 @@
+"""``ssl-bench report``: report.md, a self-contained report.html and PNG figures of the expected size from a real tiny
+sweep; the series a figure is drawn from (mean, min and max across seeds, aligned on the epoch) against known values;
+run directories without sweep.json; bad input in one line."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from conftest import TINY, error_line
+
+from ssl_bench.cli import main
+from ssl_bench.plots import band, r2_mean, spectrum_bands
+from ssl_bench.report import curves, load_study
+from ssl_bench.sweep import report
+
+STUDY = """\
+defaults: [quickstart, _self_]
+experiment: tiny_study
+callbacks:
+  r2_probe: {samples: 64}
+sweep:
+  seeds: [1, 2]
+  grid: {optim.lr: [0.01, 0.05]}
+  reference:
+    - {match: {optim.lr: 0.01}, values: {maxcos/max: 0.94, maxcos/min: 0.83}}
+"""
+"""Two grid points x two seeds of quickstart with the R^2 probe, and the paper's values for one grid point."""
+
+CURVE_PX, SPECTRA_PX = (1000, 500), (1400, 500)
+R2_PX = (950, 380)
+"""Pixel sizes: a curve figure 10 x 5 in, spectra 14 x 5 in, R^2 of two grid points 2 x 4 + 1.5 by 3 + 0.8 in, all at
+100 dpi (ssl_bench.plots)."""
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height of a PNG from its IHDR chunk, after checking the signature."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", data[:16]
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    """A real sweep: 2 learning rates x 2 seeds, 4 epochs, metrics every 2."""
+    root = tmp_path_factory.mktemp("report")
+    config = root / "study.yaml"
+    config.write_text(STUDY)
+    sweep_dir = root / "sweep"
+    args = ["sweep", "--config", str(config), *[o for o in TINY if not o.startswith("trainer.max_epochs")],
+            "trainer.max_epochs=4", "trainer.metrics_every_n_epochs=2", "--jobs", "2", "--sweep-dir", str(sweep_dir)]
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main(args)
+    assert code == 0, out.getvalue() + err.getvalue()
+    return sweep_dir
+
+
+def test_report_writes_markdown_html_and_figures_of_a_sweep(sweep_dir, run_cli):
+    code, out, err = run_cli("report", sweep_dir)
+    assert code == 0, err
+    assert out.strip() == report(sweep_dir)  # stdout is the table, as before
+    out_dir = sweep_dir / "report"
+    assert err.strip().splitlines() == [f"report: {out_dir / 'report.md'} and {out_dir / 'report.html'} (6 figures "
+                                        f"in {out_dir / 'figures'})"]
+
+    figures = {p.name: p.read_bytes() for p in (out_dir / "figures").glob("*.png")}
+    curves_ = [f"tiny_study-{m}.png" for m in ("maxcos-max", "maxcos-median", "maxcos-min", "train-loss")]
+    assert sorted(figures) == sorted([*curves_, "tiny_study-spectra.png", "tiny_study-r2.png"])
+    for name in curves_:
+        assert png_size(figures[name]) == CURVE_PX, name
+    assert png_size(figures["tiny_study-spectra.png"]) == SPECTRA_PX
+    assert png_size(figures["tiny_study-r2.png"]) == R2_PX
+
+    page = (out_dir / "report.html").read_text()
+    embedded = [base64.b64decode(data) for data in re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)]
+    assert sorted(embedded) == sorted(figures.values())  # every PNG, byte for byte
+    assert not re.search(r"<(link|script)|(src|href)=\"(?!data:)", page)  # nothing fetched from elsewhere
+    assert "<th>maxcos/max</th><th class=\"paper\">paper</th>" in page
+
+    markdown = (out_dir / "report.md").read_text()
+    assert "| optim.lr | runs | maxcos/max | paper | maxcos/median | maxcos/min | paper |" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| 0.01 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["0.01", "2/2"] and cells[3] == "0.94" and cells[6] == "0.83"
+    assert re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}", cells[2])
+    other = next(line for line in markdown.splitlines() if line.startswith("| 0.05 |"))
+    assert [c.strip() for c in other.strip("|").split("|")][3] == ""  # no paper value for this grid point
+    for name in figures:
+        assert f"](figures/{name})" in markdown
+
+
+def test_metrics_and_points_choose_the_curves(sweep_dir, run_cli, tmp_path):
+    out_dir = tmp_path / "docs"
+    code, out, err = run_cli("report", sweep_dir, "--out", out_dir, "--metrics", "maxcos/min,train/loss",
+                             "--point", "optim.lr=0.05")
+    assert code == 0, err
+    assert sorted(p.name for p in (out_dir / "figures").glob("*.png")) == [
+        "tiny_study-maxcos-min.png", "tiny_study-r2.png", "tiny_study-spectra.png", "tiny_study-train-loss.png"]
+    assert png_size((out_dir / "figures" / "tiny_study-r2.png").read_bytes()) == (550, 380)  # one grid point
+    assert "| 0.01 | 2/2 |" in (out_dir / "report.md").read_text()  # the table keeps every grid point
+
+    code, out, err = run_cli("report", sweep_dir, "--out", out_dir, "--point", "optim.lr=0.5")
+    assert error_line(code, err) == (f"'optim.lr=0.5' is not a grid point of {sweep_dir}; its grid points: "
+                                     "'optim.lr=0.01', 'optim.lr=0.05'")
+
+
+# ------------------------------------------------------------------------------------------ the series, by hand
+
+
+def write_run(run_dir: Path, group: str, status: str | None, metrics: list[dict], seed: int = 1) -> None:
+    """A run directory: its metrics.jsonl and, unless ``status`` is None (a run still going), its summary.json."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in metrics))
+    if status is not None:
+        (run_dir / "summary.json").write_text(json.dumps({
+            "status": status, "group": group, "experiment": "hand", "seed": seed,
+            "metrics": {k: v for record in metrics for k, v in record.items() if k not in ("step", "epoch")}}))
+
+
+def test_band_is_mean_min_max_over_seeds_aligned_on_the_epoch(tmp_path):
+    """Three seeds: the third is shorter (stopped after 4 epochs), the second logged 'nan' in epoch 4 and a
+    record without the metric; a line cut off at the end is skipped. Epochs count from 1 (the record's 0-based
+    epoch + 1)."""
+    values = {1: [1.0, 0.5, 0.25, 0.125], 2: [3.0, 1.5, "nan", 0.375], 3: [2.0, 1.0]}
+    for seed, series in values.items():
+        records = [{"step": 10 * e, "epoch": float(2 * e + 1), "train/loss": v} for e, v in enumerate(series)]
+        records.insert(1, {"step": 5, "epoch": 1.0, "maxcos/min": 0.4})
+        write_run(tmp_path / f"seed{seed}", "hand/lr=1", "finished", records, seed)
+    with open(tmp_path / "seed2" / "metrics.jsonl", "a") as file:
+        file.write('{"step": 80, "epoch": 9.0, "train/lo')
+
+    b = band([tmp_path / f"seed{seed}" for seed in values], "train/loss")
+    assert b.x == [2, 4, 6, 8] and b.runs == 3
+    assert b.mean == pytest.approx([2.0, 1.0, 0.25, 0.25])
+    assert b.low == [1.0, 0.5, 0.25, 0.125]
+    assert b.high == [3.0, 1.5, 0.25, 0.375]
+    assert band([tmp_path / "seed1"], "maxcos/max") is None
+    assert band([tmp_path / "absent"], "train/loss") is None
+
+
+def test_spectra_are_geometric_means_and_r2_skips_nan(tmp_path):
+    for seed, (s, r2) in enumerate([([1.0, 0.1, 0.0], [[0.5, "nan"]]), ([4.0, 0.4, 0.01], [[1.0, "nan"]])], 1):
+        run_dir = tmp_path / f"seed{seed}"
+        run_dir.mkdir()
+        (run_dir / "spectra.jsonl").write_text(json.dumps({"epoch": 2, "backbone": [9.0]}) + "\n"
+                                               + json.dumps({"epoch": 4, "step": 8, "backbone": s}) + "\n")
+        (run_dir / "r2.jsonl").write_text(json.dumps({"epoch": 4, "groups": {"latent": [0, 1]},
+                                                      "adjusted_r2": r2, "r2": r2}) + "\n")
+    runs = [tmp_path / "seed1", tmp_path / "seed2"]
+    bands, epochs = spectrum_bands(runs)
+    assert list(bands) == ["backbone"] and epochs == [4]
+    backbone = bands["backbone"]
+    assert backbone.x == [1, 2, 3]
+    assert backbone.mean == pytest.approx([2.0, 0.2, 0.01])  # sqrt(1 * 4), sqrt(0.1 * 0.4); rank 3: 0 has no log
+    assert backbone.low == pytest.approx([1.0, 0.1, 0.01]) and backbone.high == pytest.approx([4.0, 0.4, 0.01])
+    matrix = r2_mean(runs)
+    assert matrix.values[0][0] == pytest.approx(0.75) and math.isnan(matrix.values[0][1])
+    assert matrix.runs == 2 and matrix.groups == {"latent": [0, 1]} and matrix.epochs == [4]
+
+
+def test_run_directories_without_sweep_json_are_grouped_by_their_group(tmp_path, run_cli):
+    """Runs copied from a cluster without their sweep.json: grid points from the summaries' groups; a grid point
+    whose runs all failed or are still going is counted and left out of the figures."""
+    curve = [{"step": e, "epoch": float(e), "maxcos/min": 0.1 * e, "train/loss": 5.0 - e} for e in range(4)]
+    write_run(tmp_path / "runs" / "a1", "hand/lr=0.1", "finished", curve, 1)
+    write_run(tmp_path / "runs" / "a2", "hand/lr=0.1", "finished", curve, 2)
+    write_run(tmp_path / "runs" / "b1", "hand/lr=0.2", "failed", curve[:1], 1)
+    write_run(tmp_path / "runs" / "b2" / "deeper", "hand/lr=0.2", None, curve[:2], 2)
+    (tmp_path / "runs" / "b2" / "deeper" / "config.yaml").write_text("group: hand/lr=0.2\nexperiment: hand\n")
+
+    study = load_study(tmp_path / "runs")
+    assert study.name == "hand" and study.axes == ["lr"]
+    assert [(p.label, p.statuses) for p in study.points] == [("lr=0.1", ["finished", "finished"]),
+                                                              ("lr=0.2", ["failed", "missing"])]
+    code, out, err = run_cli("report", tmp_path / "runs", "--metrics", "maxcos/min")
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if line.startswith("| 0.")]
+    assert rows == ["| 0.1 | 2/2 | - | - | 0.300 ± 0.000 |", "| 0.2 | 0/2 (1 failed, 1 missing) | - | - | - |"]
+    markdown = (tmp_path / "runs" / "report" / "report.md").read_text()
+    assert "![hand-maxcos-min](figures/hand-maxcos-min.png)" in markdown
+    assert "No finished run recorded spectra" in markdown
+
+    png = curves([tmp_path / "runs"], "train/loss", tmp_path / "loss.png", points=["lr=0.1"])
+    assert png_size(png.read_bytes()) == CURVE_PX
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_directories_are_one_line(run_cli, tmp_path):
+    code, out, err = run_cli("report", tmp_path / "absent")
+    assert error_line(code, err) == (f"{tmp_path / 'absent'} does not exist; give a sweep directory (with sweep.json) "
+                                     "or a directory of run directories")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    code, out, err = run_cli("report", tmp_path / "empty")
+    assert error_line(code, err) == (f"{tmp_path / 'empty'} holds no runs (no sweep.json, and no summary.json or "
+                                     "metrics.jsonl below it); give a sweep directory or a directory of run "
+                                     "directories")
+    assert not (tmp_path / "empty" / "report").exists()
+    write_run(tmp_path / "one", "hand", "finished", [])
+    code, out, err = run_cli("report", tmp_path / "one", tmp_path / "one")
+    assert error_line(code, err) == ("a report of 2 directories needs --out OUT (where report.md, report.html and "
+                                     "figures/ go)")
+    with pytest.raises(Exception, match="no finished run in .* logged maxcos/min"):
+        curves([tmp_path / "one"], "maxcos/min", tmp_path / "x.png")
