@@ -155,7 +155,7 @@ def describe(workspace: Any) -> str:
              f"{workspace.entity or 'your default entity'})",
              f"runs: {runset.filters}" + (f" and name matches /{runset.query}/" if runset.query else ""),
              f"grouped by: {', '.join(g.name for g in runset.groupby)}; x axis: {workspace.settings.x_axis}; "
-             f"at most {workspace.settings.max_runs} runs per panel"]
+             f"at most {workspace.settings.max_runs} run{'' if workspace.settings.max_runs == 1 else 's'} per panel"]
     for section in workspace.sections:
         lines.append(f"section '{section.name}':")
         for panel in section.panels:
