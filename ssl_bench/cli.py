@@ -241,6 +241,21 @@ def load(config: str, overrides: list[str]) -> RunConfig:
     return to_run_config(compose_config(config, overrides))
 
 
+SLURM_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    ("--partition", "P", str, "partition"),
+    ("--gpus-per-task", "G", int, "GPUs per run on each node, one process each (default 0: one CPU process)"),
+    ("--cpus-per-task", "C", int, "CPUs per process (default 1)"),
+    ("--mem", "M", str, "memory per node, e.g. 16G"),
+    ("--time", "T", str, "time limit per task, e.g. 04:00:00 (SIGUSR1 90 s before it: checkpoint, requeue)"),
+    ("--max-parallel", "K", int, "at most K tasks at once (--array=0-N%%K)"),
+    ("--account", "A", str, "account to charge"),
+    ("--qos", "Q", str, "quality of service"),
+    ("--nodes", "N", int, "nodes per run (default 1)"),
+    ("--extra-sbatch", "OPTS", str, "further sbatch options, e.g. \"--constraint=a100 --exclusive\""),
+)
+"""``ssl-bench sweep --slurm``'s resource options: flag, metavar, type, help."""
+
+
 def _parser() -> argparse.ArgumentParser:
     help_text = configs_help()
     parser = argparse.ArgumentParser(prog="ssl-bench", description="Collapse studies of self-supervised learning.",
@@ -249,12 +264,20 @@ def _parser() -> argparse.ArgumentParser:
     for command, text in (("fit", "train one run"), ("sweep", "run an experiment's grid x seeds, print its table")):
         sub = commands.add_parser(command, help=text, description=text, epilog=help_text,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("--config", required=True, help="experiment config name or path to a YAML file")
+        sub.add_argument("--config", required=command == "fit", help="experiment config name or path to a YAML file")
         sub.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.sparsity=0.2 seed=3 method=byol")
         if command == "sweep":
             sub.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
             sub.add_argument("--sweep-dir", type=Path, default=None, help="where the runs go (default runs/sweeps/...)")
-            sub.add_argument("--print-config", action="store_true", help="list the runs without starting them")
+            sub.add_argument("--print-config", "--dry-run", action="store_true",
+                             help="list the runs without starting them (with --slurm: print the sbatch script and "
+                                  "its task table without submitting)")
+            slurm = sub.add_argument_group("SLURM (one array task per grid point x seed; see docs/slurm.md)")
+            slurm.add_argument("--slurm", action="store_true", help="submit the runs to do as a SLURM array job")
+            slurm.add_argument("--status", type=Path, default=None, metavar="DIR",
+                               help="show the state of the SLURM tasks of the sweep in DIR (no --config needed)")
+            for option, metavar, kind, what in SLURM_OPTIONS:
+                slurm.add_argument(option, metavar=metavar, type=kind, default=None, help=what)
             sub.add_argument("--force", action="store_true",
                              help="run every run again, replacing those in --sweep-dir even if made with other settings")
             sub.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
@@ -262,6 +285,11 @@ def _parser() -> argparse.ArgumentParser:
                                   "whole grid), e.g. --only model=CL-linear --only data.sparsity=0.1,0.3")
         if command == "fit":
             sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    task = commands.add_parser("sweep-task", description="run one task of a SLURM array that `ssl-bench sweep "
+                               "--slurm` submitted (its sbatch script calls this)")
+    task.add_argument("table", type=Path, help="the array's task table, SWEEP_DIR/slurm/tasks-K.json")
+    task.add_argument("--task", type=int, default=None, help="the task id (default SLURM_ARRAY_TASK_ID)")
+    task.set_defaults(overrides=[])
     text = ("InfoNCE, alignment and uniformity of the config's encoder (trained weights from trainer.resume=PATH, "
             "else as built, e.g. encoder=inverse for f = g^-1) on fresh positive pairs of its data: JSON on stdout, "
             "one line on stderr")
@@ -373,6 +401,18 @@ def command(argv: list[str] | None = None) -> int:
 
             metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
             return report_command(args.dirs, args.out, metrics, args.point)
+        if args.command == "sweep-task":
+            from ssl_bench.slurm import run_task
+
+            if args.overrides:
+                raise UserError(f"sweep-task takes no overrides ({' '.join(args.overrides)}); they are in its table")
+            return run_task(args.table, args.task)
+        if args.command == "sweep" and args.status is not None:
+            from ssl_bench.slurm import print_status
+
+            return print_status(args.status)
+        if args.command == "sweep" and not args.config:
+            raise UserError("sweep needs --config NAME (or --status DIR for the state of a SLURM sweep)")
         cfg = load(args.config, args.overrides)
         if args.command == "evaluate":
             import json
@@ -397,8 +437,10 @@ def command(argv: list[str] | None = None) -> int:
             return report_ending(summary, args.config, args.overrides)
         from ssl_bench.sweep import run_sweep
 
+        from ssl_bench.slurm import slurm_options
+
         return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
-                         dry_run=args.print_config, force=args.force, only=args.only)
+                         dry_run=args.print_config, force=args.force, only=args.only, slurm=slurm_options(args))
     except UserError as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return 2

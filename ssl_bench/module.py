@@ -67,6 +67,14 @@ class SSLModule(L.LightningModule):
             groups[0].append(probe_group(self.probe, self.optim))
         return [build_optimizer(self.optim, g, self.peak_lr()) for g in groups]
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the losses of the epochs since ``train/loss`` was last logged: a run resumed from this checkpoint
+        then logs the same mean over the same epochs as a run that never stopped."""
+        checkpoint["ssl_bench_epoch_losses"] = [loss.cpu() for loss in self._epoch_losses]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._epoch_losses = list(checkpoint.get("ssl_bench_epoch_losses", []))
+
     def on_train_start(self) -> None:
         """Collect the callbacks that implement the per-optimizer-step hook."""
         self._step_hooks = [adapter.callback for adapter in self.trainer.callbacks
@@ -133,7 +141,8 @@ class SSLModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         epoch = self.current_epoch + 1
         if epoch % self.log_every_n_epochs == 0 or epoch == self.trainer.max_epochs:
-            self.log("train/loss", torch.stack(self._epoch_losses).mean(), sync_dist=True)
+            losses = torch.stack([loss.to(self.device) for loss in self._epoch_losses])
+            self.log("train/loss", losses.mean(), sync_dist=True)
             self.log("train/lr", self.batch_optimizers[0].param_groups[0]["lr"])
             for key, value in self.method.epoch_metrics().items():
                 self.log(key, value)

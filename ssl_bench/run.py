@@ -64,7 +64,8 @@ def resolve_run_dir(cfg: RunConfig) -> Path:
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived during training: the run stops at once (status ``interrupted``). A
+    """SIGINT or SIGTERM arrived during training: the run stops at once (status ``interrupted``); or SIGUSR1 did,
+    and the run stopped at the end of an epoch with a checkpoint (see :class:`StopAtEpochEnd`). A
     ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` swallows it."""
 
     def __init__(self, signum: int) -> None:
@@ -73,25 +74,63 @@ class Interrupted(BaseException):
         super().__init__(self.signal)
 
 
+class StopAtEpochEnd(L.Callback):
+    """SIGUSR1, the warning SLURM sends before a time limit or a preemption (``#SBATCH --signal=USR1@90``), stops
+    the run at the end of the epoch it is in: that epoch is completed and logged as usual, then ``last.ckpt`` is
+    written and the run ends as interrupted (signal ``SIGUSR1``). A run resumed from that checkpoint continues
+    exactly as if it had never stopped, and its last epoch's ``on_train_end`` work (e.g. a linear readout) is not
+    done early. Under DDP every process stops at the same epoch: the request is reduced across processes. A signal
+    during the last epoch changes nothing: the run finishes."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.checkpoint = checkpoint
+        self.requested = False
+        self.stopping = False
+
+    def request(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last_epoch = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0
+        if trainer.strategy.reduce_boolean_decision(self.requested, all=False) and not last_epoch:
+            self.stopping = trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopping:
+            trainer.save_checkpoint(self.checkpoint)
+            raise Interrupted(signal.SIGUSR1)
+
+
 @contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """While training, SIGINT and SIGTERM raise :class:`Interrupted`; further signals are ignored until the run
-    directory is written. Only the main thread can install handlers; elsewhere this does nothing."""
+def stop_on_signals(stopper: StopAtEpochEnd) -> Iterator[None]:
+    """While training, SIGINT and SIGTERM raise :class:`Interrupted`, after which further signals are ignored until
+    the run directory is written; SIGUSR1 asks ``stopper`` to stop at the end of the epoch. Only the main thread can
+    install handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        for name in (signal.SIGINT, signal.SIGTERM):
+        for name in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             signal.signal(name, signal.SIG_IGN)
         raise Interrupted(signum)
 
     previous = {name: signal.signal(name, interrupt) for name in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, stopper.request)
     try:
         yield
     finally:
         for name, handler in previous.items():
             signal.signal(name, handler)
+
+
+def slurm_plugins() -> list[Any]:
+    """Under ``srun``, Lightning's SLURM environment (ranks, world size and master address from SLURM) without its
+    auto-requeue: SIGUSR1 is handled by :class:`StopAtEpochEnd`, whose checkpoint resumes exactly, and the requeue
+    is the job's (``ssl-bench sweep-task``), after the run has written its summary."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 def check_environment(cfg: RunConfig) -> str:
@@ -136,7 +175,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
 
     Everything that can be checked is checked before anything is written. The summary's ``status`` says how the run
     ended: ``finished``; ``diverged`` (a non-finite loss stopped it; ``diverged`` holds the epoch and step);
-    ``interrupted`` (SIGINT or SIGTERM; ``signal``, and ``resume``, the checkpoint to continue from or None); or
+    ``interrupted`` (SIGINT or SIGTERM at once, SIGUSR1 at the end of an epoch with a checkpoint; ``signal``, and
+    ``resume``, the checkpoint to continue from or None); or
     ``failed`` (any other error, which is raised again). Returns the summary, or None in DDP processes other than
     global rank 0 (which writes it)."""
     t = cfg.trainer
@@ -145,7 +185,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     resume = resume_checkpoint(cfg, run_dir)
     torch.set_num_threads(t.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    noise = "does not have many workers|LightningModule.log|_DataFetcher|treespec|Total length of `list` across ranks"
+    noise = ("does not have many workers|LightningModule.log|_DataFetcher|treespec|Total length of `list` across ranks"
+             "|`srun` command is available")  # on a SLURM login node: a run there need not be a SLURM job
     warnings.filterwarnings("ignore", message=f".*({noise}).*")
     L.seed_everything(cfg.seed, verbose=False)
     data = build_data(cfg)
@@ -163,11 +204,12 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     recorder = RunRecorder(run_dir)
     loggers: list[Any] = [recorder]
     if cfg.logger.backend == "wandb":
-        loggers.append(make_wandb_logger(cfg, run_dir))
-    callbacks: list[L.Callback] = [*(extra_callbacks or []), *build_callbacks(cfg)]
+        loggers.append(make_wandb_logger(cfg, run_dir, resuming=resume is not None))
+    checkpoints = run_dir / "checkpoints"
+    stopper = StopAtEpochEnd(checkpoints / "last.ckpt")  # first, so that it stops before other on_train_end work
+    callbacks: list[L.Callback] = [stopper, *(extra_callbacks or []), *build_callbacks(cfg)]
     if t.progress != "none":
         callbacks.append(progress_bar(t.progress))
-    checkpoints = run_dir / "checkpoints"
     if t.checkpoint_every_n_epochs:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True,
                                                              every_n_epochs=t.checkpoint_every_n_epochs,
@@ -181,10 +223,10 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
                         enable_checkpointing=bool(t.checkpoint_every_n_epochs),
                         enable_progress_bar=t.progress != "none", enable_model_summary=False,
                         deterministic=t.deterministic, log_every_n_steps=1, num_sanity_val_steps=0,
-                        default_root_dir=str(run_dir))
+                        default_root_dir=str(run_dir), plugins=slurm_plugins())
     status, ending = "failed", {}
     try:
-        with stop_on_signals():
+        with stop_on_signals(stopper):
             trainer.fit(module, datamodule=DataModuleAdapter(data), ckpt_path=resume)
         status = "finished"
     except Diverged as err:
@@ -202,5 +244,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
             import wandb
 
             if wandb.run is not None:
+                if ending.get("signal") == "SIGUSR1":
+                    wandb.run.mark_preempting()  # W&B shows it as preempted; the resumed run continues it
                 wandb.finish(exit_code=0 if status == "finished" else 1)
     return summary

@@ -35,11 +35,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from ssl_bench.config import ConfigError, RunConfig, ReferenceRow
+
+if TYPE_CHECKING:
+    from ssl_bench.slurm import SlurmOptions
 
 PER_RUN = {
     "seed": ("every run would get the same seed", "give the sweep's seeds with sweep.seeds=[{value}]", "1,2,3"),
@@ -290,6 +293,28 @@ def _remove_run(run_dir: Path) -> None:
         pass
 
 
+def prepare_run_dir(run_dir: Path, fresh: bool = False, restarted: bool = False) -> bool:
+    """Make ``run_dir`` ready for its run and say whether the run resumes from its ``last.ckpt``: it does when it
+    was interrupted with a checkpoint to continue from, or, for a job that the scheduler ``restarted`` (requeued
+    after a node failure, say), when it left a checkpoint and no summary. Otherwise (or when ``fresh``) a failed or
+    broken run starts again from scratch in an emptied directory."""
+    summary = None if fresh else read_summary(run_dir)
+    resume = summary is not None and summary.get("status") == "interrupted" and bool(summary.get("resume"))
+    resume = resume or (not fresh and restarted and summary is None
+                        and (run_dir / "checkpoints" / "last.ckpt").is_file())
+    if not resume and run_dir.is_dir():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return resume
+
+
+def fit_arguments(config: str, run: Run, experiment: str, overrides: list[str]) -> list[str]:
+    """The ``ssl-bench`` arguments that train ``run`` of a sweep of ``config`` (add ``trainer.resume=auto`` to
+    continue it from its last checkpoint)."""
+    return ["fit", "--config", config, *run.point.overrides, f"seed={run.seed}", f"run_dir={_quoted(str(run.dir))}",
+            f"group={_quoted(run.point.group(experiment))}", *RUN_OVERRIDES, *overrides]
+
+
 def select_points(points: list[Point], only: list[str]) -> list[Point]:
     """The grid points whose axes take one of the given values: each entry of ``only`` is ``AXIS=V1,V2,...``, and a
     point is selected when it matches every entry. An unknown axis or value is a one-line error listing the valid
@@ -319,16 +344,27 @@ def select_points(points: list[Point], only: list[str]) -> list[Point]:
 
 
 def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, sweep_dir: Path | None = None,
-              dry_run: bool = False, force: bool = False, only: list[str] | None = None) -> int:
+              dry_run: bool = False, force: bool = False, only: list[str] | None = None,
+              slurm: SlurmOptions | None = None) -> int:
     """Run every grid point x seed that has not ended for good (``jobs`` at a time, one thread each), then print
     and save the table. ``force`` replaces every run, whatever settings the directory's runs were made with.
     ``only`` (``AXIS=V1,V2`` entries, see :func:`select_points`) runs just the matching grid points; the record and
     the table keep the whole grid, whose other rows count their runs as missing until they are run.
 
+    With ``slurm``, the runs to do are submitted as one SLURM array instead (:mod:`ssl_bench.slurm`), or with
+    ``dry_run`` its script and task table are printed.
+
     Returns 0 when every run ended for good (finished or diverged), 1 when some failed, were interrupted or are
     missing, 130 when the sweep itself was interrupted (Ctrl-C)."""
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be >= 1")
+    if slurm is not None:
+        from ssl_bench import slurm as arrays
+
+        if jobs != 1:
+            raise ConfigError(f"--jobs={jobs} runs a local sweep; with --slurm use --max-parallel {jobs}")
+        slurm.check(submit=not dry_run)
+        arrays.check_resource_overrides(overrides)
     points = expand_grid(cfg.sweep.grid)
     check_overrides(overrides, points)
     selected = set(select_points(points, only or []))
@@ -349,6 +385,11 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
                           f"({changes[0]}); run with --force but without --only, or choose another --sweep-dir")
     status = {run: run_status(run.dir) for run in runs}
     todo = [run for run in runs if run.point in selected and (force or status[run] not in ENDED)]
+    if slurm is not None:
+        tasks = arrays.array_tasks(config, todo, cfg.experiment, overrides, slurm)
+        if dry_run:
+            return arrays.submit_array(sweep_dir, cfg.experiment, tasks, slurm, dry_run=True)
+        arrays.check_not_queued(sweep_dir, tasks)
     if dry_run:
         for run in (run for run in runs if run.point in selected):
             state = "" if status[run] == "missing" else \
@@ -380,17 +421,13 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     subset = f" (--only: {_count(len(selected), 'point')})" if len(selected) < len(points) else ""
     print(f"sweep {cfg.experiment}: {_count(len(points), 'point')} x {_count(len(seeds), 'seed')} = "
           f"{_count(len(runs), 'run')}{subset}, {kept}; running {len(todo)}; writing to {sweep_dir}", flush=True)
+    if slurm is not None:
+        return arrays.submit_array(sweep_dir, cfg.experiment, tasks, slurm, dry_run=False) if tasks else 0
 
     def launch(run: Run) -> int:
-        summary = None if force else read_summary(run.dir)
-        resume = summary is not None and summary.get("status") == "interrupted" and bool(summary.get("resume"))
-        if not resume and run.dir.is_dir():
-            shutil.rmtree(run.dir)  # a failed or broken run starts again from scratch
-        run.dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "ssl_bench.cli", "fit", "--config", config, *run.point.overrides,
-                   f"seed={run.seed}", f"run_dir={_quoted(str(run.dir))}",
-                   f"group={_quoted(run.point.group(cfg.experiment))}", *RUN_OVERRIDES,
-                   *(["trainer.resume=auto"] if resume else []), *overrides]
+        resume = prepare_run_dir(run.dir, fresh=force)
+        command = [sys.executable, "-m", "ssl_bench.cli", *fit_arguments(config, run, cfg.experiment, overrides),
+                   *(["trainer.resume=auto"] if resume else [])]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         with open(run.dir / "log.txt", "a" if resume else "w", encoding="utf-8") as log:
             return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode

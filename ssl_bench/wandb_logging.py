@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import netrc
 import os
+import secrets
 import shutil
 import ssl
 import sys
@@ -39,7 +40,8 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from ssl_bench.config import LoggerConfig, RunConfig
 
-__all__ = ["BoundedWandbLogger", "make_wandb_logger", "start_wandb_run", "wandb_answers", "wandb_has_credentials"]
+__all__ = ["BoundedWandbLogger", "make_wandb_logger", "start_wandb_run", "wandb_answers", "wandb_has_credentials",
+           "wandb_run_id"]
 
 
 def wandb_has_credentials(base_url: str) -> bool:
@@ -137,17 +139,20 @@ class BoundedWandbLogger(WandbLogger):
     by ``logger.init_timeout``, else offline) with exactly the given ``wandb.init`` arguments, instead of Lightning's
     own ``wandb.init`` call, which adds ``anonymous=None`` (deprecated: wandb warns about it on every run). As in
     Lightning, the run starts on first use and only on global rank 0 (the other ranks get a no-op experiment), and
-    a process spawned for DDP attaches to the run of its parent."""
+    a process spawned for DDP attaches to the run of its parent. The run's id comes from :func:`wandb_run_id` when
+    the run starts, so only the process that starts it reads or writes the id file."""
 
-    def __init__(self, init: dict[str, Any], config: LoggerConfig, save_dir: Path) -> None:
+    def __init__(self, init: dict[str, Any], config: LoggerConfig, save_dir: Path, resuming: bool = False) -> None:
         super().__init__(name=init["name"], save_dir=str(save_dir), project=init["project"])
         self._start_args = (init, config, Path(save_dir))
+        self._resuming = resuming
 
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
         if self._experiment is None and getattr(self, "_attach_id", None) is None:
-            run = start_wandb_run(*self._start_args)
+            init, config, save_dir = self._start_args
+            run = start_wandb_run({**init, "id": wandb_run_id(save_dir, self._resuming)}, config, save_dir)
             # as WandbLogger does for the runs it starts: metrics are plotted against the trainer's global step
             run.define_metric("trainer/global_step")
             run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
@@ -155,12 +160,30 @@ class BoundedWandbLogger(WandbLogger):
         return super().experiment
 
 
-def make_wandb_logger(cfg: RunConfig, run_dir: Path) -> WandbLogger:
+def wandb_run_id(run_dir: Path, resuming: bool) -> str:
+    """The W&B run id of the run in ``run_dir``, kept in ``run_dir/wandb/id.txt``: a resumed run (a requeued SLURM
+    task, ``trainer.resume``) continues the W&B run its checkpoint's run started, so its history stays one run; a
+    run started from scratch gets a new id, even in a directory that held another run (which W&B would otherwise
+    continue, and whose later steps would hide the new run's)."""
+    path = run_dir / "wandb" / "id.txt"
+    if resuming and path.is_file():
+        run_id = path.read_text(encoding="utf-8").strip()
+        if run_id:
+            return run_id
+    run_id = secrets.token_hex(6)  # W&B ids are letters and digits
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n", encoding="utf-8")
+    return run_id
+
+
+def make_wandb_logger(cfg: RunConfig, run_dir: Path, resuming: bool = False) -> WandbLogger:
     """The run's W&B logger: files under ``run_dir/wandb``, the run's group, name ``GROUP/seedS``, tags (experiment,
-    method, data, ``logger.tags``) and config (``config.yaml``); online or offline as the module doc says."""
+    method, data, ``logger.tags``) and config (``config.yaml``); online or offline as the module doc says. A run
+    ``resuming`` from a checkpoint continues its W&B run (same id, ``resume="allow"``: W&B starts it anew if it never
+    reached the server; see :func:`wandb_run_id`)."""
     init: dict[str, Any] = dict(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.resolved_group,
                                 name=f"{cfg.resolved_group}/seed{cfg.seed}",
                                 tags=list(dict.fromkeys([cfg.experiment, cfg.method.name, cfg.data.name,
                                                          *cfg.logger.tags])),
-                                config=cfg.to_container())
-    return BoundedWandbLogger(init, cfg.logger, run_dir)
+                                config=cfg.to_container(), **({"resume": "allow"} if resuming else {}))
+    return BoundedWandbLogger(init, cfg.logger, run_dir, resuming)
