@@ -4,9 +4,9 @@ A sweep's runs log to W&B (:mod:`ssl_bench.wandb_logging`) with the group ``EXPE
 alone for a sweep without a grid), the name ``GROUP/seedS``, the tags experiment, method, data and ``logger.tags``,
 and the run's config, which holds ``experiment``. The workspace selects the runs whose ``config.experiment`` is the
 sweep's experiment and whose name is ``GROUP/seedS`` for one of its grid points' groups (a regular-expression run
-search: wandb-workspaces cannot put a group such as ``E/data.n=8`` in a filter, it reads the ``=`` as an
-operator), groups them by W&B group, and draws one line per grid
-point in every plot: the mean over its seeds with the min-max band across seeds, as the paper figures do.
+search: wandb-workspaces cannot put a group such as ``E/data.n=8`` in a filter, it reads the ``=`` in the value as
+an operator), groups them by W&B group, and draws one line per grid point in every plot: the mean over its seeds
+with the min-max band across seeds, as the paper figures do.
 
 Its sections, in order:
 
@@ -109,8 +109,9 @@ def build_workspace(sweep_dir: Path, project: str, entity: str = "") -> Any:
                           groupby_aggfunc="mean", groupby_rangefunc="minmax", max_runs_to_show=runs)
 
     legend = (f"Runs: W&B group `{experiment}/GRID_POINT` (one line or bar per grid point: the mean over seeds "
-              f"{spec.get('seeds', [])}, the band or whisker from the smallest to the largest value over seeds). Table from "
-              f"`{sweep_dir}`; rebuild the workspace with `ssl-bench dashboard` when more runs have finished.")
+              f"{spec.get('seeds', [])}, the band or whisker from the smallest to the largest value over seeds). "
+              f"Table from `{sweep_dir}`; rebuild the workspace with `ssl-bench dashboard` when more runs have "
+              "finished.")
     sections = [
         ws.Section(name="Table", panels=[wr.MarkdownPanel(markdown=f"{table}\n\n{legend}")], is_open=True,
                    layout_settings=ws.SectionLayoutSettings(columns=1, rows=1)),
@@ -185,10 +186,10 @@ def dashboard(sweep_dir: Path, project: str, entity: str | None = None, dry_run:
     if not project.strip():
         raise ConfigError("--project is empty; give the W&B project the sweep's runs logged to (logger.project, "
                           "default ssl-bench)")
+    workspace = build_workspace(sweep_dir, project, entity or "")
     if dry_run:
-        print(describe(build_workspace(sweep_dir, project, entity or "")))
+        print(describe(workspace))
         return 0
-    read_spec(sweep_dir)  # a directory that is no sweep's is refused before any network
     import wandb
 
     from ssl_bench.wandb_logging import wandb_answers, wandb_has_credentials
@@ -201,14 +202,14 @@ def dashboard(sweep_dir: Path, project: str, entity: str | None = None, dry_run:
     if unreachable:
         raise UserError(f"{unreachable}; the workspace was not saved (try again when W&B answers, or --dry-run)")
     try:
-        entity = entity or wandb.Api().default_entity
-        workspace = build_workspace(sweep_dir, project, entity or "").save()
-        url = workspace.url
+        if not entity:
+            workspace.entity = wandb.Api().default_entity
+        url = workspace.save().url
     except Exception as err:  # noqa: BLE001  (whatever W&B refuses is reported in one line)
         why = next(iter(str(err).strip().splitlines()), "") or type(err).__name__
         raise UserError(f"W&B did not save the workspace ({why}); check --entity and --project (the project must "
                         "hold the sweep's runs: `wandb sync` offline ones first) and the key (`wandb login "
                         "--relogin`)") from None
     print(url)
-    print(f"saved workspace '{workspace.name}' for {sweep_dir} in {entity}/{project}", file=sys.stderr)
+    print(f"saved workspace '{workspace.name}' for {sweep_dir} in {workspace.entity}/{project}", file=sys.stderr)
     return 0

@@ -4,12 +4,14 @@ sweep wrote, ``--dry-run`` through the CLI, and one-line refusals without creden
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +66,7 @@ def offline_run(run_dir: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory) -> Path:
-    """A real sweep (one grid point, one seed: a run takes seconds) of a tiny quickstart run that logs to W&B offline."""
+    """A real sweep (one grid point, one seed: seconds) of a tiny quickstart run that logs to W&B offline."""
     directory = tmp_path_factory.mktemp("dashboard") / "sweep"
     args = [arg for arg in TINY if arg != "logger=none"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
@@ -112,8 +114,8 @@ def test_workspace_sections_panels_and_grouping(sweep_dir):
     assert view["runSets"][0]["grouping"] == [{"section": "run", "name": "group"}]
     plots = [p for s in view["panelBankConfig"]["sections"] for p in s["panels"] if "groupBy" in p["config"]]
     assert len(plots) == len(bars) + len(curves) + len(spectra) - 1
-    assert all((p["config"]["groupBy"], p["config"]["groupAgg"], p["config"]["groupArea"]) == ("group", "mean", "minmax")
-               for p in plots)
+    assert {(p["config"]["groupBy"], p["config"]["groupAgg"], p["config"]["groupArea"]) for p in plots} == {
+        ("group", "mean", "minmax")}
     assert view["settings"]["xAxis"] == "epoch"
 
 
@@ -207,6 +209,44 @@ def test_saving_to_an_unreachable_server_is_one_line(run_cli, sweep_dir, tmp_pat
         wandb.teardown()
     assert error_line(code, err, out) == (f"cannot reach W&B at http://127.0.0.1:{port} (Connection refused); the "
                                           "workspace was not saved (try again when W&B answers, or --dry-run)")
+
+
+class Refusing(http.server.BaseHTTPRequestHandler):
+    """A server that answers every request as W&B answers a key it does not know: 401."""
+
+    def answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"errors": [{"message": "user is not logged in"}]}')
+
+    do_GET = do_POST = do_HEAD = answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_refused_save_is_one_line(run_cli, sweep_dir, tmp_path, monkeypatch):
+    """A server that answers but refuses the key: one line with W&B's reason and what to check."""
+    import wandb
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    wandb.teardown()
+    try:
+        code, out, err = run_cli("dashboard", "--sweep", sweep_dir, "--project", "proj")
+    finally:
+        server.shutdown()
+        monkeypatch.undo()
+        wandb.teardown()
+    message = error_line(code, err, out)
+    assert message.startswith("W&B did not save the workspace (") and "user is not logged in" in message, message
+    assert message.endswith("check --entity and --project (the project must hold the sweep's runs: `wandb sync` "
+                            "offline ones first) and the key (`wandb login --relogin`)")
 
 
 @pytest.mark.parametrize("args, message", [
