@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -71,7 +72,6 @@ class Study:
     metrics: list[str]
     reference: list[ReferenceRow]
     points: list[GridPoint]
-
 
 
 def _reference_rows(rows: Any, where: str) -> list[ReferenceRow]:
@@ -165,8 +165,9 @@ def runs_study(path: Path) -> Study:
     return Study(name, path, axes, [str(m) for m in metrics], reference, points)
 
 
-def load_study(path: Path) -> Study:
+def load_study(path: Path | str) -> Study:
     """The study in ``path``: a sweep directory, a run directory, or a directory of run directories."""
+    path = Path(path)
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "does not exist"
         raise ConfigError(f"{path} {what}; give a sweep directory (with sweep.json) or a directory of run directories")
@@ -196,6 +197,7 @@ class Row:
 
 
 def table_rows(study: Study) -> list[Row]:
+    """The rows of the study's table, one per grid point."""
     rows = []
     for point in study.points:
         done = [s for s, status in zip(point.summaries, point.statuses) if status == "finished" and s is not None]
@@ -289,13 +291,16 @@ def draw_study(study: Study, figures_dir: Path, stem: str, metrics: Sequence[str
             notes.append(f"No finished run logged {metric}.")
         else:
             figures.append(Figure(path, drawn))
-    for kind, draw in (("spectra", plots.draw_spectra), ("r2", plots.draw_r2)):
-        drawn = draw(study, chosen, figures_dir / f"{stem}-{kind}.png")
+    for kind, draw, absent in (
+            ("spectra", plots.draw_spectra, "No finished run recorded spectra (spectra.jsonl)."),
+            ("r2-heatmap", plots.draw_r2, "No finished run recorded R^2 (r2.jsonl; add the probe with "
+                                          "+callbacks.r2_probe={}).")):
+        path = figures_dir / f"{stem}-{kind}.png"
+        drawn = draw(study, chosen, path)
         if drawn is None:
-            notes.append("No finished run recorded spectra (spectra.jsonl)." if kind == "spectra" else
-                         "No finished run recorded R^2 (r2.jsonl; add the probe with +callbacks.r2_probe={}).")
+            notes.append(absent)
         else:
-            figures.append(Figure(figures_dir / f"{stem}-{kind}.png", drawn))
+            figures.append(Figure(path, drawn))
     return Section(study, figures, notes)
 
 
@@ -382,6 +387,7 @@ class Report:
 
     @property
     def figures(self) -> list[Path]:
+        """Every PNG written, in the order the report shows them."""
         return [figure.path for section in self.sections for figure in section.figures]
 
 
@@ -419,11 +425,10 @@ def curves(dirs: Sequence[Path | str], metric: str, out_png: Path | str, points:
     logged the metric."""
     from ssl_bench import plots
 
-    studies = [load_study(Path(d)) for d in dirs]
+    studies = [load_study(d) for d in dirs]
     check_points(studies, points)
     chosen = [(study, [p for p in study.points if points is None or p.label in points]) for study in studies]
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
     if plots.draw_curves(chosen, metric, out_png) is None:
         raise ConfigError(f"no finished run in {', '.join(map(str, dirs))} logged {metric}; choose a metric of their "
                           "metrics.jsonl")
@@ -433,8 +438,6 @@ def curves(dirs: Sequence[Path | str], metric: str, out_png: Path | str, points:
 def report_command(dirs: Sequence[Path], out: Path | None, metrics: Sequence[str] | None,
                    points: Sequence[str] | None) -> int:
     """``ssl-bench report``: the tables on stdout, the report files written, where they went on stderr."""
-    import sys
-
     studies = [load_study(d) for d in dirs]
     check_points(studies, points)  # before anything is drawn
     out = out or default_out(dirs)

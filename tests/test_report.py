@@ -70,11 +70,11 @@ def test_report_writes_markdown_html_and_figures_of_a_sweep(sweep_dir, run_cli):
 
     figures = {p.name: p.read_bytes() for p in (out_dir / "figures").glob("*.png")}
     curves_ = [f"tiny_study-{m}.png" for m in ("maxcos-max", "maxcos-median", "maxcos-min", "train-loss")]
-    assert sorted(figures) == sorted([*curves_, "tiny_study-spectra.png", "tiny_study-r2.png"])
+    assert sorted(figures) == sorted([*curves_, "tiny_study-spectra.png", "tiny_study-r2-heatmap.png"])
     for name in curves_:
         assert png_size(figures[name]) == CURVE_PX, name
     assert png_size(figures["tiny_study-spectra.png"]) == SPECTRA_PX
-    assert png_size(figures["tiny_study-r2.png"]) == R2_PX
+    assert png_size(figures["tiny_study-r2-heatmap.png"]) == R2_PX
 
     page = (out_dir / "report.html").read_text()
     embedded = [base64.b64decode(data) for data in re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)]
@@ -100,8 +100,10 @@ def test_metrics_and_points_choose_the_curves(sweep_dir, run_cli, tmp_path):
                              "--point", "optim.lr=0.05")
     assert code == 0, err
     assert sorted(p.name for p in (out_dir / "figures").glob("*.png")) == [
-        "tiny_study-maxcos-min.png", "tiny_study-r2.png", "tiny_study-spectra.png", "tiny_study-train-loss.png"]
-    assert png_size((out_dir / "figures" / "tiny_study-r2.png").read_bytes()) == (550, 380)  # one grid point
+        "tiny_study-maxcos-min.png", "tiny_study-r2-heatmap.png", "tiny_study-spectra.png",
+        "tiny_study-train-loss.png"]
+    heatmap = (out_dir / "figures" / "tiny_study-r2-heatmap.png").read_bytes()
+    assert png_size(heatmap) == (550, 380)  # one grid point
     assert "| 0.01 | 2/2 |" in (out_dir / "report.md").read_text()  # the table keeps every grid point
 
     code, out, err = run_cli("report", sweep_dir, "--out", out_dir, "--point", "optim.lr=0.5")
