@@ -16,6 +16,7 @@ import pytest
 from conftest import TINY, error_line
 
 from ssl_bench.cli import main
+from ssl_bench.errors import ConfigError
 from ssl_bench.plots import band, r2_mean, spectrum_bands
 from ssl_bench.report import curves, load_study
 from ssl_bench.sweep import report
@@ -189,6 +190,12 @@ def test_run_directories_without_sweep_json_are_grouped_by_their_group(tmp_path,
 
     png = curves([tmp_path / "runs"], "train/loss", tmp_path / "loss.png", points=["lr=0.1"])
     assert png_size(png.read_bytes()) == CURVE_PX
+    write_run(tmp_path / "more" / "c1", "hand/lr=0.3", "finished", curve)
+    png = curves([tmp_path / "runs", str(tmp_path / "more")], "maxcos/min", tmp_path / "both.png")  # two studies
+    assert png_size(png.read_bytes()) == CURVE_PX
+    with pytest.raises(ConfigError, match=r"^'lr=9' is not a grid point of .*; its grid points: 'lr=0.1', 'lr=0.2', "
+                                          r"'lr=0.3'$"):
+        curves([tmp_path / "runs", tmp_path / "more"], "maxcos/min", tmp_path / "x.png", points=["lr=9"])
 
 
 # ---------------------------------------------------------------------------------------------------- bad input
@@ -208,5 +215,5 @@ def test_bad_directories_are_one_line(run_cli, tmp_path):
     code, out, err = run_cli("report", tmp_path / "one", tmp_path / "one")
     assert error_line(code, err) == ("a report of 2 directories needs --out OUT (where report.md, report.html and "
                                      "figures/ go)")
-    with pytest.raises(Exception, match="no finished run in .* logged maxcos/min"):
+    with pytest.raises(ConfigError, match="no finished run in .* logged maxcos/min"):
         curves([tmp_path / "one"], "maxcos/min", tmp_path / "x.png")
