@@ -345,8 +345,8 @@ def draw_spectra(study: Study, points: Sequence[GridPoint], path: Path) -> str |
     weight = " and of the first-layer weight (divided by the largest)" if "weight" in kinds else ""
     return (f"{study.name}: singular values against their rank (log scale) of the covariance of the l2-normalised "
             f"embeddings before and after the projector{weight}, at {at}; per grid point the geometric mean over its "
-            "finished runs (line) and the min-max range (band). A spectrum that falls by orders of magnitude after rank "
-            "r: the embedding spans about r dimensions (dimensional collapse).")
+            "finished runs (line) and the min-max range (band). A spectrum that falls by orders of magnitude "
+            "after rank r: the embedding spans about r dimensions (dimensional collapse).")
 
 
 def r2_size(panels: int) -> tuple[float, float]:
