@@ -68,12 +68,15 @@ class SSLModule(L.LightningModule):
         return [build_optimizer(self.optim, g, self.peak_lr()) for g in groups]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the losses of the epochs since ``train/loss`` was last logged: a run resumed from this checkpoint
-        then logs the same mean over the same epochs as a run that never stopped."""
-        checkpoint["ssl_bench_epoch_losses"] = [loss.cpu() for loss in self._epoch_losses]
+        """Keep every process's losses of the epochs since ``train/loss`` was last logged (one row per process): a
+        run resumed from this checkpoint then logs the same mean over the same epochs as a run that never stopped.
+        Every process writes a checkpoint's contents (rank 0 saves them), so the gather is a collective."""
+        losses = torch.stack(self._epoch_losses) if self._epoch_losses else torch.zeros(0, device=self.device)
+        checkpoint["ssl_bench_epoch_losses"] = self.all_gather(losses).reshape(self.trainer.world_size, -1).cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._epoch_losses = list(checkpoint.get("ssl_bench_epoch_losses", []))
+        rows = checkpoint.get("ssl_bench_epoch_losses")
+        self._epoch_losses = list(rows[self.global_rank]) if rows is not None and self.global_rank < len(rows) else []
 
     def on_train_start(self) -> None:
         """Collect the callbacks that implement the per-optimizer-step hook."""

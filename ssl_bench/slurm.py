@@ -46,6 +46,10 @@ QUEUE_STATES = {"PENDING": "pending", "CONFIGURING": "running", "RUNNING": "runn
 """squeue's job states as what ``sweep --status`` shows."""
 
 
+EXAMPLES = {"--partition": "gpu", "--mem": "16G", "--time": "04:00:00", "--account": "myproject", "--qos": "normal"}
+"""An example value of each option that takes a word, for the error that refuses one."""
+
+
 @dataclass(frozen=True)
 class SlurmOptions:
     """What each array task asks SLURM for. ``gpus_per_task`` GPUs per run (on each of ``nodes`` nodes), one
@@ -66,14 +70,20 @@ class SlurmOptions:
     def check(self, submit: bool) -> None:
         """One-line :class:`ConfigError` for an option SLURM would refuse or misread; ``submit``: sbatch must be
         on PATH."""
-        for name, value, least in (("--gpus-per-task", self.gpus_per_task, 0), ("--cpus-per-task", self.cpus_per_task, 1),
-                                   ("--nodes", self.nodes, 1), ("--max-parallel", self.max_parallel, 1)):
+        for name, value, least in (("--gpus-per-task", self.gpus_per_task, 0), ("--nodes", self.nodes, 1),
+                                   ("--cpus-per-task", self.cpus_per_task, 1),
+                                   ("--max-parallel", self.max_parallel, 1)):
             if value is not None and value < least:
                 raise ConfigError(f"{name}={value} must be >= {least}")
         for name, value in (("--partition", self.partition), ("--mem", self.mem), ("--time", self.time),
                             ("--account", self.account), ("--qos", self.qos)):
             if value is not None and (not value or any(c.isspace() for c in value)):
                 raise ConfigError(f"{name}={value!r} must be one word, e.g. {name}={EXAMPLES[name]}")
+        try:
+            shlex.split(self.extra_sbatch)
+        except ValueError as err:
+            raise ConfigError(f"--extra-sbatch {self.extra_sbatch!r} cannot be read ({err}); quote it as a shell "
+                              "would, e.g. --extra-sbatch \"--constraint=a100 --exclusive\"") from None
         if submit and shutil.which("sbatch") is None:
             raise ConfigError("--slurm needs sbatch, which is not on PATH; run on a SLURM login node, or add --dry-run "
                               "to only print the script and its task table")
@@ -88,9 +98,8 @@ class SlurmOptions:
 
     def trainer_overrides(self) -> list[str]:
         """The run settings of one process per GPU (or one CPU process) on each of ``nodes`` nodes."""
-        if self.gpus_per_task:
-            return ["trainer.accelerator=gpu", f"trainer.devices={self.gpus_per_task}", f"trainer.num_nodes={self.nodes}"]
-        return ["trainer.accelerator=cpu", "trainer.devices=1", f"trainer.num_nodes={self.nodes}"]
+        accelerator, devices = ("gpu", self.gpus_per_task) if self.gpus_per_task else ("cpu", 1)
+        return [f"trainer.accelerator={accelerator}", f"trainer.devices={devices}", f"trainer.num_nodes={self.nodes}"]
 
 
 def slurm_options(args: Any) -> SlurmOptions | None:
@@ -104,9 +113,6 @@ def slurm_options(args: Any) -> SlurmOptions | None:
                               "or drop it")
         return None
     return SlurmOptions(**given)
-
-
-EXAMPLES = {"--partition": "gpu", "--mem": "16G", "--time": "04:00:00", "--account": "myproject", "--qos": "normal"}
 
 
 def check_resource_overrides(overrides: list[str]) -> None:
@@ -242,10 +248,11 @@ def _log(message: str) -> None:
 
 
 def run_task(table: Path, task_id: int | None = None) -> int:
-    """Run array task ``task_id`` (default ``SLURM_ARRAY_TASK_ID``) of ``table``: prepare its run directory,
-    train it (resuming from ``last.ckpt`` when it was interrupted with one, e.g. after a requeue), and requeue the
-    task when the run stopped on SIGUSR1. Returns the run's exit code (0 after a requeue)."""
-    from ssl_bench.sweep import prepare_run_dir, read_summary
+    """Run array task ``task_id`` (default ``SLURM_ARRAY_TASK_ID``) of ``table`` unless its run has ended for good
+    (finished or diverged): prepare its run directory, train it (resuming from ``last.ckpt`` when it was
+    interrupted with one, e.g. after a requeue), and requeue the task when the run stopped on SIGUSR1. Returns the
+    run's exit code (0 after a requeue)."""
+    from ssl_bench.sweep import ENDED, prepare_run_dir, read_summary
 
     record = read_table(table)
     if task_id is None:
@@ -259,6 +266,10 @@ def run_task(table: Path, task_id: int | None = None) -> int:
     task = tasks[task_id]
     run_dir = Path(task["run_dir"])
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    ended = (read_summary(run_dir) or {}).get("status")
+    if ended in ENDED:  # e.g. a task that SLURM requeued after its run had ended
+        _log(f"task {task_id}: {run_dir} has {ended} already; nothing to do")
+        return 0
     resume = prepare_run_dir(run_dir, restarted=restarts > 0)
     command = [*_launcher(), *task["args"], *(["trainer.resume=auto"] if resume else [])]
     _log(f"task {task_id} (restart {restarts}): {run_dir}: "

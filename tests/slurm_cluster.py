@@ -128,7 +128,8 @@ def slurm_cluster(root: Path, timeout: float = 30) -> Iterator[dict[str, str]]:
     finally:
         # jobs first, so that no job step (slurmstepd and its processes) outlives the daemons
         if len(daemons) == 3 and all(daemon.poll() is None for daemon in daemons):
-            subprocess.run(["scancel", "--user", pwd.getpwuid(os.getuid()).pw_name], env=env, capture_output=True, check=False)
+            user = pwd.getpwuid(os.getuid()).pw_name
+            subprocess.run(["scancel", "--user", user], env=env, capture_output=True, check=False)
             try:
                 _wait(lambda: not subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True,
                                                  check=False).stdout.strip(), 20, "jobs still running", [])

@@ -108,6 +108,40 @@ def test_status_needs_a_sweep_with_slurm_arrays(run_cli, tmp_path):
     assert error_line(code, err, out) == "sweep needs --config NAME (or --status DIR for the state of a SLURM sweep)"
 
 
+def test_a_task_trains_its_run_and_leaves_a_finished_run_alone(tmp_path, monkeypatch, capsys):
+    """sweep-task outside SLURM (the run's processes started without srun): the task's run trains into its run
+    directory with its output in log.txt; run again (as after a requeue that came too late) it keeps the finished
+    run as it is."""
+    point = Point((), ())
+    run = Run(point, 2, tmp_path / "sweep" / "default" / "seed2")
+    tasks = array_tasks("quickstart", [run], "quickstart", TINY, SlurmOptions())
+    table = tmp_path / "sweep" / "slurm" / "tasks-1.json"
+    table.parent.mkdir(parents=True)
+    table.write_text(json.dumps({"experiment": "quickstart", "script": "array-1.sbatch", "job_id": None,
+                                 "tasks": tasks}))
+    monkeypatch.setenv("SSL_BENCH_LAUNCH", f"{sys.executable} -m ssl_bench.cli")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    from ssl_bench.cli import main
+
+    assert main(["sweep-task", str(table), "--task", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"ssl-bench sweep-task: task 0 (restart 0): {run.dir}: starting",
+                   f"ssl-bench sweep-task: task 0: finished (exit code 0); log: {run.dir / 'log.txt'}"]
+    assert summary(run.dir)["status"] == "finished" and summary(run.dir)["seed"] == 2
+    assert f"run directory: {run.dir}" in (run.dir / "log.txt").read_text()
+    before = (run.dir / "summary.json").stat().st_mtime_ns
+    assert main(["sweep-task", str(table), "--task", "0"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"ssl-bench sweep-task: task 0: {run.dir} has finished already; nothing to do"]
+    assert (run.dir / "summary.json").stat().st_mtime_ns == before
+    code, err = main(["sweep-task", str(table), "--task", "1"]), capsys.readouterr().err
+    assert error_line(code, err) == f"{table} has no task 1; its tasks are 0-0"
+    code, err = main(["sweep-task", str(table)]), capsys.readouterr().err
+    assert error_line(code, err) == ("sweep-task runs one task of a SLURM array: give --task ID, or run it as an array "
+                                     "task (SLURM_ARRAY_TASK_ID)")
+
+
 def test_without_scontrol_the_run_stays_interrupted_and_says_why(tmp_path, monkeypatch, capsys):
     summary = {"status": "interrupted", "signal": "SIGUSR1", "resume": str(tmp_path / "checkpoints" / "last.ckpt")}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
