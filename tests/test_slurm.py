@@ -4,6 +4,7 @@ preemption warning, requeues itself and ends with exactly the metrics of a run t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -163,17 +164,13 @@ def cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
     missing = missing_binaries()
     if missing:
         pytest.skip(f"SLURM is not installed ({', '.join(missing)} not on PATH): apt-get install slurm-wlm munge")
-    root = Path(os.environ.get("SSL_BENCH_SLURM_ROOT", tmp_path_factory.mktemp("slurm")))
-    try:
-        context = slurm_cluster(root)
-        env = context.__enter__()
-    except RuntimeError as err:
-        pytest.skip(f"the SLURM cluster did not start: {str(err).splitlines()[0]}")
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            env = stack.enter_context(slurm_cluster(tmp_path_factory.mktemp("slurm")))
+        except RuntimeError as err:
+            pytest.skip(f"the SLURM cluster did not start: {str(err).splitlines()[0]}")
         yield {**os.environ, **env, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    finally:
-        context.__exit__(None, None, None)
 
 
 def cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
