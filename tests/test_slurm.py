@@ -8,12 +8,14 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightning as L
 import pytest
 from conftest import REPO, TINY, error_line
 from slurm_cluster import missing_binaries, slurm_cluster
@@ -22,6 +24,10 @@ from ssl_bench.slurm import SlurmOptions, array_tasks, render, requeue
 from ssl_bench.sweep import Point, Run
 
 SLURM_TINY = [o for o in TINY if o != "trainer.max_epochs=3"]
+
+
+def records(history: Path) -> list[dict]:
+    return [json.loads(line) for line in history.read_text().splitlines()]
 
 
 def sbatch_lines(script: str) -> list[str]:
@@ -155,6 +161,55 @@ def test_without_scontrol_the_run_stays_interrupted_and_says_why(tmp_path, monke
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
 
 
+# ------------------------------------------------------------------------------- the warning signal in a run
+
+
+class SignalAtEpoch(L.Callback):
+    """Sends this process SIGUSR1 at the start of epoch ``epoch``, as SLURM's warning would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def fit_tiny(run_dir: Path, *extra: str, signal_at: int | None = None) -> dict:
+    from ssl_bench.cli import load
+    from ssl_bench.run import fit
+
+    cfg = load("quickstart", [*SLURM_TINY, "trainer.max_epochs=30", f"run_dir={run_dir}", *extra])
+    return fit(cfg, [] if signal_at is None else [SignalAtEpoch(signal_at)])
+
+
+def test_sigusr1_stops_at_the_epochs_end_with_a_checkpoint_that_resumes_exactly(tmp_path):
+    """Stopped in the middle of a train/loss window (logged every 10 epochs) and resumed, a run ends with the
+    metrics and histories of the run that never stopped, and continues its W&B run; a run started afresh in the
+    same directory gets a W&B run of its own."""
+    wandb = ["logger=wandb"]
+    stopped = fit_tiny(tmp_path / "run", *wandb, signal_at=14)
+    assert {k: stopped[k] for k in ("status", "signal", "epochs")} == {"status": "interrupted", "signal": "SIGUSR1",
+                                                                       "epochs": 15}
+    assert stopped["resume"] == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    run_id = (tmp_path / "run" / "wandb" / "id.txt").read_text()
+    resumed = fit_tiny(tmp_path / "run", *wandb, "trainer.resume=auto")
+    never_stopped = fit_tiny(tmp_path / "reference", *wandb)
+    assert resumed["status"] == "finished" and resumed["epochs"] == 30
+    assert resumed["metrics"] == never_stopped["metrics"]
+    for history in ("metrics.jsonl", "spectra.jsonl"):
+        assert records(tmp_path / "run" / history) == records(tmp_path / "reference" / history), history
+    assert (tmp_path / "run" / "wandb" / "id.txt").read_text() == run_id
+    assert sorted(p.name.rsplit("-", 1)[1] for p in (tmp_path / "run" / "wandb").glob("offline-run-*")) == [
+        run_id.strip()] * 2
+    fit_tiny(tmp_path / "run", *wandb)
+    assert (tmp_path / "run" / "wandb" / "id.txt").read_text() != run_id
+
+
+def test_sigusr1_in_the_last_epoch_lets_the_run_finish(tmp_path):
+    assert fit_tiny(tmp_path / "run", "trainer.max_epochs=3", signal_at=2)["status"] == "finished"
+
+
 # ------------------------------------------------------------------------------------------- a real scheduler
 
 
@@ -220,10 +275,6 @@ def test_an_array_of_four_runs_finishes_every_task(cluster, tmp_path):
     assert status.returncode == 0, status.stderr
     assert status.stdout.splitlines() == [f"{job}_{task}\tfinished\t{run}" for task, run in enumerate(runs)] + [
         "4 finished of 4 tasks"]
-
-
-def records(history: Path) -> list[dict]:
-    return [json.loads(line) for line in history.read_text().splitlines()]
 
 
 @pytest.mark.slow
