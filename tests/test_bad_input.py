@@ -106,7 +106,9 @@ CASES = [
     case("", "the following arguments are required: --config; usage: ssl-bench fit [-h] --config CONFIG "
          "[--print-config] [overrides ...]"),
     case("--config quickstart --jobs abc", "argument --jobs: invalid int value: 'abc'; usage: ssl-bench sweep [-h] "
-         "--config CONFIG [--jobs JOBS] [--sweep-dir SWEEP_DIR] [--print-config] [--force] [overrides ...]",
+         "[--config CONFIG] [--jobs JOBS] [--sweep-dir SWEEP_DIR] [--print-config] [--slurm] [--status DIR] "
+         "[--partition P] [--gpus-per-task G] [--cpus-per-task C] [--mem M] [--time T] [--max-parallel K] "
+         "[--account A] [--qos Q] [--nodes N] [--extra-sbatch OPTS] [--force] [--only AXIS=V1,V2] [overrides ...]",
          command="sweep"),
     case("--config quickstart --jobs -1", "--jobs=-1 must be >= 1", command="sweep"),
 ]
