@@ -1,4 +1,4 @@
-"""``ssl-bench fit|sweep|report|evaluate``: compose Hydra configs, validate them, run.
+"""``ssl-bench fit|sweep|report|evaluate|dashboard``: compose Hydra configs, validate them, run.
 
 Start-up is light: ``--help`` reads only the config folder, and composing and checking a config imports the
 registered parts' files (torch) but neither Lightning nor torchvision; those load when a run starts.
