@@ -39,7 +39,8 @@ def _memory_mib() -> int:
 
 
 def slurm_conf(root: Path, cpus: int, memory_mib: int, ports: tuple[int, int]) -> str:
-    """A minimal ``slurm.conf`` for one node called localhost with ``cpus`` CPUs, state and spool under ``root``."""
+    """A minimal ``slurm.conf`` for one node called localhost with ``cpus`` CPUs, state and spool under ``root``.
+    Job credentials live 10 s (``cred_expire``, 120 s by default), which is also how long a requeued job waits."""
     return f"""\
 ClusterName=sslbench
 SlurmctldHost=localhost
@@ -49,7 +50,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root / 'munge.socket'}
+AuthInfo=socket={root / 'munge.socket'},cred_expire=10
 StateSaveLocation={root / 'state'}
 SlurmdSpoolDir={root / 'spool'}
 SlurmctldPidFile={root / 'slurmctld.pid'}
