@@ -280,7 +280,6 @@ def test_an_array_of_four_runs_finishes_every_task(cluster, tmp_path):
         "4 finished of 4 tasks"]
 
 
-@pytest.mark.slow
 def test_the_warning_signal_requeues_a_task_that_resumes_to_the_uninterrupted_metrics(cluster, tmp_path):
     """scancel --signal=USR1 (what SLURM sends before the time limit) reaches the run through srun; it stops at the
     end of an epoch with a checkpoint, the task requeues itself (Restarts=1), and the requeued task resumes from
