@@ -279,9 +279,13 @@ def _run_count(study: Study) -> str:
 def draw_study(study: Study, figures_dir: Path, stem: str, metrics: Sequence[str] | None = None,
                points: Sequence[str] | None = None) -> Section:
     """Every figure of ``study`` as ``figures_dir/STEM-*.png``: the curves of ``metrics`` (default: the table's and
-    ``train/loss``), the spectra and the R^2 heatmaps; a note for each figure that has nothing to show."""
+    ``train/loss``), the spectra and the R^2 heatmaps; a note for each figure that has nothing to show. The study's
+    figures of an earlier report into the same folder are removed first, so the folder holds only what the report
+    shows."""
     from ssl_bench import plots
 
+    for old in figures_dir.glob(f"{stem}-*.png"):
+        old.unlink()
     chosen = [point for point in study.points if points is None or point.label in points]
     figures, notes = [], []
     for metric in dict.fromkeys(metrics or [*study.metrics, *CURVE_EXTRA]):

@@ -97,6 +97,9 @@ def test_report_writes_markdown_html_and_figures_of_a_sweep(sweep_dir, run_cli):
 
 def test_metrics_and_points_choose_the_curves(sweep_dir, run_cli, tmp_path):
     out_dir = tmp_path / "docs"
+    code, out, err = run_cli("report", sweep_dir, "--out", out_dir)  # every figure: then fewer into the same folder
+    assert code == 0, err
+    assert len(list((out_dir / "figures").glob("*.png"))) > 4
     code, out, err = run_cli("report", sweep_dir, "--out", out_dir, "--metrics", "maxcos/min,train/loss",
                              "--point", "optim.lr=0.05")
     assert code == 0, err
