@@ -317,7 +317,7 @@ def fit_arguments(config: str, run: Run, experiment: str, overrides: list[str]) 
 
 def select_points(points: list[Point], only: list[str]) -> list[Point]:
     """The grid points whose axes take one of the given values: each entry of ``only`` is ``AXIS=V1,V2,...``, and a
-    point is selected when it matches every entry. An unknown axis or value is a one-line error listing the valid
+    point is selected when it matches every entry (a point of a grid block without that axis matches none). An unknown axis or value is a one-line error listing the valid
     ones."""
     values: dict[str, list[str]] = {}
     for point in points:
@@ -340,7 +340,7 @@ def select_points(points: list[Point], only: list[str]) -> list[Point]:
             raise ConfigError(f"--only {entry}: {', '.join(unknown)} not a value of {axis}; its values: "
                               f"{', '.join(values[axis])}")
         wanted.setdefault(axis, set()).update(chosen)
-    return [p for p in points if all(dict(p.axes)[axis] in chosen for axis, chosen in wanted.items())]
+    return [p for p in points if all(dict(p.axes).get(axis) in chosen for axis, chosen in wanted.items())]
 
 
 def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, sweep_dir: Path | None = None,

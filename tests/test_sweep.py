@@ -18,7 +18,7 @@ from conftest import REPO, TINY, error_line
 
 from ssl_bench.cli import load
 from ssl_bench.config import to_yaml
-from ssl_bench.sweep import expand_grid, report
+from ssl_bench.sweep import expand_grid, report, select_points
 
 TINY_SWEEP = [*TINY, "sweep.seeds=[1]"]
 
@@ -308,3 +308,13 @@ def test_only_names_a_bad_axis_or_value(run_cli, tmp_path, only, message):
                              "--sweep-dir", tmp_path / "sweep")
     assert error_line(code, err) == message
     assert not (tmp_path / "sweep").exists()
+
+
+def test_only_an_axis_of_one_grid_block_selects_none_of_the_other_blocks_points():
+    points = expand_grid([{"model": {"A": ["optim.lr=0.1"]}, "data.sparsity": [0.1, 0.3]},
+                          {"model": {"B": ["optim.lr=0.2"]}, "data.sparsity": [0.1], "data.mask_prob": [0.5, 0.9]}])
+    assert [p.label for p in select_points(points, ["data.mask_prob=0.9"])] == [
+        "model=B,data.sparsity=0.1,data.mask_prob=0.9"]
+    assert [p.label for p in select_points(points, ["data.sparsity=0.1"])] == [
+        "model=A,data.sparsity=0.1", "model=B,data.sparsity=0.1,data.mask_prob=0.5",
+        "model=B,data.sparsity=0.1,data.mask_prob=0.9"]
