@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ssl_bench.sweep import _runs_cell
+from ssl_bench.report import runs_cell
 
 if TYPE_CHECKING:
     from ssl_bench.report import GridPoint, Study
@@ -299,7 +299,7 @@ def draw_curves(selection: Sequence[tuple[Study, Sequence[GridPoint]]], metric: 
     ax.grid(True, alpha=0.3)
     _legend(figure, _legend_title([s for s, _ in selection]), len(drawn))
     shown = {(id(study), point.label) for study, point, _ in drawn}
-    _footnote(figure, [f"{_name(study, point, several)} (runs {_runs_cell(point.statuses)})"
+    _footnote(figure, [f"{_name(study, point, several)} (runs {runs_cell(point.statuses)})"
                        for study, points in selection for point in points if (id(study), point.label) not in shown],
               f"no finished run logged {metric}")
     _save(figure, path)
@@ -338,7 +338,7 @@ def draw_spectra(study: Study, points: Sequence[GridPoint], path: Path) -> str |
     figure.suptitle(f"{study.name}: eigen-spectra at {at} (geometric mean over finished runs, band min-max)",
                     fontsize=12)
     _legend(figure, _legend_title([study]), len(drawn))
-    _footnote(figure, [f"{_name(study, p, False)} (runs {_runs_cell(p.statuses)})" for p in points
+    _footnote(figure, [f"{_name(study, p, False)} (runs {runs_cell(p.statuses)})" for p in points
                        if all(p is not d for d, _, _ in drawn)],
               "no finished run recorded a spectrum")
     _save(figure, path)
@@ -398,7 +398,7 @@ def draw_r2(study: Study, points: Sequence[GridPoint], path: Path) -> str | None
     figure.colorbar(image, ax=axes[:len(drawn)], label="adjusted R² (colours clipped to 0-1)", shrink=0.9)
     figure.suptitle(f"{study.name}: adjusted R² of a linear probe, encoder layers x ground-truth latents",
                     fontsize=12)
-    _footnote(figure, [f"{_name(study, p, False)} (runs {_runs_cell(p.statuses)})" for p in points
+    _footnote(figure, [f"{_name(study, p, False)} (runs {runs_cell(p.statuses)})" for p in points
                        if all(p is not d for d, _ in drawn)], "no finished run recorded R²")
     _save(figure, path)
     return (f"{study.name}: adjusted R² of a linear map from each encoder layer (rows, the last one the output) to "

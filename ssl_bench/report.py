@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
+import statistics
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ssl_bench.config import ReferenceRow, SweepConfig
 from ssl_bench.errors import ConfigError
-from ssl_bench.sweep import (STATUS_ORDER, _count, _mean_std, _number, _recorded_points, _runs_cell, read_spec,
-                             read_summary, reference_value)
+from ssl_bench.sweep import STATUS_ORDER, _count, _recorded_points, read_spec, read_summary
 
 HISTORY_FILES = ("summary.json", "metrics.jsonl")
 """A directory holding one of these is a run directory."""
@@ -196,6 +198,44 @@ class Row:
     cells: list[tuple[str, float | None]]
 
 
+def reference_value(rows: list[ReferenceRow], axes: dict[str, str], metric: str) -> float | None:
+    """The paper's ``metric`` for the table row with these grid ``axes``, if a reference row matches them."""
+    for row in rows:
+        if all(str(axes.get(k)) == str(v) for k, v in row.match.items()) and metric in row.values:
+            return float(row.values[metric])
+    return None
+
+
+def _number(value: Any) -> float | None:
+    """A metric value as a float ("nan", "inf" and "-inf" included), or None for anything that is not a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _mean_std(values: list[float]) -> str:
+    """``mean ± std`` (population std) to three decimals; non-finite values show as nan or inf."""
+    if all(math.isfinite(v) for v in values):
+        return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
+    mean = sum(values) / len(values)
+    return f"{mean:.3f} ± nan"
+
+
+def runs_cell(statuses: list[str]) -> str:
+    """``finished/all``, then the other runs by status: ``2/5 (1 diverged, 2 missing)``."""
+    counts = Counter(statuses)
+    order = [s for s in STATUS_ORDER if s != "finished"] + sorted(set(counts) - set(STATUS_ORDER))
+    others = ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
+    return f"{counts['finished']}/{len(statuses)}" + (f" ({others})" if others else "")
+
+
 def table_rows(study: Study) -> list[Row]:
     """The rows of the study's table, one per grid point."""
     rows = []
@@ -206,7 +246,7 @@ def table_rows(study: Study) -> list[Row]:
             values = [v for s in done if isinstance(s.get("metrics"), dict)
                       and (v := _number(s["metrics"].get(metric))) is not None]
             cells.append((_mean_std(values) if values else "-", reference_value(study.reference, point.axes, metric)))
-        rows.append(Row([point.axes.get(a, "") for a in study.axes], _runs_cell(point.statuses), cells))
+        rows.append(Row([point.axes.get(a, "") for a in study.axes], runs_cell(point.statuses), cells))
     return rows
 
 

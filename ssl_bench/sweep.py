@@ -23,11 +23,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -39,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from ssl_bench.config import ConfigError, RunConfig, ReferenceRow
+from ssl_bench.config import ConfigError, RunConfig
 
 if TYPE_CHECKING:
     from ssl_bench.slurm import SlurmOptions
@@ -471,44 +469,6 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
             unfinished += 1
             print(f"{state}: {run.dir} (see its log.txt; run the sweep again to retry it)", file=sys.stderr)
     return 1 if unfinished else 0
-
-
-def reference_value(rows: list[ReferenceRow], axes: dict[str, str], metric: str) -> float | None:
-    """The paper's ``metric`` for the table row with these grid ``axes``, if a reference row matches them."""
-    for row in rows:
-        if all(str(axes.get(k)) == str(v) for k, v in row.match.items()) and metric in row.values:
-            return float(row.values[metric])
-    return None
-
-
-def _number(value: Any) -> float | None:
-    """A metric value as a float ("nan", "inf" and "-inf" included), or None for anything that is not a number."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _mean_std(values: list[float]) -> str:
-    """``mean ± std`` (population std) to three decimals; non-finite values show as nan or inf."""
-    if all(math.isfinite(v) for v in values):
-        return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
-    mean = sum(values) / len(values)
-    return f"{mean:.3f} ± nan"
-
-
-def _runs_cell(statuses: list[str]) -> str:
-    """``finished/all``, then the other runs by status: ``2/5 (1 diverged, 2 missing)``."""
-    counts = Counter(statuses)
-    order = [s for s in STATUS_ORDER if s != "finished"] + sorted(set(counts) - set(STATUS_ORDER))
-    others = ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
-    return f"{counts['finished']}/{len(statuses)}" + (f" ({others})" if others else "")
 
 
 def report(sweep_dir: Path) -> str:
