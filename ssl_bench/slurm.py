@@ -252,7 +252,7 @@ def run_task(table: Path, task_id: int | None = None) -> int:
     (finished or diverged): prepare its run directory, train it (resuming from ``last.ckpt`` when it was
     interrupted with one, e.g. after a requeue), and requeue the task when the run stopped on SIGUSR1. Returns the
     run's exit code (0 after a requeue)."""
-    from ssl_bench.sweep import ENDED, prepare_run_dir, read_summary
+    from ssl_bench.sweep import ENDED, prepare_run_dir, read_summary, run_status
 
     record = read_table(table)
     if task_id is None:
@@ -266,7 +266,7 @@ def run_task(table: Path, task_id: int | None = None) -> int:
     task = tasks[task_id]
     run_dir = Path(task["run_dir"])
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    ended = (read_summary(run_dir) or {}).get("status")
+    ended = run_status(run_dir)
     if ended in ENDED:  # e.g. a task that SLURM requeued after its run had ended
         _log(f"task {task_id}: {run_dir} has {ended} already; nothing to do")
         return 0

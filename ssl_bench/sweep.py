@@ -315,8 +315,8 @@ def fit_arguments(config: str, run: Run, experiment: str, overrides: list[str]) 
 
 def select_points(points: list[Point], only: list[str]) -> list[Point]:
     """The grid points whose axes take one of the given values: each entry of ``only`` is ``AXIS=V1,V2,...``, and a
-    point is selected when it matches every entry (a point of a grid block without that axis matches none). An unknown axis or value is a one-line error listing the valid
-    ones."""
+    point is selected when it matches every entry (a point of a grid block without that axis matches none). An
+    unknown axis or value is a one-line error listing the valid ones."""
     values: dict[str, list[str]] = {}
     for point in points:
         for axis, value in point.axes:
