@@ -98,27 +98,37 @@ class SSLModule(L.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * warmup_cosine(progress, warmup, self.optim.min_lr / group["base_lr"])
 
+    def objective(self, index: int, views: Views) -> tuple[Tensor, Tensor]:
+        """The SSL loss of mini-batch ``index`` of a batch, and the total that its optimizer step minimises: the loss
+        plus the online probe's cross-entropy on the detached backbone features when the views carry labels and the
+        first optimizer steps. A function of the parameters, buffers and views alone (an ensemble vmaps it)."""
+        loss, features = self.method.training_loss(index, views)
+        if views.labels is None or self.probe is None or self.method.optimizer_index(index) != 0:
+            return loss, loss
+        return loss, loss + F.cross_entropy(self.probe(features.detach()), views.labels)
+
     def update(self, index: int, views: Views, progress: float) -> Tensor:
         """One optimizer step on mini-batch ``index`` of the batch; returns the detached SSL loss."""
-        optimizer_index = self.method.optimizer_index(index)
-        optimizer = self.batch_optimizers[optimizer_index]
+        optimizer = self.batch_optimizers[self.method.optimizer_index(index)]
         self.schedule_lr(optimizer, progress)
-        loss, features = self.method.training_loss(index, views)
+        loss, total = self.objective(index, views)
         self.check_finite(loss)
-        total = loss
-        if views.labels is not None and self.probe is not None and optimizer_index == 0:
-            total = loss + F.cross_entropy(self.probe(features.detach()), views.labels)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(total)
         optimizer.step()
-        self.method.after_optimizer_step(index, progress)
         loss = loss.detach()
+        self.after_step(index, progress, loss)
+        return loss
+
+    def after_step(self, index: int, progress: float, loss: Tensor) -> None:
+        """After the optimizer step on mini-batch ``index``: the method's ``after_optimizer_step`` (e.g. weight
+        normalisation, a target network's EMA), then every callback's ``on_optimizer_step``."""
+        self.method.after_optimizer_step(index, progress)
         if self._step_hooks:
             step = Step(index=self.trainer.global_step - 1, epoch=self.current_epoch, index_in_batch=index,
-                        optimizer=optimizer_index, loss=loss)
+                        optimizer=self.method.optimizer_index(index), loss=loss)
             for callback in self._step_hooks:
                 callback.on_optimizer_step(self.trainer, self, step)
-        return loss
 
     def check_finite(self, loss: Tensor) -> None:
         """Raise :class:`Diverged` when ``loss`` is not finite in this or (under DDP) any other process."""
