@@ -151,15 +151,21 @@ class SSLModule(L.LightningModule):
         self.online_accuracy.update(self.probe(self.method.encoder(images)), labels)
         self.log("readout/online_acc", self.online_accuracy, on_epoch=True)
 
-    def on_train_epoch_end(self) -> None:
+    def epoch_scalars(self) -> dict[str, Tensor | float]:
+        """What the epoch that just ended logs, every ``log_every_n_epochs`` epochs and at the last one (else
+        nothing): ``train/loss``, this process's mean loss over the epochs since the last log (which it then
+        forgets), ``train/lr`` and the method's :meth:`~ssl_bench.methods.base.Method.epoch_metrics`."""
         epoch = self.current_epoch + 1
-        if epoch % self.log_every_n_epochs == 0 or epoch == self.trainer.max_epochs:
-            losses = torch.stack([loss.to(self.device) for loss in self._epoch_losses])
-            self.log("train/loss", losses.mean(), sync_dist=True)
-            self.log("train/lr", self.batch_optimizers[0].param_groups[0]["lr"])
-            for key, value in self.method.epoch_metrics().items():
-                self.log(key, value)
-            self._epoch_losses.clear()
+        if epoch % self.log_every_n_epochs and epoch != self.trainer.max_epochs:
+            return {}
+        losses = torch.stack([loss.to(self.device) for loss in self._epoch_losses])
+        self._epoch_losses.clear()
+        return {"train/loss": losses.mean(), "train/lr": self.batch_optimizers[0].param_groups[0]["lr"],
+                **self.method.epoch_metrics()}
+
+    def on_train_epoch_end(self) -> None:
+        for key, value in self.epoch_scalars().items():
+            self.log(key, value, sync_dist=key == "train/loss")
 
 
 class DataModuleAdapter(L.LightningDataModule):
