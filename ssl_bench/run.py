@@ -193,18 +193,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     data.check()
     module = build_module(cfg, data)
     resume_step = None if resume is None else checkpoint_step(resume, module)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"run_dir={run_dir} cannot be written ({err.strerror}); choose a directory you can write "
-                          "to") from None
-    truncate_histories(run_dir, resume_step)
-
-    recorder = RunRecorder(run_dir)
-    loggers: list[Any] = [recorder]
-    if cfg.logger.backend == "wandb":
-        loggers.append(make_wandb_logger(cfg, run_dir, resuming=resume is not None))
+    start_run_dir(cfg, run_dir, resume_step)
+    loggers = run_loggers(cfg, run_dir, resuming=resume is not None)
     checkpoints = run_dir / "checkpoints"
     stopper = StopAtEpochEnd(checkpoints / "last.ckpt")  # first, so that it stops before other on_train_end work
     callbacks: list[L.Callback] = [stopper, *(extra_callbacks or []), *build_callbacks(cfg)]
@@ -235,16 +225,43 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
         last = checkpoints / "last.ckpt"
         status, ending = "interrupted", {"signal": err.signal, "resume": str(last) if last.is_file() else None}
     finally:
-        summary = recorder.write_summary(status, epochs=trainer.current_epoch, run_dir=str(run_dir),
-                                         experiment=cfg.experiment, group=cfg.resolved_group, seed=cfg.seed,
-                                         **ending)
-        for logger in loggers[1:]:
-            logger.finalize(status)
-        if cfg.logger.backend == "wandb":
-            import wandb
+        summary = end_run(cfg, run_dir, loggers, status, trainer.current_epoch, ending)
+    return summary
 
-            if wandb.run is not None:
-                if ending.get("signal") == "SIGUSR1":
-                    wandb.run.mark_preempting()  # W&B shows it as preempted; the resumed run continues it
-                wandb.finish(exit_code=0 if status == "finished" else 1)
+
+def start_run_dir(cfg: RunConfig, run_dir: Path, resume_step: int | None = None) -> None:
+    """Create ``run_dir`` with the run's ``config.yaml`` and its histories up to ``resume_step`` (none: a fresh run);
+    a one-line :class:`ConfigError` when it cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"run_dir={run_dir} cannot be written ({err.strerror}); choose a directory you can write "
+                          "to") from None
+    truncate_histories(run_dir, resume_step)
+
+
+def run_loggers(cfg: RunConfig, run_dir: Path, resuming: bool = False, shared_process: bool = False) -> list[Any]:
+    """The run's loggers: its :class:`RunRecorder` first, then W&B with ``logger.backend=wandb`` (with
+    ``shared_process``, a W&B run beside the other runs of this process instead of the process's one run)."""
+    if cfg.logger.backend != "wandb":
+        return [RunRecorder(run_dir)]
+    return [RunRecorder(run_dir), make_wandb_logger(cfg, run_dir, resuming=resuming, shared_process=shared_process)]
+
+
+def end_run(cfg: RunConfig, run_dir: Path, loggers: list[Any], status: str, epochs: int,
+            ending: dict[str, Any]) -> dict[str, Any]:
+    """Write the run's ``summary.json`` through its recorder (``loggers[0]``) and close its other loggers: a W&B
+    run ends with exit code 0 when it finished, else 1, and is marked preempted when SIGUSR1 stopped it (the
+    resumed run continues it). Returns the summary."""
+    recorder, *others = loggers
+    summary = recorder.write_summary(status, epochs=epochs, run_dir=str(run_dir), experiment=cfg.experiment,
+                                     group=cfg.resolved_group, seed=cfg.seed, **ending)
+    for logger in others:
+        logger.finalize(status)
+        run = logger.experiment if getattr(logger, "_experiment", None) is not None else None
+        if run is not None:
+            if ending.get("signal") == "SIGUSR1":
+                run.mark_preempting()
+            run.finish(exit_code=0 if status == "finished" else 1)
     return summary

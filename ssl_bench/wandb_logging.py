@@ -176,14 +176,17 @@ def wandb_run_id(run_dir: Path, resuming: bool) -> str:
     return run_id
 
 
-def make_wandb_logger(cfg: RunConfig, run_dir: Path, resuming: bool = False) -> WandbLogger:
+def make_wandb_logger(cfg: RunConfig, run_dir: Path, resuming: bool = False, shared_process: bool = False
+                      ) -> WandbLogger:
     """The run's W&B logger: files under ``run_dir/wandb``, the run's group, name ``GROUP/seedS``, tags (experiment,
     method, data, ``logger.tags``) and config (``config.yaml``); online or offline as the module doc says. A run
     ``resuming`` from a checkpoint continues its W&B run (same id, ``resume="allow"``: W&B starts it anew if it never
-    reached the server; see :func:`wandb_run_id`)."""
+    reached the server; see :func:`wandb_run_id`). With ``shared_process`` the run is one of several that this
+    process logs at once (an ensemble's members: ``reinit="create_new"``)."""
     init: dict[str, Any] = dict(project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.resolved_group,
                                 name=f"{cfg.resolved_group}/seed{cfg.seed}",
                                 tags=list(dict.fromkeys([cfg.experiment, cfg.method.name, cfg.data.name,
                                                          *cfg.logger.tags])),
-                                config=cfg.to_container(), **({"resume": "allow"} if resuming else {}))
+                                config=cfg.to_container(), **({"resume": "allow"} if resuming else {}),
+                                **({"reinit": "create_new"} if shared_process else {}))
     return BoundedWandbLogger(init, cfg.logger, run_dir, resuming)
