@@ -6,7 +6,12 @@ RandomResizedCrop(32, scale=(crop_min_scale, 1), bicubic), ColorJitter(0.4, 0.4,
 RandomGrayscale(p=0.2), RandomHorizontalFlip(p=0.5), then ``(x / 255 - mean) / std`` with the CIFAR-10 channel
 statistics. ``views="simclr"`` uses this recipe for both views (solo-learn's own ``symmetric.yaml`` jitters harder,
 (0.8, 0.8, 0.8, 0.2), and blurs with p=0.5); ``views="byol"`` adds RandomSolarize(128 on uint8, i.e. 0.5 on [0, 1])
-with p=0.2 to view 2 only, as in ``asymmetric.yaml``. Evaluation images are only normalized.
+with p=0.2 to view 2 only, as in ``asymmetric.yaml``; ``blur_prob`` adds GaussianBlur(13, sigma 0.1-2) after the
+grayscale step to both views (0 in solo-learn's CIFAR recipe). Evaluation images are only normalized.
+
+``augment_on="cpu"`` makes the views with torchvision's transforms on PIL images in the loader's workers;
+``augment_on="device"`` holds the train split as uint8 on the training device and makes each batch's views there with
+:mod:`datamodules.gpu_augment`, the same distributions with independent parameters per image.
 """
 
 from __future__ import annotations
@@ -24,15 +29,21 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.base import DataModule, collate_views
 from datamodules.epochs import epoch_seed, shard
+from datamodules.gpu_augment import BatchedViews, ViewParams, ViewRecipe
 from ssl_bench.config import DataConfig, check_choice, check_non_negative, check_range
 from ssl_bench.errors import DataError
 from ssl_bench.registry import register
+from ssl_bench.views import Views
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Solarisation probability of (view 1, view 2).
 VIEWS = {"simclr": (0.0, 0.0), "byol": (0.0, 0.2)}
+AUGMENT_ON = ("cpu", "device")
+AUGMENT_STREAM = 1 << 40
+"""Added to :func:`~datamodules.epochs.epoch_seed` for the generator of an epoch's device augmentation parameters,
+apart from the stream of its permutation."""
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE, META_FILE = "test_batch", "batches.meta"
@@ -95,27 +106,38 @@ def eval_transform() -> Callable:
     return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
 
 
-def augmentation(crop_min_scale: float, solarize_prob: float) -> Callable:
-    """solo-learn's CIFAR view recipe (module docstring); RandomSolarize(128) with ``solarize_prob`` if positive."""
+def augmentation(recipe: ViewRecipe) -> Callable:
+    """torchvision's transforms of one view (solo-learn's CIFAR recipe, module docstring) with ``recipe``'s values."""
     from torchvision.transforms import v2
 
-    solarize = [v2.RandomSolarize(threshold=128, p=solarize_prob)] if solarize_prob > 0 else []
+    blur = [v2.RandomApply([v2.GaussianBlur(recipe.blur_kernel, recipe.blur_sigma)], p=recipe.blur_prob)]
+    solarize = [v2.RandomSolarize(threshold=128, p=recipe.solarize_prob)]
     return v2.Compose([
-        v2.RandomResizedCrop(32, scale=(crop_min_scale, 1.0), interpolation=v2.InterpolationMode.BICUBIC),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        *solarize,
-        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomResizedCrop(32, scale=(recipe.crop_min_scale, 1.0), ratio=recipe.crop_ratio,
+                             interpolation=v2.InterpolationMode.BICUBIC),
+        v2.RandomApply([v2.ColorJitter(recipe.brightness, recipe.contrast, recipe.saturation, recipe.hue)],
+                       p=recipe.jitter_prob),
+        v2.RandomGrayscale(p=recipe.grayscale_prob),
+        *(blur if recipe.blur_prob > 0 else []),
+        *(solarize if recipe.solarize_prob > 0 else []),
+        v2.RandomHorizontalFlip(p=recipe.flip_prob),
         *eval_transform().transforms,
     ])
 
 
-def view_transforms(views: str, crop_min_scale: float) -> tuple[Callable, Callable]:
-    """The two view pipelines of ``views`` ("simclr" symmetric, "byol" asymmetric)."""
+def view_recipes(views: str, crop_min_scale: float, blur_prob: float = 0.0) -> tuple[ViewRecipe, ViewRecipe]:
+    """The two views of ``views`` ("simclr" symmetric, "byol" asymmetric) as :class:`ViewRecipe`."""
     if views not in VIEWS:
         raise ValueError(f"views={views!r}; choose one of {tuple(VIEWS)}")
-    first, second = VIEWS[views]
-    return augmentation(crop_min_scale, first), augmentation(crop_min_scale, second)
+    first, second = (ViewRecipe(crop_min_scale=crop_min_scale, blur_prob=blur_prob, solarize_prob=p)
+                     for p in VIEWS[views])
+    return first, second
+
+
+def view_transforms(views: str, crop_min_scale: float, blur_prob: float = 0.0) -> tuple[Callable, Callable]:
+    """The two view pipelines of ``views`` as torchvision transforms."""
+    first, second = view_recipes(views, crop_min_scale, blur_prob)
+    return augmentation(first), augmentation(second)
 
 
 class TransformedSplit(Dataset):
@@ -170,10 +192,38 @@ class EpochShuffleSampler(Sampler[int]):
         return iter((order + self.epoch * self.n).tolist())
 
 
+@dataclass
+class KeyBatch:
+    """A training batch of ``augment_on="device"`` before it reaches the device: the sampler's keys
+    ``epoch * n + index``."""
+
+    keys: Tensor
+
+
+class TrainKeys(Dataset):
+    """The train split's keys as items: ``dataset[key] == key`` for the keys of :class:`EpochShuffleSampler`."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: int) -> int:
+        return key
+
+
+def collate_keys(keys: list[int]) -> KeyBatch:
+    return KeyBatch(torch.tensor(keys))
+
+
 @register("data", "cifar10")
 class CIFAR10DataModule(DataModule):
     """CIFAR-10 from ``<root>/cifar-10-batches-py``: two-view training batches ``[Views(view1, view2, labels)]`` and
     the test split (normalized only) for validation.
+
+    With ``augment_on="device"`` the train loader yields :class:`KeyBatch` batches of sampler keys and
+    :meth:`transfer_batch_to_device` makes their views on the device (:meth:`device_views`).
 
     For metric callbacks: ``num_classes``, :meth:`evaluation_inputs` and :meth:`readout_dataloaders`.
     ``download=True`` fetches the official archive in :meth:`prepare_data`; ``verify_checksums=False`` accepts files
@@ -183,7 +233,9 @@ class CIFAR10DataModule(DataModule):
     @dataclass
     class Config(DataConfig):
         """torchvision's CIFAR-10 under ``root``; ``views`` simclr (both views one recipe) or byol (solarisation on
-        view 2); random resized crops of scale ``crop_min_scale`` to 1; ``num_workers`` loader processes."""
+        view 2); random resized crops of scale ``crop_min_scale`` to 1; gaussian blur with ``blur_prob``;
+        ``num_workers`` loader processes; ``augment_on`` cpu (torchvision in the workers) or device (batched on the
+        training device)."""
 
         batch_size: int = 256
         root: str = "data/cifar10"
@@ -192,6 +244,8 @@ class CIFAR10DataModule(DataModule):
         num_workers: int = 4
         views: str = "simclr"
         crop_min_scale: float = 0.08
+        blur_prob: float = 0.0
+        augment_on: str = "cpu"
 
         def provides(self) -> set[str]:
             return {"images", "labels"}
@@ -201,25 +255,35 @@ class CIFAR10DataModule(DataModule):
             check_non_negative(f"{prefix}.num_workers", self.num_workers)
             check_choice(f"{prefix}.views", self.views, tuple(VIEWS))
             check_range(f"{prefix}.crop_min_scale", self.crop_min_scale, 0, 1, "(]")
+            check_range(f"{prefix}.blur_prob", self.blur_prob, 0, 1, "[]")
+            check_choice(f"{prefix}.augment_on", self.augment_on, AUGMENT_ON)
 
     num_classes = 10
     labelled_batches = True
 
     def __init__(self, root: str = "data/cifar10", download: bool = False, verify_checksums: bool = True,
                  batch_size: int = 256, num_workers: int = 4, views: str = "simclr", crop_min_scale: float = 0.08,
-                 seed: int = 1) -> None:
+                 blur_prob: float = 0.0, augment_on: str = "cpu", seed: int = 1) -> None:
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on={augment_on!r}; choose one of {AUGMENT_ON}")
         self.root = Path(root).expanduser()
         self.download, self.verify_checksums = download, verify_checksums
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.view_transforms = view_transforms(views, crop_min_scale)
+        self.augment_on = augment_on
+        recipes = view_recipes(views, crop_min_scale, blur_prob)
+        self.view_transforms = augmentation(recipes[0]), augmentation(recipes[1])
+        self.batched_views = BatchedViews(recipes, CIFAR10_MEAN, CIFAR10_STD)
         self.eval_transform = eval_transform()
         self._splits: dict[bool, Any] = {}
+        self._on_device: tuple[torch.device, Tensor, Tensor] | None = None
+        self._epoch_params: tuple[int, torch.device, tuple[ViewParams, ...]] | None = None
 
     @classmethod
     def from_config(cls, config: Config, seed: int) -> CIFAR10DataModule:
         return cls(root=config.root, download=config.download, verify_checksums=config.verify_checksums,
                    batch_size=config.batch_size, num_workers=config.num_workers, views=config.views,
-                   crop_min_scale=config.crop_min_scale, seed=seed)
+                   crop_min_scale=config.crop_min_scale, blur_prob=config.blur_prob, augment_on=config.augment_on,
+                   seed=seed)
 
     @property
     def folder(self) -> Path:
@@ -293,11 +357,45 @@ class CIFAR10DataModule(DataModule):
                           pin_memory=torch.cuda.is_available(), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        """Two-view batches; under DDP every process loads its share (see :class:`EpochShuffleSampler`)."""
+        """Two-view batches (:class:`KeyBatch` batches with ``augment_on="device"``); under DDP every process loads
+        its share (see :class:`EpochShuffleSampler`)."""
+        if self.augment_on == "device":
+            n = len(self.split(train=True))
+            return DataLoader(TrainKeys(n), batch_size=self.batch_size, sampler=EpochShuffleSampler(n, self.seed,
+                              *self.world()), drop_last=True, collate_fn=collate_keys)
         dataset = TransformedSplit(self.split(train=True), *self.view_transforms, seed=self.seed)
         sampler = EpochShuffleSampler(len(dataset), self.seed, *self.world())
         return self._loader(dataset, self.batch_size, sampler=sampler, drop_last=True, collate_fn=collate_views,
                             persistent_workers=self.num_workers > 0)
+
+    def transfer_batch_to_device(self, batch: KeyBatch | list[Any], device: torch.device) -> list[Any]:
+        """A :class:`KeyBatch` becomes ``[device_views(keys, device)]``; other batches move as they are."""
+        if isinstance(batch, KeyBatch):
+            return [self.device_views(batch.keys, device)]
+        return super().transfer_batch_to_device(batch, device)
+
+    def device_views(self, keys: Tensor, device: torch.device) -> Views:
+        """The views and labels of the train images that ``keys`` (``epoch * n + index``, one epoch) name, made on
+        ``device`` from its uint8 copy of the split by :class:`~datamodules.gpu_augment.BatchedViews`.
+
+        The parameters of a whole epoch are drawn at its first batch, one row per image of the split, on the CPU from
+        a generator seeded with ``epoch_seed(seed, epoch) + AUGMENT_STREAM``; image i takes row i. So the views of
+        image i in epoch k are a function of (seed, k, i), whatever the device, process count or resume point.
+        """
+        n = len(self.split(train=True))
+        epoch = int(keys[0]) // n
+        if self._on_device is None or self._on_device[0] != device:
+            split = self.split(train=True)
+            images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous().to(device)
+            self._on_device = device, images, torch.as_tensor(split.targets).to(device)
+        if self._epoch_params is None or self._epoch_params[:2] != (epoch, device):
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch) + AUGMENT_STREAM)
+            params = tuple(p.to(device) for p in self.batched_views.sample(n, generator))
+            self._epoch_params = epoch, device, params
+        _, images, labels = self._on_device
+        index = (keys % n).to(device, non_blocking=True)
+        view1, view2 = self.batched_views.views(images[index], [p[index] for p in self._epoch_params[2]])
+        return Views(view1, view2, labels[index])
 
     def val_dataloader(self) -> DataLoader:
         """The test split in file order; under DDP process ``rank`` takes images ``rank, rank + world_size, ...``."""
