@@ -283,8 +283,18 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
                              help="run only the grid points with these axis values (repeatable; the table keeps the "
                                   "whole grid), e.g. --only model=CL-linear --only data.sparsity=0.1,0.3")
+            sub.add_argument("--ensemble", action="store_true",
+                             help="train runs that differ only in seed and data values as one batched model per "
+                                  "process (synthetic data; see docs/ensembles.md)")
         if command == "fit":
             sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+            sub.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                             help="train these seeds as one ensemble, a batched model in this process (synthetic "
+                                  "data); each seed gets its own run directory (run_dir=D: D/seedS)")
+    ensemble = commands.add_parser("fit-ensemble", description="train the runs of a table that `ssl-bench sweep "
+                                   "--ensemble` wrote as ensembles in this process")
+    ensemble.add_argument("table", type=Path, help="the table, SWEEP_DIR/ensembles/K.json")
+    ensemble.set_defaults(overrides=[])
     task = commands.add_parser("sweep-task", description="run one task of a SLURM array that `ssl-bench sweep "
                                "--slurm` submitted (its sbatch script calls this)")
     task.add_argument("table", type=Path, help="the array's task table, SWEEP_DIR/slurm/tasks-K.json")
@@ -354,6 +364,49 @@ def report_ending(summary: dict[str, Any], config: str, overrides: list[str]) ->
     return 0
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seeds 1,2,3`` as distinct integers; a one-line :class:`UserError` otherwise."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds {text} must be integers separated by commas, e.g. --seeds 1,2,3") from None
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text} repeats a seed; give each seed once")
+    return seeds
+
+
+def fit_seeds(config: str, overrides: list[str], seeds: list[int], run_dir: str | None) -> int:
+    """``ssl-bench fit --seeds``: the config's run for every seed, trained as one ensemble; prints each run's ending
+    and returns the exit code of the worst (see :func:`report_ending`)."""
+    given = [o for o in overrides if o.partition("=")[0].lstrip("+") == "seed"]
+    if given:
+        raise UserError(f"{given[0]} and --seeds both set the seed; drop one")
+    cfgs = [load(config, [*overrides, f"seed={seed}", *([f"run_dir={Path(run_dir) / f'seed{seed}'}"] if run_dir else [])])
+            for seed in seeds]
+    return train_together(cfgs, config, overrides)
+
+
+def train_together(cfgs: list[RunConfig], config: str, overrides: list[str]) -> int:
+    """Train ``cfgs`` with :func:`ssl_bench.ensemble.fit_ensemble`, print every run's ending, return the largest
+    exit code."""
+    from ssl_bench.ensemble import fit_ensemble
+
+    return max(report_ending(summary, config, overrides) for summary in fit_ensemble(cfgs))
+
+
+def fit_table(table: Path) -> int:
+    """``ssl-bench fit-ensemble TABLE``: the runs that a sweep's ensemble table lists, trained together."""
+    import json
+
+    try:
+        spec = json.loads(table.read_text(encoding="utf-8"))
+        config, members = spec["config"], spec["members"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{table} is not an ensemble table of `ssl-bench sweep --ensemble` ({err}); run the sweep "
+                        "again") from None
+    return train_together([load(config, member["overrides"]) for member in members], config, [])
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (overrides may stand on both sides of ``--config``); argparse's usage errors become one
     :class:`UserError` line that ends with the command's usage."""
@@ -401,6 +454,8 @@ def command(argv: list[str] | None = None) -> int:
 
             metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
             return report_command(args.dirs, args.out, metrics, args.point)
+        if args.command == "fit-ensemble":
+            return fit_table(args.table)
         if args.command == "sweep-task":
             from ssl_bench.slurm import run_task
 
@@ -429,6 +484,8 @@ def command(argv: list[str] | None = None) -> int:
 
                 print(to_yaml(cfg))
                 return 0
+            if args.seeds is not None:
+                return fit_seeds(args.config, args.overrides, seed_list(args.seeds), cfg.run_dir)
             from ssl_bench.run import fit
 
             summary = fit(cfg)
@@ -440,7 +497,8 @@ def command(argv: list[str] | None = None) -> int:
         from ssl_bench.slurm import slurm_options
 
         return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
-                         dry_run=args.print_config, force=args.force, only=args.only, slurm=slurm_options(args))
+                         dry_run=args.print_config, force=args.force, only=args.only, slurm=slurm_options(args),
+                         ensemble=args.ensemble)
     except UserError as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return 2

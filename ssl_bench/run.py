@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -102,9 +102,10 @@ class StopAtEpochEnd(L.Callback):
 
 
 @contextmanager
-def stop_on_signals(stopper: StopAtEpochEnd) -> Iterator[None]:
+def stop_on_signals(stop_at_epoch_end: Callable[[int, Any], None]) -> Iterator[None]:
     """While training, SIGINT and SIGTERM raise :class:`Interrupted`, after which further signals are ignored until
-    the run directory is written; SIGUSR1 asks ``stopper`` to stop at the end of the epoch. Only the main thread can
+    the run directory is written; SIGUSR1 calls ``stop_at_epoch_end(signum, frame)`` (e.g.
+    :meth:`StopAtEpochEnd.request`). Only the main thread can
     install handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -116,7 +117,7 @@ def stop_on_signals(stopper: StopAtEpochEnd) -> Iterator[None]:
         raise Interrupted(signum)
 
     previous = {name: signal.signal(name, interrupt) for name in (signal.SIGINT, signal.SIGTERM)}
-    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, stopper.request)
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, stop_at_epoch_end)
     try:
         yield
     finally:
@@ -216,7 +217,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
                         default_root_dir=str(run_dir), plugins=slurm_plugins())
     status, ending = "failed", {}
     try:
-        with stop_on_signals(stopper):
+        with stop_on_signals(stopper.request):
             trainer.fit(module, datamodule=DataModuleAdapter(data), ckpt_path=resume)
         status = "finished"
     except Diverged as err:

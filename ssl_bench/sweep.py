@@ -306,11 +306,29 @@ def prepare_run_dir(run_dir: Path, fresh: bool = False, restarted: bool = False)
     return resume
 
 
+def run_overrides(run: Run, experiment: str, overrides: list[str]) -> list[str]:
+    """The overrides that make ``run`` of a sweep: its grid point's, its seed, run directory and group, and the
+    sweep's own."""
+    return [*run.point.overrides, f"seed={run.seed}", f"run_dir={_quoted(str(run.dir))}",
+            f"group={_quoted(run.point.group(experiment))}", *RUN_OVERRIDES, *overrides]
+
+
 def fit_arguments(config: str, run: Run, experiment: str, overrides: list[str]) -> list[str]:
     """The ``ssl-bench`` arguments that train ``run`` of a sweep of ``config`` (add ``trainer.resume=auto`` to
     continue it from its last checkpoint)."""
-    return ["fit", "--config", config, *run.point.overrides, f"seed={run.seed}", f"run_dir={_quoted(str(run.dir))}",
-            f"group={_quoted(run.point.group(experiment))}", *RUN_OVERRIDES, *overrides]
+    return ["fit", "--config", config, *run_overrides(run, experiment, overrides)]
+
+
+def ensemble_tasks(runs: list[Run], settings: dict[str, dict[str, Any]], jobs: int) -> list[list[Run]]:
+    """``runs`` as ensembles (:func:`ssl_bench.ensemble.ensemble_key` of their grid point's settings), each cut
+    into pieces of at most ``ceil(len(runs) / jobs)`` members so that ``jobs`` processes share the work."""
+    from ssl_bench.ensemble import ensemble_key
+
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(ensemble_key(settings[run.point.label]), []).append(run)
+    size = -(-len(runs) // jobs)
+    return [group[start:start + size] for group in groups.values() for start in range(0, len(group), size)]
 
 
 def select_points(points: list[Point], only: list[str]) -> list[Point]:
@@ -343,19 +361,24 @@ def select_points(points: list[Point], only: list[str]) -> list[Point]:
 
 def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, sweep_dir: Path | None = None,
               dry_run: bool = False, force: bool = False, only: list[str] | None = None,
-              slurm: SlurmOptions | None = None) -> int:
+              slurm: SlurmOptions | None = None, ensemble: bool = False) -> int:
     """Run every grid point x seed that has not ended for good (``jobs`` at a time, one thread each), then print
     and save the table. ``force`` replaces every run, whatever settings the directory's runs were made with.
     ``only`` (``AXIS=V1,V2`` entries, see :func:`select_points`) runs just the matching grid points; the record and
     the table keep the whole grid, whose other rows count their runs as missing until they are run.
 
     With ``slurm``, the runs to do are submitted as one SLURM array instead (:mod:`ssl_bench.slurm`), or with
-    ``dry_run`` its script and task table are printed.
+    ``dry_run`` its script and task table are printed. With ``ensemble``, runs that differ only in their seed and
+    data values train together as ensembles (:mod:`ssl_bench.ensemble`; :func:`ensemble_tasks`), one process each,
+    ``jobs`` at a time; an interrupted run then starts again from scratch.
 
     Returns 0 when every run ended for good (finished or diverged), 1 when some failed, were interrupted or are
     missing, 130 when the sweep itself was interrupted (Ctrl-C)."""
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be >= 1")
+    if ensemble and slurm is not None:
+        raise ConfigError("--ensemble trains a local sweep's runs together; with --slurm each run is its own task, so "
+                          "drop one of the two")
     if slurm is not None:
         from ssl_bench import slurm as arrays
 
@@ -426,22 +449,43 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
         resume = prepare_run_dir(run.dir, fresh=force)
         command = [sys.executable, "-m", "ssl_bench.cli", *fit_arguments(config, run, cfg.experiment, overrides),
                    *(["trainer.resume=auto"] if resume else [])]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         with open(run.dir / "log.txt", "a" if resume else "w", encoding="utf-8") as log:
             return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
 
+    def launch_ensemble(index: int, members: list[Run]) -> int:
+        for run in members:
+            prepare_run_dir(run.dir, fresh=True)
+        table = sweep_dir / "ensembles" / f"{index}.json"
+        table.parent.mkdir(exist_ok=True)
+        table.write_text(json.dumps({"config": config, "members": [
+            {"run_dir": str(run.dir), "overrides": run_overrides(run, cfg.experiment, overrides)} for run in members]},
+            indent=2) + "\n", encoding="utf-8")
+        command = [sys.executable, "-m", "ssl_bench.cli", "fit-ensemble", str(table)]
+        with open(table.with_suffix(".log"), "w", encoding="utf-8") as log:
+            return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pool = ThreadPoolExecutor(max_workers=jobs)
-    futures = {pool.submit(launch, run): run for run in todo}
+    if ensemble:
+        tasks = ensemble_tasks(todo, settings, jobs)
+        futures = {pool.submit(launch_ensemble, i, members): members for i, members in enumerate(tasks)}
+        print(f"sweep: {_count(len(todo), 'run')} as {_count(len(tasks), 'ensemble')} (logs in "
+              f"{sweep_dir / 'ensembles'})", flush=True)
+    else:
+        futures = {pool.submit(launch, run): [run] for run in todo}
     # A bar only on a terminal; a log or a pipe gets one plain line per run that ends, so no line is written twice.
     bar = tqdm(total=len(todo), desc="sweep", unit="run", file=sys.stdout) if todo and sys.stdout.isatty() else None
     try:
-        for done, future in enumerate(as_completed(futures), 1):
+        done = 0
+        for future in as_completed(futures):
             future.result()
-            run = futures[future]
-            if bar is not None:
-                bar.update(1)
-            else:
-                print(f"sweep [{done}/{len(todo)}] {run.dir.relative_to(sweep_dir)}: {run_status(run.dir)}", flush=True)
+            for run in futures[future]:
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+                else:
+                    print(f"sweep [{done}/{len(todo)}] {run.dir.relative_to(sweep_dir)}: {run_status(run.dir)}",
+                          flush=True)
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
         if bar is not None:

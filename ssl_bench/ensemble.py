@@ -1,0 +1,362 @@
+"""Many runs as one model: the members of an ensemble train together, each exactly as its own run would.
+
+A member is a whole run (its config, datamodule, :class:`~ssl_bench.module.SSLModule`, optimizers, run directory,
+loggers and metric callbacks). The members' parameters and buffers are stored as stacked tensors with a leading
+member dimension, and every member's own tensors are views of its slice, so the objective of all members is one
+batched computation, ``torch.func.vmap`` of :meth:`SSLModule.objective` over (parameters, buffers, views) through
+``torch.func.functional_call`` (batch norm keeps per-member batch statistics and running averages), and one backward
+pass gives every member its gradient. Each member's optimizers then step its own parameters (so learning rates,
+weight decay, LARS norms and optimizer state stay per member), and the method's post-step work (weight
+normalisation, a target network's EMA) runs on them; each member draws its own epochs from its datamodule (its seed,
+sparsity, masking) and logs to its own run directory and W&B run, so tables, reports and dashboards read an
+ensemble's runs like any others.
+
+Members train together when their method, encoder and trainer settings and their data's kind are the same
+(:func:`ensemble_key`) and their tensors have the same shapes (:func:`shape_signature`); anything else (the data's
+values, the seed, the optimizer's values, the metric callbacks) may differ. A member whose loss stops being finite is
+marked ``diverged`` at that step and stops stepping; the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from tqdm.auto import tqdm
+
+from ssl_bench.config import ConfigError, RunConfig
+from ssl_bench.module import SSLModule
+from ssl_bench.recorder import json_value
+from ssl_bench.run import (Interrupted, build_callbacks, build_data, build_module, check_environment,
+                           end_run, resolve_run_dir, run_loggers, start_run_dir, stop_on_signals)
+from ssl_bench.views import Views
+
+
+class MemberStrategy:
+    """The strategy a member's datamodule and callbacks see: one process on the ensemble's device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.root_device = device
+
+    def barrier(self, name: str | None = None) -> None:
+        """One process: nothing to wait for."""
+
+
+class MemberTrainer:
+    """What a member's module, datamodule and callbacks read of a trainer: the epoch (``current_epoch``,
+    ``max_epochs``), the member's own optimizer steps (``global_step``), its loggers and run directory
+    (``default_root_dir``), its datamodule, and one process (rank 0 of 1)."""
+
+    is_global_zero = True
+    global_rank = 0
+    world_size = 1
+    num_training_batches = 1
+    should_stop = False
+
+    def __init__(self, cfg: RunConfig, datamodule: Any, loggers: list[Any], run_dir: Path,
+                 device: torch.device) -> None:
+        self.max_epochs = cfg.trainer.max_epochs
+        self.current_epoch = 0
+        self.global_step = 0
+        self.datamodule, self.loggers, self.default_root_dir = datamodule, loggers, str(run_dir)
+        self.strategy = MemberStrategy(device)
+
+
+class MemberModule:
+    """What a member's metric callbacks read of the module: its ``method`` and ``device``, and ``log``, which keeps
+    the value for the member's epoch record."""
+
+    def __init__(self, module: SSLModule, device: torch.device) -> None:
+        self.method, self.device = module.method, device
+        self.logged: dict[str, float] = {}
+
+    def log(self, name: str, value: Tensor | float, **options: Any) -> None:
+        self.logged[name] = logged_value(value)
+
+
+def logged_value(value: Tensor | float) -> float:
+    """``value`` as Lightning's ``log`` records it: a tensor as it is, a Python number as a float32 tensor."""
+    return float(value if isinstance(value, Tensor) else torch.tensor(value, dtype=torch.float32))
+
+
+class Member:
+    """One run of an ensemble: built exactly as :func:`ssl_bench.run.fit` builds it (seeded the same way), with
+    its run directory, loggers and callbacks."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.run_dir = resolve_run_dir(cfg)
+        L.seed_everything(cfg.seed, verbose=False)
+        self.data = build_data(cfg)
+        self.data.check()
+        self.module = build_module(cfg, self.data).to(device)
+        self.loggers: list[Any] = []
+        self.trainer = MemberTrainer(cfg, self.data, self.loggers, self.run_dir, device)
+        self.module.trainer = self.trainer
+        self.view = MemberModule(self.module, device)
+        self.callbacks = [adapter.callback for adapter in build_callbacks(cfg)]
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.data.trainer = self.trainer
+        self.data.setup("fit")
+
+    def start(self) -> None:
+        """Write the run directory's ``config.yaml``, open the loggers and build the optimizers (after the
+        parameters became views of the ensemble's stacked tensors)."""
+        start_run_dir(self.cfg, self.run_dir)
+        self.loggers.extend(run_loggers(self.cfg, self.run_dir, shared_process=True))
+        self.optimizers = self.module.configure_optimizers()
+        self.module.batch_optimizers = self.optimizers
+        for callback in self.callbacks:
+            callback.setup(self.trainer, self.view, "fit")
+        for callback in self.callbacks:
+            callback.on_train_start(self.trainer, self.view)
+
+    def end_epoch(self) -> None:
+        """The epoch's record, as Lightning writes it for a run: the callbacks' values and the module's epoch
+        scalars, with the epoch, at the step Lightning gives an epoch's end (the epoch's index, since a synthetic
+        epoch is one training batch)."""
+        for callback in self.callbacks:
+            callback.on_train_epoch_end(self.trainer, self.view)
+        scalars = {**self.view.logged, **{k: logged_value(v) for k, v in self.module.epoch_scalars().items()}}
+        self.view.logged.clear()
+        if scalars:
+            for logger in self.loggers:
+                logger.log_metrics({**scalars, "epoch": float(self.trainer.current_epoch)},
+                                   step=self.trainer.current_epoch)
+
+    def end(self, status: str, epochs: int, **ending: Any) -> dict[str, Any]:
+        """Run the callbacks' end-of-training work when the run finished, then write ``summary.json`` (``epochs``:
+        the epochs completed, as Lightning counts them) and close the loggers."""
+        if status == "finished":
+            for callback in self.callbacks:
+                callback.on_train_end(self.trainer, self.view)
+        return end_run(self.cfg, self.run_dir, self.loggers, status, epochs, ending)
+
+
+def ensemble_key(plain: dict[str, Any]) -> str:
+    """What runs of one ensemble share, from a run's config as plain dicts: the method, the encoder, the trainer's
+    settings (but ``resume``), the kind of data and its batch size. The other settings (data values, seed,
+    optimizer, callbacks, logger) are each member's own."""
+    trainer = {k: v for k, v in plain["trainer"].items() if k != "resume"}
+    return json.dumps([plain["method"], plain["encoder"], trainer, plain["data"]["name"],
+                       plain["data"].get("batch_size")], sort_keys=True, default=str)
+
+
+def shape_signature(member: Member) -> tuple[Any, ...]:
+    """The shapes that must agree to stack members: every parameter and buffer, and the mini-batches of epoch 0."""
+    tensors = [*member.module.named_parameters(), *member.module.named_buffers()]
+    batches = member.data.epoch_batches(0)
+    return (tuple((name, tuple(t.shape), t.dtype) for name, t in tensors),
+            tuple((tuple(v.view1.shape), tuple(v.view2.shape), v.labels is None) for v in batches))
+
+
+def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return module.get_submodule(path), leaf
+
+
+class Ensemble:
+    """Members whose tensors are views of stacked parameters and buffers, and their objective: one batched
+    computation (``vmap``, the default on a GPU), or the members' objectives one after another into one backward
+    pass (``vmap=False``, the default on a CPU, where a batched computation is no faster than the separate ones and
+    ``vmap``'s batching rules cost more than they save)."""
+
+    def __init__(self, members: list[Member], vmap: bool) -> None:
+        self.members, self.vmap = members, vmap
+        self.template = members[0].module
+        modules = [m.module for m in members]
+        self.params = {name: nn.Parameter(torch.stack([dict(m.named_parameters())[name].detach() for m in modules]),
+                                          requires_grad=p.requires_grad)
+                       for name, p in self.template.named_parameters()}
+        self.buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in modules])
+                        for name, _ in self.template.named_buffers()}
+        for k, module in enumerate(modules):
+            for name, param in module.named_parameters():
+                param.data = self.params[name].data[k]
+            for name in self.buffers:
+                owner, leaf = _owner(module, name)
+                owner._buffers[leaf] = self.buffers[name][k]
+        self._member_params = {name: [module.get_parameter(name) for module in modules] for name in self.params}
+        self._wrapped = _Objective(self.template)
+
+    def _member_objective(self, params: dict[str, Tensor], buffers: dict[str, Tensor], index: int, view1: Tensor,
+                          view2: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        return functional_call(self._wrapped, ({f"module.{k}": v for k, v in params.items()},
+                                               {f"module.{k}": v for k, v in buffers.items()}),
+                               (index, Views(view1, view2, labels)))
+
+    def backward(self, index: int, batches: list[Views], active: list[int]) -> Tensor:
+        """Every member's loss of mini-batch ``index`` (``batches[k]`` is member k's), and the gradients of the
+        totals of the ``active`` members with a finite loss in their parameters' ``grad`` (None where a parameter took no part in the step,
+        as in a separate run, so its optimizer leaves it alone)."""
+        for param in [*self.params.values(), *(p for params in self._member_params.values() for p in params)]:
+            param.grad = None
+        if self.vmap:
+            losses, totals = self._batched_objective(index, stack_views(batches))
+        else:
+            losses, totals = (torch.stack(t) for t in zip(*(m.module.objective(index, views)
+                                                             for m, views in zip(self.members, batches))))
+        mask = torch.zeros(len(self.members), dtype=torch.bool, device=totals.device)
+        mask[active] = True
+        torch.where(mask & torch.isfinite(losses), totals, torch.zeros_like(totals)).sum().backward()
+        if self.vmap:
+            for name, stacked in self.params.items():
+                for k, param in enumerate(self._member_params[name]):
+                    param.grad = None if stacked.grad is None else stacked.grad[k]
+        return losses.detach()
+
+    def _batched_objective(self, index: int, views: Views) -> tuple[Tensor, Tensor]:
+        in_dims = (0, 0, None, 0, 0, None if views.labels is None else 0)
+        return vmap(self._member_objective, in_dims=in_dims)(self.params, self.buffers, index, views.view1,
+                                                             views.view2, views.labels)
+
+
+class _Objective(nn.Module):
+    """:meth:`SSLModule.objective` as a module's forward, the form ``functional_call`` calls."""
+
+    def __init__(self, module: SSLModule) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, index: int, views: Views) -> tuple[Tensor, Tensor]:
+        return self.module.objective(index, views)
+
+
+def stack_views(batches: list[Views]) -> Views:
+    """One mini-batch of every member, stacked along a new leading member dimension."""
+    labels = [v.labels for v in batches]
+    return Views(torch.stack([v.view1 for v in batches]), torch.stack([v.view2 for v in batches]),
+                 None if labels[0] is None else torch.stack(labels))
+
+
+def ensemble_device(cfg: RunConfig) -> torch.device:
+    """The one device an ensemble trains on; a one-line :class:`ConfigError` for settings an ensemble cannot
+    follow (several processes, 16-bit precision, data that streams from a DataLoader)."""
+    t = cfg.trainer
+    if t.devices * t.num_nodes > 1 or t.strategy != "auto":
+        raise ConfigError(f"an ensemble trains in one process on one device (got trainer.devices={t.devices}, "
+                          f"trainer.num_nodes={t.num_nodes}, trainer.strategy={t.strategy}); set trainer.devices=1 "
+                          "trainer.num_nodes=1 trainer.strategy=auto, or train without --ensemble")
+    if check_environment(cfg) != "32-true":
+        raise ConfigError(f"an ensemble trains in 32-bit precision (trainer.precision={t.precision} resolves to "
+                          "mixed precision here); set trainer.precision=32-true, or train without --ensemble")
+    on_gpu = t.accelerator == "gpu" or (t.accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if on_gpu else "cpu")
+
+
+def check_member_data(member: Member) -> None:
+    """An ensemble draws whole epochs of synthetic data (``epoch_batches``) and has no validation loop."""
+    if not hasattr(member.data, "epoch_batches") or member.data.val_dataloader() != []:
+        raise ConfigError(f"data.name={member.cfg.data.name} streams batches from a DataLoader (or validates an "
+                          "online probe); an ensemble trains synthetic data drawn a whole epoch at a time "
+                          "(sparse_coding, invertible_mlp); train it without --ensemble")
+
+
+def fit_ensemble(cfgs: list[RunConfig], batching: str = "auto") -> list[dict[str, Any]]:
+    """Train the runs ``cfgs`` as ensembles, grouped by :func:`ensemble_key` and :func:`shape_signature`, one
+    ensemble after another; return their summaries in the order of ``cfgs``.
+
+    Every member's run directory ends as :func:`ssl_bench.run.fit` would leave it, without checkpoints: its summary
+    says ``finished``, ``diverged`` (at the step where its loss stopped being finite) or ``interrupted`` (SIGINT,
+    SIGTERM, or SIGUSR1 at the end of an epoch; ``resume`` is None: the run starts again from scratch) or
+    ``failed``. ``batching``: ``vmap``, ``loop`` or ``auto`` (vmap on a GPU, loop on a CPU; see :class:`Ensemble`)."""
+    groups: dict[Any, list[int]] = {}
+    members: list[Member] = []
+    for i, cfg in enumerate(cfgs):
+        member = Member(cfg, ensemble_device(cfg))
+        check_member_data(member)
+        members.append(member)
+        groups.setdefault((ensemble_key(cfg.to_container()), shape_signature(member)), []).append(i)
+    summaries: dict[int, dict[str, Any]] = {}
+    for indices in groups.values():
+        for i, summary in zip(indices, train([members[i] for i in indices], batching)):
+            summaries[i] = summary
+    return [summaries[i] for i in range(len(cfgs))]
+
+
+def train(members: list[Member], batching: str = "auto") -> list[dict[str, Any]]:
+    """Train ``members`` (one ensemble: same key and shapes) to the end; return their summaries."""
+    cfg = members[0].cfg
+    torch.set_num_threads(cfg.trainer.threads)
+    if cfg.trainer.deterministic:  # as Lightning's Trainer(deterministic=True) does
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    on_gpu = members[0].view.device.type == "cuda"
+    ensemble = Ensemble(members, vmap=batching == "vmap" or (batching == "auto" and on_gpu))
+    for member in members:
+        member.start()
+    stop_requests: list[int] = []
+    summaries: dict[int, dict[str, Any]] = {}
+    active, completed = list(range(len(members))), 0
+    bar = tqdm(total=cfg.trainer.max_epochs, desc=f"ensemble of {len(members)}", unit="epoch", dynamic_ncols=True,
+               file=sys.stdout, mininterval=0.5, disable=cfg.trainer.progress == "none")
+    try:
+        with stop_on_signals(lambda signum, frame: stop_requests.append(signum)):
+            for epoch in range(cfg.trainer.max_epochs):
+                for member in members:
+                    member.trainer.current_epoch = epoch
+                active = train_epoch(ensemble, epoch, active, summaries)
+                for k in active:
+                    members[k].end_epoch()
+                completed = epoch + 1
+                bar.update(1)
+                if not active:
+                    break
+                if stop_requests and completed < cfg.trainer.max_epochs:
+                    raise Interrupted(signal.SIGUSR1)
+        for k in active:
+            summaries[k] = members[k].end("finished", completed)
+    except Interrupted as err:
+        for k in active:
+            summaries[k] = members[k].end("interrupted", completed, signal=err.signal, resume=None)
+    except BaseException:
+        for k in active:
+            if k not in summaries:
+                summaries[k] = members[k].end("failed", completed)
+        raise
+    finally:
+        bar.close()
+    return [summaries[k] for k in range(len(members))]
+
+
+def train_epoch(ensemble: Ensemble, epoch: int, active: list[int], summaries: dict[int, dict[str, Any]]
+                ) -> list[int]:
+    """One epoch of every member: each draws its epoch, then every mini-batch is one batched objective, one
+    backward pass and each active member's own optimizer step. Returns the members still active (a member whose
+    loss is not finite ends ``diverged`` before that step, as a separate run would)."""
+    members = ensemble.members
+    batches = [m.data.epoch_batches(epoch) for m in members]
+    count = len(batches[0])
+    for index in range(count):
+        progress = ensemble.template.progress(0, index, count)
+        optimizer_index = ensemble.template.method.optimizer_index(index)
+        for k in active:
+            members[k].module.schedule_lr(members[k].optimizers[optimizer_index], progress)
+        losses = ensemble.backward(index, [b[index] for b in batches], active)
+        finite = torch.isfinite(losses).tolist()
+        for k in [k for k in active if not finite[k]]:
+            member = members[k]
+            step = dict(epoch=epoch, step=member.trainer.global_step, loss=json_value(float(losses[k])))
+            summaries[k] = member.end("diverged", epoch, diverged=step)
+        active = [k for k in active if finite[k]]
+        if not active:
+            break
+        for k in active:
+            member = members[k]
+            member.optimizers[optimizer_index].step()
+            member.trainer.global_step += 1
+            member.module._epoch_losses.append(losses[k])
+            member.module.after_step(index, progress, losses[k])
+    return active

@@ -1,0 +1,156 @@
+"""Ensembles: runs trained together as one model end as their separate runs would, each in its own run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, error_line
+from ssl_bench.cli import load
+from ssl_bench.ensemble import fit_ensemble
+from ssl_bench.run import fit
+
+EPOCHS = ["trainer.max_epochs=4", "trainer.log_every_n_epochs=1", "trainer.metrics_every_n_epochs=2"]
+MODELS = {
+    "contrastive": ("quickstart", [*TINY, *EPOCHS]),
+    # Pokle et al.'s NCL-basic: BYOL with alternating online and target SGD steps, batch norm, independent masks
+    "non-contrastive": ("pokle2022/table2", [*TINY, *EPOCHS, "method=byol", "encoder=basic_official",
+                                             "data.augmentation=independent"]),
+}
+MEMBERS = [["seed=1"], ["seed=2", "data.sparsity=0.3", "data.mask_prob=0.25"], ["seed=3", "optim.lr=0.02"]]
+
+
+def history(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
+
+
+def assert_same_run(ensemble_dir: Path, separate_dir: Path, tolerance: float = 1e-5) -> None:
+    """The same records (keys, steps, epochs) with values within ``tolerance``, and the same ending."""
+    for name in ("metrics.jsonl", "spectra.jsonl"):
+        assert (ensemble_dir / name).is_file() == (separate_dir / name).is_file(), name
+        if not (separate_dir / name).is_file():
+            continue
+        ours, theirs = history(ensemble_dir, name), history(separate_dir, name)
+        assert [sorted(r) for r in ours] == [sorted(r) for r in theirs], name
+        for a, b in zip(ours, theirs):
+            assert (a["step"], a.get("epoch")) == (b["step"], b.get("epoch"))
+            for key, value in a.items():
+                expected = b[key]
+                if isinstance(value, list):
+                    assert max(abs(x - y) for x, y in zip(value, expected)) < tolerance, (name, key)
+                elif isinstance(value, float):
+                    assert abs(value - expected) < tolerance, (name, key, value, expected)
+    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (ensemble_dir, separate_dir))
+    for key in ("status", "epochs", "seed", "group", "experiment", "diverged"):
+        assert ours.get(key) == theirs.get(key), key
+
+
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_an_ensemble_of_three_ends_within_1e5_of_three_separate_runs(tmp_path, model, batching):
+    """Members differ in seed, sparsity, masking probability and learning rate; each writes its own run directory,
+    and every logged value, spectrum and ending equals its separate run's."""
+    config, overrides = MODELS[model]
+    cfgs = [load(config, [*overrides, *member, f"run_dir={tmp_path / f'ensemble{k}'}"])
+            for k, member in enumerate(MEMBERS)]
+    summaries = fit_ensemble(cfgs, batching=batching)
+    assert [s["status"] for s in summaries] == ["finished"] * 3
+    assert len({s["metrics"]["train/loss"] for s in summaries}) == 3  # three different runs
+    for k, member in enumerate(MEMBERS):
+        separate = fit(load(config, [*overrides, *member, f"run_dir={tmp_path / f'separate{k}'}"]))
+        assert separate["status"] == "finished"
+        assert_same_run(tmp_path / f"ensemble{k}", tmp_path / f"separate{k}")
+
+
+def test_a_diverging_member_is_marked_diverged_and_the_others_go_on(tmp_path):
+    """AdamW at lr 1e30 makes one member's loss non-finite in its first epoch: it ends ``diverged`` at the epoch and
+    step its separate run does, and the other two finish as their separate runs."""
+    base = ["--config", "quickstart", *TINY, *EPOCHS, "optim=adamw"]
+    members = [["seed=1", "optim.lr=0.01"], ["seed=2", "optim.lr=1e30"], ["seed=3", "optim.lr=0.01"]]
+    cfgs = [load("quickstart", [*base[2:], *m, f"run_dir={tmp_path / f'ensemble{k}'}"]) for k, m in enumerate(members)]
+    summaries = fit_ensemble(cfgs, batching="loop")
+    assert [s["status"] for s in summaries] == ["finished", "diverged", "finished"]
+    assert summaries[1]["diverged"]["loss"] in ("nan", "inf", "-inf")
+    for k, m in enumerate(members):
+        fit(load("quickstart", [*base[2:], *m, f"run_dir={tmp_path / f'separate{k}'}"]))
+        assert_same_run(tmp_path / f"ensemble{k}", tmp_path / f"separate{k}")
+
+
+def test_members_whose_shapes_differ_train_in_separate_ensembles(tmp_path, monkeypatch):
+    """Encoder widths 8 and 6: two ensembles of two, each run as its separate run."""
+    from ssl_bench import ensemble
+
+    sizes = []
+    train = ensemble.train
+    monkeypatch.setattr(ensemble, "train", lambda members, batching: sizes.append(len(members)) or train(members,
+                                                                                                     batching))
+    members = [["seed=1"], ["seed=1", "encoder.width=6"], ["seed=2"], ["seed=2", "encoder.width=6"]]
+    cfgs = [load("quickstart", [*TINY, *EPOCHS, *m, f"run_dir={tmp_path / f'ensemble{k}'}"])
+            for k, m in enumerate(members)]
+    assert [s["status"] for s in fit_ensemble(cfgs)] == ["finished"] * 4
+    assert sizes == [2, 2]
+    fit(load("quickstart", [*TINY, *EPOCHS, *members[1], f"run_dir={tmp_path / 'separate'}"]))
+    assert_same_run(tmp_path / "ensemble1", tmp_path / "separate")
+
+
+def test_fit_seeds_trains_one_ensemble_with_a_run_directory_per_seed(run_cli, tmp_path):
+    code, out, err = run_cli("fit", "--config", "quickstart", *TINY, "--seeds", "1,2", f"run_dir={tmp_path / 'runs'}")
+    assert code == 0, err
+    for seed in (1, 2):
+        summary = json.loads((tmp_path / "runs" / f"seed{seed}" / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["seed"] == seed
+        assert f"run directory: {tmp_path / 'runs' / f'seed{seed}'}" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--seeds", "1,x"], "--seeds 1,x must be integers separated by commas, e.g. --seeds 1,2,3"),
+    (["--seeds", "1,1"], "--seeds 1,1 repeats a seed; give each seed once"),
+    (["--seeds", "1,2", "seed=3"], "seed=3 and --seeds both set the seed; drop one"),
+    (["--seeds", "1,2", "trainer.devices=2"], "an ensemble trains in one process on one device"),
+])
+def test_bad_ensemble_input_is_one_line(run_cli, tmp_path, args, message):
+    code, out, err = run_cli("fit", "--config", "quickstart", *TINY, f"run_dir={tmp_path}", *args)
+    assert error_line(code, err, out).startswith(message)
+    assert not list(tmp_path.iterdir())
+
+
+def test_sweep_ensemble_table_equals_the_separate_sweep(run_cli, tmp_path):
+    """``sweep --ensemble`` over a grid of sparsity x seeds: one ensemble table, and a table equal to the separate
+    sweep's."""
+    grid = [*TINY, "sweep.seeds=[1,2]", "sweep.grid={data.sparsity:[0.1,0.3]}"]
+    code, out, err = run_cli("sweep", "--config", "quickstart", *grid, "--ensemble", "--sweep-dir", tmp_path / "ens")
+    assert code == 0, err
+    assert "4 runs as 1 ensemble" in out
+    assert len(json.loads((tmp_path / "ens" / "ensembles" / "0.json").read_text())["members"]) == 4
+    code, _, err = run_cli("sweep", "--config", "quickstart", *grid, "--sweep-dir", tmp_path / "sep")
+    assert code == 0, err
+    assert (tmp_path / "ens" / "table.md").read_text() == (tmp_path / "sep" / "table.md").read_text()
+
+
+def test_sweep_ensemble_refuses_slurm(run_cli, tmp_path):
+    code, out, err = run_cli("sweep", "--config", "quickstart", *TINY, "--ensemble", "--slurm", "--dry-run",
+                             "--sweep-dir", tmp_path / "s")
+    assert "--ensemble trains a local sweep's runs together" in error_line(code, err, out)
+
+
+def test_every_member_logs_its_own_wandb_run(run_cli, tmp_path, monkeypatch):
+    """Two members, two offline W&B runs in the same process: each in its own run directory with its own id, both
+    ended."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb_tiny = [o for o in TINY if not o.startswith("logger=")]
+    try:
+        code, out, err = run_cli("fit", "--config", "quickstart", *wandb_tiny, "logger=wandb", "logger.mode=offline",
+                                 "--seeds", "1,2", f"run_dir={tmp_path}")
+    finally:
+        wandb.teardown()
+    assert code == 0, err
+    ids = [(tmp_path / f"seed{s}" / "wandb" / "id.txt").read_text().strip() for s in (1, 2)]
+    assert ids[0] != ids[1]
+    for seed, run_id in zip((1, 2), ids):
+        runs = list((tmp_path / f"seed{seed}" / "wandb").glob("offline-run-*"))
+        assert [r.name.endswith(run_id) for r in runs] == [True]
+        assert (runs[0] / f"run-{run_id}.wandb").stat().st_size > 0
