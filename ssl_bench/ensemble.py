@@ -144,12 +144,13 @@ class Member:
 
 
 def ensemble_key(plain: dict[str, Any]) -> str:
-    """What runs of one ensemble share, from a run's config as plain dicts: the method, the encoder, the trainer's
-    settings (but ``resume``), the kind of data and its batch size. The other settings (data values, seed,
-    optimizer, callbacks, logger) are each member's own."""
+    """What runs of one ensemble share, from a run's config as plain dicts: the method (but its real-valued
+    settings, e.g. a temperature), the encoder, the trainer's settings (but ``resume``), the kind of data and its
+    batch size. The other settings (data values, seed, optimizer, callbacks, logger) are each member's own."""
+    method = {k: v for k, v in plain["method"].items() if not isinstance(v, float)}
     trainer = {k: v for k, v in plain["trainer"].items() if k != "resume"}
-    return json.dumps([plain["method"], plain["encoder"], trainer, plain["data"]["name"],
-                       plain["data"].get("batch_size")], sort_keys=True, default=str)
+    return json.dumps([method, plain["encoder"], trainer, plain["data"]["name"], plain["data"].get("batch_size")],
+                      sort_keys=True, default=str)
 
 
 def shape_signature(member: Member) -> tuple[Any, ...]:
@@ -262,9 +263,16 @@ def check_member_data(member: Member) -> None:
                           "(sparse_coding, invertible_mlp); train it without --ensemble")
 
 
+def uses_vmap(batching: str, device: torch.device) -> bool:
+    """Whether ``batching`` (``vmap``, ``loop`` or ``auto``) batches the members with vmap on ``device``: ``auto``
+    does on a GPU."""
+    return batching == "vmap" or (batching == "auto" and device.type == "cuda")
+
+
 def fit_ensemble(cfgs: list[RunConfig], batching: str = "auto") -> list[dict[str, Any]]:
-    """Train the runs ``cfgs`` as ensembles, grouped by :func:`ensemble_key` and :func:`shape_signature`, one
-    ensemble after another; return their summaries in the order of ``cfgs``.
+    """Train the runs ``cfgs`` as ensembles, grouped by :func:`ensemble_key` and :func:`shape_signature` (and with
+    vmap by the method's whole config, since vmap runs the first member's code for all), one ensemble after another;
+    return their summaries in the order of ``cfgs``.
 
     Every member's run directory ends as :func:`ssl_bench.run.fit` would leave it, without checkpoints: its summary
     says ``finished``, ``diverged`` (at the step where its loss stopped being finite) or ``interrupted`` (SIGINT,
@@ -276,7 +284,10 @@ def fit_ensemble(cfgs: list[RunConfig], batching: str = "auto") -> list[dict[str
         member = Member(cfg, ensemble_device(cfg))
         check_member_data(member)
         members.append(member)
-        groups.setdefault((ensemble_key(cfg.to_container()), shape_signature(member)), []).append(i)
+        plain = cfg.to_container()
+        batched = uses_vmap(batching, member.view.device)
+        method = json.dumps(plain["method"], sort_keys=True) if batched else None  # vmap runs the first's code
+        groups.setdefault((ensemble_key(plain), shape_signature(member), method), []).append(i)
     summaries: dict[int, dict[str, Any]] = {}
     for indices in groups.values():
         for i, summary in zip(indices, train([members[i] for i in indices], batching)):
@@ -293,8 +304,7 @@ def train(members: list[Member], batching: str = "auto") -> list[dict[str, Any]]
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
-    on_gpu = members[0].view.device.type == "cuda"
-    ensemble = Ensemble(members, vmap=batching == "vmap" or (batching == "auto" and on_gpu))
+    ensemble = Ensemble(members, vmap=uses_vmap(batching, members[0].view.device))
     for member in members:
         member.start()
     stop_requests: list[int] = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, error_line
+from conftest import REPO, TINY, error_line
 from ssl_bench.cli import load
 from ssl_bench.ensemble import fit_ensemble
 from ssl_bench.run import fit
@@ -78,21 +78,25 @@ def test_a_diverging_member_is_marked_diverged_and_the_others_go_on(tmp_path):
         assert_same_run(tmp_path / f"ensemble{k}", tmp_path / f"separate{k}")
 
 
-def test_members_whose_shapes_differ_train_in_separate_ensembles(tmp_path, monkeypatch):
-    """Encoder widths 8 and 6: two ensembles of two, each run as its separate run."""
+@pytest.mark.parametrize(("batching", "expected"), [("loop", [2, 2]), ("vmap", [1, 2, 1])])
+def test_members_whose_shapes_differ_train_in_separate_ensembles(tmp_path, monkeypatch, batching, expected):
+    """Encoder widths 8 and 6 go to separate ensembles; temperatures 0.05 and 0.2 share one in a loop, but not
+    under vmap, which runs the first member's code (and so its temperature) for all."""
     from ssl_bench import ensemble
 
     sizes = []
     train = ensemble.train
     monkeypatch.setattr(ensemble, "train", lambda members, batching: sizes.append(len(members)) or train(members,
                                                                                                      batching))
-    members = [["seed=1"], ["seed=1", "encoder.width=6"], ["seed=2"], ["seed=2", "encoder.width=6"]]
+    members = [["seed=1"], ["seed=1", "encoder.width=6"], ["seed=2", "method.temperature=0.2"],
+               ["seed=2", "encoder.width=6"]]
     cfgs = [load("quickstart", [*TINY, *EPOCHS, *m, f"run_dir={tmp_path / f'ensemble{k}'}"])
             for k, m in enumerate(members)]
-    assert [s["status"] for s in fit_ensemble(cfgs)] == ["finished"] * 4
-    assert sizes == [2, 2]
-    fit(load("quickstart", [*TINY, *EPOCHS, *members[1], f"run_dir={tmp_path / 'separate'}"]))
-    assert_same_run(tmp_path / "ensemble1", tmp_path / "separate")
+    assert [s["status"] for s in fit_ensemble(cfgs, batching=batching)] == ["finished"] * 4
+    assert sizes == expected
+    for k in (1, 2):
+        fit(load("quickstart", [*TINY, *EPOCHS, *members[k], f"run_dir={tmp_path / f'separate{k}'}"]))
+        assert_same_run(tmp_path / f"ensemble{k}", tmp_path / f"separate{k}")
 
 
 def test_fit_seeds_trains_one_ensemble_with_a_run_directory_per_seed(run_cli, tmp_path):
@@ -154,3 +158,17 @@ def test_every_member_logs_its_own_wandb_run(run_cli, tmp_path, monkeypatch):
         runs = list((tmp_path / f"seed{seed}" / "wandb").glob("offline-run-*"))
         assert [r.name.endswith(run_id) for r in runs] == [True]
         assert (runs[0] / f"run-{run_id}.wandb").stat().st_size > 0
+
+
+def test_the_ensemble_benchmark_runs(capsys):
+    """benchmarks/ensemble.py end to end at a tiny size (no timing assertion)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ensemble_benchmark", REPO / "benchmarks" / "ensemble.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    results = benchmark.main(["--members", "1,2", "--epochs", "2", "--base-epochs", "1", "--rounds", "1",
+                              "--models", "NCL-basic"])
+    assert set(results) == {("NCL-basic", 1), ("NCL-basic", 2)}
+    assert all(set(r) == {"separate", "vmap", "loop"} for r in results.values())
+    assert "| NCL-basic | 2 |" in capsys.readouterr().out
