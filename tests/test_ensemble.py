@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +177,30 @@ def test_the_ensemble_benchmark_runs(capsys):
     assert set(results) == {("NCL-basic", 1), ("NCL-basic", 2)}
     assert all(set(r) == {"separate", "vmap", "loop"} for r in results.values())
     assert "| NCL-basic | 2 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGUSR1, 138)])
+def test_a_signal_ends_every_member_as_interrupted(tmp_path, signum, code):
+    """SIGTERM stops the ensemble at once, SIGUSR1 at the end of an epoch: every member's summary says
+    interrupted with that signal and no checkpoint, and its history stays valid JSON."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ssl_bench.cli", "fit", "--config", "quickstart", *TINY,
+                             "trainer.max_epochs=100000", "trainer.log_every_n_epochs=1", "--seeds", "1,2",
+                             f"run_dir={tmp_path}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not all((tmp_path / f"seed{s}" / "metrics.jsonl").is_file() for s in (1, 2)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    for seed in (1, 2):
+        summary = json.loads((tmp_path / f"seed{seed}" / "summary.json").read_text())
+        assert (summary["status"], summary["signal"], summary["resume"]) == ("interrupted",
+                                                                           signal.Signals(signum).name, None)
+        records = history(tmp_path / f"seed{seed}")
+        assert 1 <= summary["epochs"] < 100000 and all(isinstance(r["step"], int) for r in records)
+        if signum == signal.SIGUSR1:  # the epoch in progress was completed and logged
+            assert records[-1]["epoch"] == summary["epochs"] - 1
