@@ -189,6 +189,37 @@ class Ensemble:
                 owner._buffers[leaf] = self.buffers[name][k]
         self._member_params = {name: [module.get_parameter(name) for module in modules] for name in self.params}
         self._wrapped = _Objective(self.template)
+        for member in members:
+            member.start()
+        self.shared = self._shared_optimizers()
+
+    def _shared_optimizers(self) -> list[torch.optim.Optimizer] | None:
+        """Under vmap, when every member's optimizers are the same elementwise ones (SGD, AdamW) with the same
+        settings: those optimizers over the stacked parameters, whose one step is every member's step; else None
+        (each member steps its own)."""
+        optims = [json.dumps(m.cfg.to_container()["optim"], sort_keys=True, default=str) for m in self.members]
+        first = self.members[0].optimizers
+        if not self.vmap or len(set(optims)) > 1 or not all(getattr(o, "elementwise", False) for o in first):
+            return None
+        name_of = {id(p): name for name, p in self.template.named_parameters()}
+        shared = [type(o)([{**group, "params": [self.params[name_of[id(p)]] for p in group["params"]]}
+                           for group in o.param_groups], **o.defaults) for o in first]
+        for member in self.members:
+            member.module.batch_optimizers = shared
+        return shared
+
+    def step(self, index: int, progress: float, active: list[int]) -> None:
+        """The optimizer step of mini-batch ``index`` at training ``progress``: the shared optimizer's over the
+        stacked parameters, or each ``active`` member's own, after setting its learning rate."""
+        optimizer_index = self.template.method.optimizer_index(index)
+        if self.shared is not None:
+            self.template.schedule_lr(self.shared[optimizer_index], progress)
+            self.shared[optimizer_index].step()
+            return
+        for k in active:
+            module, optimizer = self.members[k].module, self.members[k].optimizers[optimizer_index]
+            module.schedule_lr(optimizer, progress)
+            optimizer.step()
 
     def _member_objective(self, params: dict[str, Tensor], buffers: dict[str, Tensor], index: int, view1: Tensor,
                           view2: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -198,8 +229,8 @@ class Ensemble:
 
     def backward(self, index: int, batches: list[Views], active: list[int]) -> Tensor:
         """Every member's loss of mini-batch ``index`` (``batches[k]`` is member k's), and the gradients of the
-        totals of the ``active`` members with a finite loss in their parameters' ``grad`` (None where a parameter took no part in the step,
-        as in a separate run, so its optimizer leaves it alone)."""
+        totals of the ``active`` members with a finite loss in their parameters' ``grad`` (None where a parameter
+        took no part in the step, as in a separate run, so its optimizer leaves it alone)."""
         for param in [*self.params.values(), *(p for params in self._member_params.values() for p in params)]:
             param.grad = None
         if self.vmap:
@@ -210,7 +241,7 @@ class Ensemble:
         mask = torch.zeros(len(self.members), dtype=torch.bool, device=totals.device)
         mask[active] = True
         torch.where(mask & torch.isfinite(losses), totals, torch.zeros_like(totals)).sum().backward()
-        if self.vmap:
+        if self.vmap and self.shared is None:
             for name, stacked in self.params.items():
                 for k, param in enumerate(self._member_params[name]):
                     param.grad = None if stacked.grad is None else stacked.grad[k]
@@ -305,8 +336,6 @@ def train(members: list[Member], batching: str = "auto") -> list[dict[str, Any]]
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
     ensemble = Ensemble(members, vmap=uses_vmap(batching, members[0].view.device))
-    for member in members:
-        member.start()
     stop_requests: list[int] = []
     summaries: dict[int, dict[str, Any]] = {}
     active, completed = list(range(len(members))), 0
@@ -351,9 +380,6 @@ def train_epoch(ensemble: Ensemble, epoch: int, active: list[int], summaries: di
     count = len(batches[0])
     for index in range(count):
         progress = ensemble.template.progress(0, index, count)
-        optimizer_index = ensemble.template.method.optimizer_index(index)
-        for k in active:
-            members[k].module.schedule_lr(members[k].optimizers[optimizer_index], progress)
         losses = ensemble.backward(index, [b[index] for b in batches], active)
         finite = torch.isfinite(losses).tolist()
         for k in [k for k in active if not finite[k]]:
@@ -363,9 +389,9 @@ def train_epoch(ensemble: Ensemble, epoch: int, active: list[int], summaries: di
         active = [k for k in active if finite[k]]
         if not active:
             break
+        ensemble.step(index, progress, active)
         for k in active:
             member = members[k]
-            member.optimizers[optimizer_index].step()
             member.trainer.global_step += 1
             member.module._epoch_losses.append(losses[k])
             member.module.after_step(index, progress, losses[k])

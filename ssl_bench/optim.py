@@ -19,6 +19,9 @@ from ssl_bench.registry import lookup, register
 class SGD(torch.optim.SGD):
     """torch's SGD with momentum and (coupled) weight decay."""
 
+    elementwise = True
+    """Each entry's update depends on that entry alone: one step over stacked tensors is every slice's own step."""
+
     @dataclass
     class Config(OptimConfig):
         momentum: float = 0.0
@@ -35,6 +38,8 @@ class SGD(torch.optim.SGD):
 @register("optim", "adamw")
 class AdamW(torch.optim.AdamW):
     """torch's AdamW (decoupled weight decay)."""
+
+    elementwise = True
 
     @dataclass
     class Config(OptimConfig):
@@ -60,6 +65,8 @@ class LARS(torch.optim.Optimizer):
     trust ratio, capped at 1 with ``clip``, i.e. the local lr never exceeds the global one); excluded parameters get
     neither weight decay nor the trust ratio. Then ``v <- m v + g``, ``w <- w - lr v``.
     """
+
+    elementwise = False  # the trust ratio divides whole-tensor norms
 
     @dataclass
     class Config(OptimConfig):

@@ -25,6 +25,7 @@ MODELS = {
                                              "data.augmentation=independent"]),
 }
 MEMBERS = [["seed=1"], ["seed=2", "data.sparsity=0.3", "data.mask_prob=0.25"], ["seed=3", "optim.lr=0.02"]]
+ONE_OPTIMIZER = [["seed=1"], ["seed=2", "data.sparsity=0.3", "data.mask_prob=0.25"], ["seed=3", "data.mask_prob=0.9"]]
 
 
 def history(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
@@ -52,18 +53,28 @@ def assert_same_run(ensemble_dir: Path, separate_dir: Path, tolerance: float = 1
         assert ours.get(key) == theirs.get(key), key
 
 
-@pytest.mark.parametrize("batching", ["vmap", "loop"])
+@pytest.mark.parametrize(("batching", "members", "shared"), [("loop", MEMBERS, False), ("vmap", MEMBERS, False),
+                                                          ("vmap", ONE_OPTIMIZER, True)])
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_an_ensemble_of_three_ends_within_1e5_of_three_separate_runs(tmp_path, model, batching):
-    """Members differ in seed, sparsity, masking probability and learning rate; each writes its own run directory,
-    and every logged value, spectrum and ending equals its separate run's."""
+def test_an_ensemble_of_three_ends_within_1e5_of_three_separate_runs(tmp_path, monkeypatch, model, batching, members,
+                                                                    shared):
+    """Members differ in seed, sparsity, masking probability and (but in ONE_OPTIMIZER) learning rate; each writes
+    its own run directory, and every logged value, spectrum and ending equals its separate run's. Under vmap,
+    members with one optimizer setting step as one optimizer over the stacked parameters."""
+    from ssl_bench import ensemble
+
+    built = []
+    shared_optimizers = ensemble.Ensemble._shared_optimizers
+    monkeypatch.setattr(ensemble.Ensemble, "_shared_optimizers",
+                        lambda self: built.append(shared_optimizers(self)) or built[-1])
     config, overrides = MODELS[model]
     cfgs = [load(config, [*overrides, *member, f"run_dir={tmp_path / f'ensemble{k}'}"])
-            for k, member in enumerate(MEMBERS)]
+            for k, member in enumerate(members)]
     summaries = fit_ensemble(cfgs, batching=batching)
     assert [s["status"] for s in summaries] == ["finished"] * 3
+    assert [b is not None for b in built] == [shared]
     assert len({s["metrics"]["train/loss"] for s in summaries}) == 3  # three different runs
-    for k, member in enumerate(MEMBERS):
+    for k, member in enumerate(members):
         separate = fit(load(config, [*overrides, *member, f"run_dir={tmp_path / f'separate{k}'}"]))
         assert separate["status"] == "finished"
         assert_same_run(tmp_path / f"ensemble{k}", tmp_path / f"separate{k}")
