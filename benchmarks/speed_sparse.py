@@ -1,27 +1,38 @@
-"""Seconds per epoch at the Table 2 setting (n=3000, p=50, d=10, m=50, batch 512): ssl-bench vs a plain PyTorch loop.
+"""Seconds per epoch at the Table 2 setting (n=3000, p=50, d=10, m=50, batch 512): ssl-bench vs a plain PyTorch loop,
+the share of ssl-bench's training time spent in metric callbacks, and the peak memory of each.
 
-Both run in this process on the same data and the same math: the contrastive model (CL-basic: linear + BN +
-symmetric ReLU, NT-Xent, dependent masks) and the alternating non-contrastive model (NCL-basic: linear + symmetric
-ReLU, 2 - 2cos, independent masks, online and target SGD steps in turn). ssl-bench runs ``pokle2022/table2`` through
-``ssl_bench.run.fit`` (Lightning Trainer, SSLModule, the max-cosine callback, a run directory in a temporary
-folder); each epoch is one training batch of its mini-batches (``list[Views]``). Rounds alternate between the two
-loops and the median is reported, so background load affects both alike.
+Both loops run on the same data and the same math: the contrastive model (CL-basic: linear + BN + symmetric ReLU,
+NT-Xent, dependent masks) and the alternating non-contrastive model (NCL-basic: linear + symmetric ReLU, 2 - 2cos,
+independent masks, online and target SGD steps in turn). ssl-bench runs ``pokle2022/table2`` through
+``ssl_bench.run.fit`` (Lightning Trainer, SSLModule, the config's metric callbacks every
+``trainer.metrics_every_n_epochs`` epochs, a run directory in a temporary folder); each epoch is one training batch of
+its mini-batches (``list[Views]``). Rounds alternate between the two loops in this process and the median is
+reported, so background load affects both alike; ratio = ssl-bench / plain. The callback share is the time inside
+the metric callbacks' epoch-end and step hooks over the training time. Peak memory is the largest over the rounds of
+each loop's peak: ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU the process's maximum resident set size
+(``getrusage``), its count restarted before every loop (Linux's ``/proc/self/clear_refs``; ``n/a`` elsewhere), so it
+includes what the process held before the loop (Python, torch, Lightning: the same for both loops).
 
-    python benchmarks/speed_sparse.py [--epochs 200] [--rounds 3] [--threads 1]
+    python benchmarks/speed_sparse.py [--epochs 200] [--rounds 3] [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from torch.nn import functional as F
 
 from ssl_bench.cli import load
+from ssl_bench.module import CallbackAdapter
 from ssl_bench.run import fit
 
 SETTINGS = {
@@ -30,18 +41,23 @@ SETTINGS = {
 }
 
 
-def plain_loop(model: str, epochs: int, seed: int = 1) -> float:
-    """The same training written directly in PyTorch; returns seconds per epoch."""
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_loop(model: str, epochs: int, device: torch.device = torch.device("cpu"), seed: int = 1) -> float:
+    """The same training written directly in PyTorch on ``device``; returns seconds per epoch."""
     torch.manual_seed(seed)
     n, p, d, m, batch, lr = 3000, 50, 10, 50, 512, 0.005
     q, _ = torch.linalg.qr(torch.randn(p, d))
     z = torch.zeros(n, d)
     z[torch.arange(n), torch.randint(d, (n,))] = 1.0
-    x = z @ q.T + (torch.log(torch.tensor(float(d))).sqrt() / d) * torch.randn(n, p)
+    x = (z @ q.T + (torch.log(torch.tensor(float(d))).sqrt() / d) * torch.randn(n, p)).to(device)
 
     def layer() -> list[torch.Tensor]:
-        w = (torch.randn(m, p) * (1.0 / (p * d)) ** 0.5).requires_grad_()
-        b = ((torch.rand(m) * 2 - 1) / p ** 0.5).requires_grad_()
+        w = (torch.randn(m, p) * (1.0 / (p * d)) ** 0.5).to(device).requires_grad_()
+        b = ((torch.rand(m) * 2 - 1) / p ** 0.5).to(device).requires_grad_()
         return [w, b]
 
     def encode(params: list[torch.Tensor], a: torch.Tensor, batch_norm: bool) -> torch.Tensor:
@@ -51,22 +67,24 @@ def plain_loop(model: str, epochs: int, seed: int = 1) -> float:
             y = F.batch_norm(y, None, None, params[2], params[3], training=True)
         return F.relu(y) - F.relu(2 * b - y)
 
+    synchronize(device)
     start = time.perf_counter()
     if model == "CL-basic":
-        params = layer() + [torch.ones(m, requires_grad=True), torch.zeros(m, requires_grad=True)]
+        params = layer() + [torch.ones(m, device=device, requires_grad=True),
+                            torch.zeros(m, device=device, requires_grad=True)]
         opt = torch.optim.SGD(params, lr=lr)
         for _ in range(epochs):
-            xs = x[torch.randperm(n)]
-            keep = (torch.rand(n, p) < 0.5).float()
+            xs = x[torch.randperm(n, device=device)]
+            keep = (torch.rand(n, p, device=device) < 0.5).float()
             v1, v2 = 2 * keep * xs, 2 * (1 - keep) * xs
             for i in range(0, n - batch + 1, batch):
                 u = F.normalize(torch.cat([encode(params, v1[i:i + batch], True),
                                            encode(params, v2[i:i + batch], True)]), dim=1)
                 logits = u @ u.T / 0.05
                 off_diagonal = logits.flatten()[1:].view(2 * batch - 1, 2 * batch + 1)[:, :-1]
-                partner = torch.arange(2 * batch).roll(batch)
+                partner = torch.arange(2 * batch, device=device).roll(batch)
                 loss = F.cross_entropy(off_diagonal.reshape(2 * batch, 2 * batch - 1),
-                                       partner - (partner > torch.arange(2 * batch)).long())
+                                       partner - (partner > torch.arange(2 * batch, device=device)).long())
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -74,9 +92,9 @@ def plain_loop(model: str, epochs: int, seed: int = 1) -> float:
         online, target = layer(), layer()
         opt_online, opt_target = torch.optim.SGD(online, lr=lr), torch.optim.SGD(target, lr=lr)
         for _ in range(epochs):
-            xs = x[torch.randperm(n)]
-            v1 = (torch.rand(n, p) < 0.5).float() * xs
-            v2 = (torch.rand(n, p) < 0.5).float() * xs
+            xs = x[torch.randperm(n, device=device)]
+            v1 = (torch.rand(n, p, device=device) < 0.5).float() * xs
+            v2 = (torch.rand(n, p, device=device) < 0.5).float() * xs
             for k, i in enumerate(range(0, n, batch)):
                 trained, other, opt = (online, target, opt_online) if k % 2 == 0 else (target, online, opt_target)
                 a, c = (v1, v2) if k % 2 == 0 else (v2, v1)
@@ -86,52 +104,129 @@ def plain_loop(model: str, epochs: int, seed: int = 1) -> float:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+    synchronize(device)
     return (time.perf_counter() - start) / epochs
 
 
 class _TrainingClock(L.Callback):
-    """Wall time from the first to the end of the last training epoch, as the plain loop's clock measures."""
+    """Wall time from the first to the end of the last training epoch, as the plain loop's clock measures, and the
+    part of it spent in the metric callbacks' ``on_train_epoch_end`` and ``on_optimizer_step`` hooks."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.callback_seconds = 0.0
+        for adapter in trainer.callbacks:
+            if isinstance(adapter, CallbackAdapter):
+                for hook in ("on_train_epoch_end", "on_optimizer_step"):
+                    setattr(adapter.callback, hook, self._timed(getattr(adapter.callback, hook), pl_module.device))
+        synchronize(pl_module.device)
         self.start = time.perf_counter()
 
+    def _timed(self, hook: Callable[..., None], device: torch.device) -> Callable[..., None]:
+        def timed(*args: Any) -> None:
+            synchronize(device)
+            start = time.perf_counter()
+            hook(*args)
+            synchronize(device)
+            self.callback_seconds += time.perf_counter() - start
+        return timed
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronize(pl_module.device)
         self.seconds = time.perf_counter() - self.start
 
 
-def suite_loop(model: str, epochs: int) -> float:
-    """``ssl-bench fit`` in-process (Lightning Trainer, max-cosine callback, run directory); seconds per epoch."""
+def suite_loop(model: str, epochs: int, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """``ssl-bench fit`` in-process (Lightning Trainer, the config's metric callbacks, run directory) in 32-bit
+    precision on ``device``; returns seconds per epoch and the share of them spent in metric callbacks."""
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
     with tempfile.TemporaryDirectory(prefix="speed_sparse-") as run_dir:
         cfg = load("pokle2022/table2", [*SETTINGS[model], f"trainer.max_epochs={epochs}", "logger=none",
-                                        "trainer.progress=none", f"run_dir={run_dir}"])
+                                        "trainer.progress=none", f"trainer.accelerator={accelerator}",
+                                        "trainer.precision=32-true", f"run_dir={run_dir}"])
         clock = _TrainingClock()
         summary = fit(cfg, extra_callbacks=[clock])
     assert summary["status"] == "finished", summary
-    return clock.seconds / epochs
+    return clock.seconds / epochs, clock.callback_seconds / clock.seconds
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    """Print the table; return each model's ratio ssl-bench / plain (medians of the rounds)."""
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak-memory count; False where the peak resident set size cannot be reset (not Linux)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS that getrusage reports to the current RSS
+    except OSError:
+        return False
+    return True
+
+
+def peak_memory(device: torch.device) -> float:
+    """MiB: ``torch.cuda.max_memory_allocated`` on a GPU, the process's maximum resident set size on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # KiB on Linux
+
+
+def measured(device: torch.device, loop: Callable[[], Any]) -> tuple[Any, tuple[float, float] | None]:
+    """``loop()``, and the memory in MiB held before it and at its peak (None where the peak cannot be told apart
+    from earlier work)."""
+    if not reset_peak_memory(device):
+        return loop(), None
+    before = torch.cuda.memory_allocated(device) / 2 ** 20 if device.type == "cuda" else peak_memory(device)
+    result = loop()
+    return result, (before, peak_memory(device))
+
+
+def largest_peak(memories: list[tuple[float, float] | None]) -> tuple[float, float] | None:
+    """The (before, peak) pair with the largest peak; None when any is unknown."""
+    return None if None in memories else max(memories, key=lambda memory: memory[1])
+
+
+def cell(memory: tuple[float, float] | None) -> str:
+    return "n/a" if memory is None else f"{memory[1]:.0f} (+{memory[1] - memory[0]:.0f})"
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float | None]]:
+    """Print the table; return per model the ratio ssl-bench / plain of the median times, the median callback
+    share, and both loops' peak memory in MiB (the largest over the rounds)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args(argv)
     if min(args.epochs, args.rounds, args.threads) < 1:
         parser.error("--epochs, --rounds and --threads must be positive")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA GPU is visible here")
     torch.set_num_threads(args.threads)
-    ratios: dict[str, float] = {}
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.epochs} epochs x {args.rounds} rounds")
-    print("| model | plain PyTorch (ms/epoch) | ssl-bench (ms/epoch) | ratio |\n|---|---|---|---|")
+    device = torch.device(args.device)
+    memory = "GPU memory allocated" if device.type == "cuda" else "RSS"
+    memory = f"peak {memory} (MiB, + over before the loop)"
+    print(f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {args.epochs} epochs x {args.rounds} "
+          "rounds")
+    print(f"| model | plain PyTorch (ms/epoch) | ssl-bench (ms/epoch) | ratio | metric callbacks (% of ssl-bench) | "
+          f"plain {memory} | ssl-bench {memory} |\n|---|---|---|---|---|---|---|")
+    results: dict[str, dict[str, float | None]] = {}
     for model in SETTINGS:
-        plain, suite = [], []
+        plain, suite, shares, plain_peaks, suite_peaks = [], [], [], [], []
         for _ in range(args.rounds):
-            plain.append(plain_loop(model, args.epochs))
-            suite.append(suite_loop(model, args.epochs))
-        p, s = statistics.median(plain) * 1e3, statistics.median(suite) * 1e3
-        print(f"| {model} | {p:.1f} | {s:.1f} | {s / p:.2f}x |", flush=True)
-        ratios[model] = s / p
-    return ratios
+            seconds, peak = measured(device, lambda: plain_loop(model, args.epochs, device))
+            plain.append(seconds)
+            plain_peaks.append(peak)
+            (seconds, share), peak = measured(device, lambda: suite_loop(model, args.epochs, device))
+            suite.append(seconds)
+            shares.append(share)
+            suite_peaks.append(peak)
+        p, s, share = statistics.median(plain), statistics.median(suite), statistics.median(shares)
+        plain_peak, suite_peak = largest_peak(plain_peaks), largest_peak(suite_peaks)
+        print(f"| {model} | {p * 1e3:.1f} | {s * 1e3:.1f} | {s / p:.2f}x | {100 * share:.1f} % | {cell(plain_peak)} | "
+              f"{cell(suite_peak)} |", flush=True)
+        results[model] = {"ratio": s / p, "callback_share": share,
+                          "plain_peak_mib": None if plain_peak is None else plain_peak[1],
+                          "suite_peak_mib": None if suite_peak is None else suite_peak[1]}
+    return results
 
 
 if __name__ == "__main__":

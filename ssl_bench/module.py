@@ -3,10 +3,14 @@ datamodules and callbacks to Lightning."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
@@ -17,6 +21,10 @@ from ssl_bench.config import OptimConfig
 from ssl_bench.methods.base import Method
 from ssl_bench.optim import build_optimizer, probe_group, warmup_cosine
 from ssl_bench.views import Step, Views
+
+
+# The Lightning hooks that only the wrapped backward and optimizer step call.
+_WRAPPER_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
 class Diverged(Exception):
@@ -36,7 +44,14 @@ class SSLModule(L.LightningModule):
     :class:`~ssl_bench.callbacks.base.Callback` with an ``on_optimizer_step`` hook is called after it. The validation
     loop scores the online probe as ``readout/online_acc``. A non-finite loss raises :class:`Diverged` before its
     step is taken (in every process at once under DDP).
+
+    On one device in 32-bit precision, unless a hook needs them (:meth:`_wrappers_needed`), an optimizer step calls
+    ``backward`` and the torch optimizer directly instead of through Lightning's ``manual_backward`` and
+    ``LightningOptimizer.step``, which would add nothing there but their per-step cost, and counts the step in
+    ``trainer.global_step`` as ``LightningOptimizer.step`` does.
     """
+
+    _wrapped = True  # whether update steps through Lightning's wrappers; on_train_start decides
 
     def __init__(self, method: Method, optim: OptimConfig, num_classes: int | None = None, batch_size: int = 256,
                  log_every_n_epochs: int = 1) -> None:
@@ -79,10 +94,23 @@ class SSLModule(L.LightningModule):
         self._epoch_losses = list(rows[self.global_rank]) if rows is not None and self.global_rank < len(rows) else []
 
     def on_train_start(self) -> None:
-        """Collect the callbacks that implement the per-optimizer-step hook."""
+        """Collect the callbacks that implement the per-optimizer-step hook; choose how :meth:`update` steps."""
         self._step_hooks = [adapter.callback for adapter in self.trainer.callbacks
                             if isinstance(adapter, CallbackAdapter)
                             and type(adapter.callback).on_optimizer_step is not Callback.on_optimizer_step]
+        self._wrapped = self._wrappers_needed()
+
+    def _wrappers_needed(self) -> bool:
+        """Whether optimizer steps must go through Lightning's ``manual_backward`` and ``LightningOptimizer.step``:
+        under any strategy but one device (DDP prepares its gradient all-reduce in them), in any precision but
+        ``32-true`` (mixed precision scales the loss and unscales the gradients in them), or when this module
+        overrides ``backward`` or this module or a callback implements a hook that only they call
+        (:data:`_WRAPPER_HOOKS`)."""
+        trainer = self.trainer
+        if type(trainer.strategy) is not SingleDeviceStrategy or type(trainer.precision_plugin) is not Precision:
+            return True
+        return any(is_overridden(hook, self, L.LightningModule) for hook in ("backward", *_WRAPPER_HOOKS)) or any(
+            is_overridden(hook, callback, L.Callback) for callback in trainer.callbacks for hook in _WRAPPER_HOOKS)
 
     def progress(self, batch_idx: int, index: int, batch_size: int) -> float:
         """Fraction of training done before mini-batch ``index`` of the ``batch_size`` mini-batches of batch
@@ -108,14 +136,24 @@ class SSLModule(L.LightningModule):
         return loss, loss + F.cross_entropy(self.probe(features.detach()), views.labels)
 
     def update(self, index: int, views: Views, progress: float) -> Tensor:
-        """One optimizer step on mini-batch ``index`` of the batch; returns the detached SSL loss."""
+        """One optimizer step on mini-batch ``index`` of the batch; returns the detached SSL loss.
+
+        Unless :meth:`_wrappers_needed`, ``total.backward()`` and the torch optimizer's ``step`` are called directly,
+        the step between the ``LightningOptimizer``'s before- and after-step callbacks, which count it in
+        ``trainer.global_step`` (the manual loop's ``optim_step_progress``) and time it in the trainer's profiler."""
         optimizer = self.batch_optimizers[self.method.optimizer_index(index)]
         self.schedule_lr(optimizer, progress)
         loss, total = self.objective(index, views)
         self.check_finite(loss)
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(total)
-        optimizer.step()
+        if self._wrapped:
+            self.manual_backward(total)
+            optimizer.step()
+        else:
+            total.backward()
+            optimizer._on_before_step()
+            optimizer.optimizer.step()
+            optimizer._on_after_step()
         loss = loss.detach()
         self.after_step(index, progress, loss)
         return loss
@@ -131,12 +169,16 @@ class SSLModule(L.LightningModule):
                 callback.on_optimizer_step(self.trainer, self, step)
 
     def check_finite(self, loss: Tensor) -> None:
-        """Raise :class:`Diverged` when ``loss`` is not finite in this or (under DDP) any other process."""
-        finite = bool(torch.isfinite(loss))
+        """Raise :class:`Diverged` when ``loss`` is not finite in this or (under DDP) any other process.
+
+        One read of the loss's value by the host, which on a GPU waits for the forward pass: whether to raise must be
+        known before the optimizer step is taken."""
+        value = loss.item()
+        finite = math.isfinite(value)
         if self.trainer.world_size > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
-            raise Diverged(self.current_epoch, self.trainer.global_step, float(loss.detach()))
+            raise Diverged(self.current_epoch, self.trainer.global_step, value)
 
     def training_step(self, batch: list[Views], batch_idx: int) -> None:
         optimizers = self.optimizers()
