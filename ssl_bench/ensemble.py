@@ -1,20 +1,19 @@
 """Many runs as one model: the members of an ensemble train together, each exactly as its own run would.
 
 A member is a whole run (its config, datamodule, :class:`~ssl_bench.module.SSLModule`, optimizers, run directory,
-loggers and metric callbacks). The members' parameters and buffers are stored as stacked tensors with a leading
-member dimension, and every member's own tensors are views of its slice, so the objective of all members is one
-batched computation, ``torch.func.vmap`` of :meth:`SSLModule.objective` over (parameters, buffers, views) through
-``torch.func.functional_call`` (batch norm keeps per-member batch statistics and running averages), and one backward
-pass gives every member its gradient. Each member's optimizers then step its own parameters (so learning rates,
-weight decay, LARS norms and optimizer state stay per member), and the method's post-step work (weight
-normalisation, a target network's EMA) runs on them; each member draws its own epochs from its datamodule (its seed,
-sparsity, masking) and logs to its own run directory and W&B run, so tables, reports and dashboards read an
-ensemble's runs like any others.
+loggers and metric callbacks), built by the code that builds a separate run. The members' parameters and buffers are
+stacked into tensors with a leading member dimension, and every member's own tensors become views of its slice. A
+mini-batch is then one backward pass for all members, of either ``torch.func.vmap`` of :meth:`SSLModule.objective`
+over (stacked parameters, stacked buffers, stacked views) through ``torch.func.functional_call`` (batch norm keeps
+per-member statistics and running averages), or the members' objectives one after another (see :class:`Ensemble`).
+Each member's optimizers step its own parameters (so learning rates, weight decay, LARS norms and optimizer state
+stay its own), or, under vmap with one elementwise optimizer setting, one optimizer steps the stacked tensors; the
+method's post-step work (weight normalisation, a target network's EMA) runs per member. Each member draws its own
+epochs from its datamodule (its seed, sparsity, masking) and logs to its own run directory and W&B run, so tables,
+reports and dashboards read an ensemble's runs like any others.
 
-Members train together when their method, encoder and trainer settings and their data's kind are the same
-(:func:`ensemble_key`) and their tensors have the same shapes (:func:`shape_signature`); anything else (the data's
-values, the seed, the optimizer's values, the metric callbacks) may differ. A member whose loss stops being finite is
-marked ``diverged`` at that step and stops stepping; the others go on.
+Which runs train together: :func:`ensemble_key` and :func:`shape_signature`. A member whose loss stops being finite
+is marked ``diverged`` at that step and stops stepping; the others go on.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 from ssl_bench.config import ConfigError, RunConfig
 from ssl_bench.module import SSLModule
 from ssl_bench.recorder import json_value
+from ssl_bench.registry import lookup
 from ssl_bench.run import (Interrupted, build_callbacks, build_data, build_module, check_environment,
                            end_run, resolve_run_dir, run_loggers, start_run_dir, stop_on_signals)
 from ssl_bench.views import Views
@@ -275,23 +275,19 @@ def ensemble_device(cfg: RunConfig) -> torch.device:
     """The one device an ensemble trains on; a one-line :class:`ConfigError` for settings an ensemble cannot
     follow (several processes, 16-bit precision, data that streams from a DataLoader)."""
     t = cfg.trainer
+    if not hasattr(lookup("data", cfg.data.name), "epoch_batches"):
+        raise ConfigError(f"data.name={cfg.data.name} streams batches from a DataLoader; an ensemble trains synthetic "
+                          "data drawn a whole epoch at a time (sparse_coding, invertible_mlp); train it without "
+                          "--seeds / --ensemble")
     if t.devices * t.num_nodes > 1 or t.strategy != "auto":
         raise ConfigError(f"an ensemble trains in one process on one device (got trainer.devices={t.devices}, "
                           f"trainer.num_nodes={t.num_nodes}, trainer.strategy={t.strategy}); set trainer.devices=1 "
-                          "trainer.num_nodes=1 trainer.strategy=auto, or train without --ensemble")
+                          "trainer.num_nodes=1 trainer.strategy=auto, or train without --seeds / --ensemble")
     if check_environment(cfg) != "32-true":
         raise ConfigError(f"an ensemble trains in 32-bit precision (trainer.precision={t.precision} resolves to "
-                          "mixed precision here); set trainer.precision=32-true, or train without --ensemble")
+                          "mixed precision here); set trainer.precision=32-true, or train without --seeds / --ensemble")
     on_gpu = t.accelerator == "gpu" or (t.accelerator == "auto" and torch.cuda.is_available())
     return torch.device("cuda" if on_gpu else "cpu")
-
-
-def check_member_data(member: Member) -> None:
-    """An ensemble draws whole epochs of synthetic data (``epoch_batches``) and has no validation loop."""
-    if not hasattr(member.data, "epoch_batches") or member.data.val_dataloader() != []:
-        raise ConfigError(f"data.name={member.cfg.data.name} streams batches from a DataLoader (or validates an "
-                          "online probe); an ensemble trains synthetic data drawn a whole epoch at a time "
-                          "(sparse_coding, invertible_mlp); train it without --ensemble")
 
 
 def uses_vmap(batching: str, device: torch.device) -> bool:
@@ -310,10 +306,10 @@ def fit_ensemble(cfgs: list[RunConfig], batching: str = "auto") -> list[dict[str
     SIGTERM, or SIGUSR1 at the end of an epoch; ``resume`` is None: the run starts again from scratch) or
     ``failed``. ``batching``: ``vmap``, ``loop`` or ``auto`` (vmap on a GPU, loop on a CPU; see :class:`Ensemble`)."""
     groups: dict[Any, list[int]] = {}
+    devices = [ensemble_device(cfg) for cfg in cfgs]  # every config checked before anything is built or written
     members: list[Member] = []
-    for i, cfg in enumerate(cfgs):
-        member = Member(cfg, ensemble_device(cfg))
-        check_member_data(member)
+    for i, (cfg, device) in enumerate(zip(cfgs, devices)):
+        member = Member(cfg, device)
         members.append(member)
         plain = cfg.to_container()
         batched = uses_vmap(batching, member.view.device)

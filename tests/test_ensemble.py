@@ -124,14 +124,18 @@ def test_fit_seeds_trains_one_ensemble_with_a_run_directory_per_seed(run_cli, tm
         assert f"run directory: {tmp_path / 'runs' / f'seed{seed}'}" in out
 
 
+QUICK = ["--config", "quickstart", *TINY]
+
+
 @pytest.mark.parametrize(("args", "message"), [
-    (["--seeds", "1,x"], "--seeds 1,x must be integers separated by commas, e.g. --seeds 1,2,3"),
-    (["--seeds", "1,1"], "--seeds 1,1 repeats a seed; give each seed once"),
-    (["--seeds", "1,2", "seed=3"], "seed=3 and --seeds both set the seed; drop one"),
-    (["--seeds", "1,2", "trainer.devices=2"], "an ensemble trains in one process on one device"),
+    ([*QUICK, "--seeds", "1,x"], "--seeds 1,x must be integers separated by commas, e.g. --seeds 1,2,3"),
+    ([*QUICK, "--seeds", "1,1"], "--seeds 1,1 repeats a seed; give each seed once"),
+    ([*QUICK, "--seeds", "1,2", "seed=3"], "seed=3 and --seeds both set the seed; drop one"),
+    ([*QUICK, "--seeds", "1,2", "trainer.devices=2"], "an ensemble trains in one process on one device"),
+    (["--config", "cifar10/simclr", "--seeds", "1,2"], "data.name=cifar10 streams batches from a DataLoader"),
 ])
 def test_bad_ensemble_input_is_one_line(run_cli, tmp_path, args, message):
-    code, out, err = run_cli("fit", "--config", "quickstart", *TINY, f"run_dir={tmp_path}", *args)
+    code, out, err = run_cli("fit", *args, f"run_dir={tmp_path}")
     assert error_line(code, err, out).startswith(message)
     assert not list(tmp_path.iterdir())
 
