@@ -416,6 +416,10 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
             state = "" if status[run] == "missing" else \
                 f" [{status[run]}: {'replaced' if force else 'kept' if run not in todo else 'run again'}]"
             print(f"{run.dir}: {' '.join([*run.point.overrides, f'seed={run.seed}'])}{state}")
+        if ensemble:
+            sizes = [len(members) for members in ensemble_tasks(todo, settings, jobs)]
+            print(f"--ensemble: {_count(len(todo), 'run')} to do as {_count(len(sizes), 'ensemble')} of "
+                  f"{', '.join(map(str, sizes)) or 0} members, {jobs} at a time")
         return 0
 
     try:
@@ -466,8 +470,10 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pool = ThreadPoolExecutor(max_workers=jobs)
+    logs: dict[Run, Path] = {}
     if ensemble:
         tasks = ensemble_tasks(todo, settings, jobs)
+        logs = {run: sweep_dir / "ensembles" / f"{i}.log" for i, members in enumerate(tasks) for run in members}
         futures = {pool.submit(launch_ensemble, i, members): members for i, members in enumerate(tasks)}
         print(f"sweep: {_count(len(todo), 'run')} as {_count(len(tasks), 'ensemble')} (logs in "
               f"{sweep_dir / 'ensembles'})", flush=True)
@@ -511,7 +517,8 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
                   file=sys.stderr)
         elif state != "finished":
             unfinished += 1
-            print(f"{state}: {run.dir} (see its log.txt; run the sweep again to retry it)", file=sys.stderr)
+            log = logs.get(run, run.dir / "log.txt")
+            print(f"{state}: {run.dir} (see {log}; run the sweep again to retry it)", file=sys.stderr)
     return 1 if unfinished else 0
 
 

@@ -144,6 +144,9 @@ def test_sweep_ensemble_table_equals_the_separate_sweep(run_cli, tmp_path):
     """``sweep --ensemble`` over a grid of sparsity x seeds: one ensemble table, and a table equal to the separate
     sweep's."""
     grid = [*TINY, "sweep.seeds=[1,2]", "sweep.grid={data.sparsity:[0.1,0.3]}"]
+    code, out, err = run_cli("sweep", "--config", "quickstart", *grid, "encoder.width=6", "--ensemble", "--jobs", "3",
+                             "--dry-run", "--sweep-dir", tmp_path / "ens")
+    assert out.splitlines()[-1] == "--ensemble: 4 runs to do as 2 ensembles of 2, 2 members, 3 at a time"
     code, out, err = run_cli("sweep", "--config", "quickstart", *grid, "--ensemble", "--sweep-dir", tmp_path / "ens")
     assert code == 0, err
     assert "4 runs as 1 ensemble" in out
