@@ -379,8 +379,8 @@ class CIFAR10DataModule(DataModule):
         ``device`` from its uint8 copy of the split by :class:`~datamodules.gpu_augment.BatchedViews`.
 
         The parameters of a whole epoch are drawn at its first batch, one row per image of the split, on the CPU from
-        a generator seeded with ``epoch_seed(seed, epoch) + AUGMENT_STREAM``; image i takes row i. So the views of
-        image i in epoch k are a function of (seed, k, i), whatever the device, process count or resume point.
+        a generator seeded with ``epoch_seed(seed, epoch) + AUGMENT_STREAM``; image i takes row i. So the parameters
+        of image i in epoch k are a function of (seed, k, i), whatever the device, process count or resume point.
         """
         n = len(self.split(train=True))
         epoch = int(keys[0]) // n

@@ -4,8 +4,9 @@
 ``torch.Generator`` (:class:`ViewParams`, the same quantities that torchvision's transforms draw per call) and
 :func:`augment` applies them to an (N, 3, H, W) uint8 batch in one pass of tensor code, in the order of solo-learn's
 ``CifarTransform``: random resized crop, colour jitter (its four operations in a random order per image), grayscale,
-gaussian blur, solarisation, horizontal flip. Pixels are float32 in [0, 1] throughout (no rounding to uint8 between
-operations, where PIL rounds).
+gaussian blur, solarisation, horizontal flip. Crop and resize reproduce PIL's bicubic resampling, the other
+operations torchvision's tensor kernels; pixels stay float32 in [0, 1] throughout, where PIL (the CPU pipeline) rounds
+to uint8 after every operation and works on hue in steps of 1/255 of a turn.
 """
 
 from __future__ import annotations
@@ -207,13 +208,15 @@ def color_jitter(x: Tensor, params: ViewParams) -> Tensor:
     return x
 
 
-def augment(images: Tensor, params: ViewParams, size: int = 32, blur_kernel: int = 13) -> Tensor:
-    """One view of uint8 images (N, 3, H, W): float32 (N, 3, size, size) in [0, 1], on the images' device.
+def augment(images: Tensor, params: ViewParams, recipe: ViewRecipe, size: int = 32) -> Tensor:
+    """One view of uint8 images (N, 3, H, W) with the ``params`` drawn from ``recipe``: float32 (N, 3, size, size)
+    in [0, 1], on the images' device.
 
     Crop, resize and flip are one matrix product per image, ``clip(R_y x R_x^T)`` with :func:`resize_matrix` (the
     columns of ``R_x`` reversed for a flipped image: flipping commutes with every colour operation and the symmetric
     blur); then :func:`color_jitter`, grayscale ``x <- gray(x)``, blur ``B x B^T`` (:func:`blur_matrix`) and
-    solarisation ``x <- 1 - x`` where ``x >= 0.5`` (128 of 255 after rounding), each where its flag is on.
+    solarisation ``x <- 1 - x`` where ``x >= 0.5`` (128 of 255 after rounding), each where its flag is on; a step
+    whose probability in ``recipe`` is 0 is skipped.
     """
     top, left, height, width = params.box.unbind(dim=1)
     rows = resize_matrix(top, height, images.shape[2], size)
@@ -222,16 +225,18 @@ def augment(images: Tensor, params: ViewParams, size: int = 32, blur_kernel: int
     x = (rows.unsqueeze(1) @ images.float().div(255) @ columns.transpose(1, 2).unsqueeze(1)).clamp(0, 1)
     x = color_jitter(x, params)
     x = torch.where(params.grayscale.view(-1, 1, 1, 1), gray(x).expand_as(x), x)
-    blur = blur_matrix(params.sigma, blur_kernel, size).unsqueeze(1)
-    x = torch.where(params.blur.view(-1, 1, 1, 1), blur @ x @ blur.transpose(2, 3), x)
-    return torch.where(params.solarize.view(-1, 1, 1, 1) & (x >= 0.5), 1 - x, x)
+    if recipe.blur_prob > 0:
+        blur = blur_matrix(params.sigma, recipe.blur_kernel, size).unsqueeze(1)
+        x = torch.where(params.blur.view(-1, 1, 1, 1), blur @ x @ blur.transpose(2, 3), x)
+    if recipe.solarize_prob > 0:
+        x = torch.where(params.solarize.view(-1, 1, 1, 1) & (x >= 0.5), 1 - x, x)
+    return x
 
 
 class BatchedViews:
-    """Two views per image, each ``(augment(x) - mean) / std`` in channels-last memory format.
-
-    ``sample(n, generator)`` draws both views' parameters for ``n`` images; ``views(images, params)`` applies them.
-    """
+    """One view per recipe of every ``size`` x ``size`` image, each ``(augment(x) - mean) / std`` in channels-last
+    memory format. ``sample(n, generator)`` draws the views' parameters for ``n`` images; ``views(images, params)``
+    applies them."""
 
     def __init__(self, recipes: Sequence[ViewRecipe], mean: Sequence[float], std: Sequence[float],
                  size: int = 32) -> None:
@@ -243,5 +248,5 @@ class BatchedViews:
 
     def views(self, images: Tensor, params: Sequence[ViewParams]) -> tuple[Tensor, ...]:
         mean, std = self.mean.to(images.device), self.std.to(images.device)
-        return tuple(((augment(images, p, self.size, recipe.blur_kernel) - mean) / std)
+        return tuple(((augment(images, p, recipe, self.size) - mean) / std)
                      .contiguous(memory_format=torch.channels_last) for recipe, p in zip(self.recipes, params))
