@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ssl_bench.config import ConfigError, RunConfig
 from ssl_bench.module import SSLModule
+from ssl_bench.optim import build_optimizer
 from ssl_bench.recorder import json_value
 from ssl_bench.registry import lookup
 from ssl_bench.run import (Interrupted, build_callbacks, build_data, build_module, check_environment,
@@ -202,8 +203,10 @@ class Ensemble:
         if not self.vmap or len(set(optims)) > 1 or not all(getattr(o, "elementwise", False) for o in first):
             return None
         name_of = {id(p): name for name, p in self.template.named_parameters()}
-        shared = [type(o)([{**group, "params": [self.params[name_of[id(p)]] for p in group["params"]]}
-                           for group in o.param_groups], **o.defaults) for o in first]
+        template = self.template
+        shared = [build_optimizer(template.optim, [{**group, "params": [self.params[name_of[id(p)]]
+                                                                       for p in group["params"]]} for group in groups],
+                                  template.peak_lr()) for groups in template.optimizer_groups()]
         for member in self.members:
             member.module.batch_optimizers = shared
         return shared
@@ -290,16 +293,20 @@ def ensemble_device(cfg: RunConfig) -> torch.device:
     return torch.device("cuda" if on_gpu else "cpu")
 
 
-def uses_vmap(batching: str, device: torch.device) -> bool:
-    """Whether ``batching`` (``vmap``, ``loop`` or ``auto``) batches the members with vmap on ``device``: ``auto``
-    does on a GPU."""
-    return batching == "vmap" or (batching == "auto" and device.type == "cuda")
+def uses_vmap(batching: str, member: Member) -> bool:
+    """Whether ``batching`` (``vmap``, ``loop`` or ``auto``) batches ``member``'s ensemble with vmap: ``auto`` does
+    on a GPU for a method that is ``batchable``; ``vmap`` with one that is not is a one-line :class:`ConfigError`."""
+    method = member.module.method
+    if batching == "vmap" and not method.batchable:
+        raise ConfigError(f"method.name={member.cfg.method.name} cannot be batched with vmap (its training loss is "
+                          "not a function of parameters and views alone); use batching=loop")
+    return batching == "vmap" or (batching == "auto" and member.view.device.type == "cuda" and method.batchable)
 
 
 def fit_ensemble(cfgs: list[RunConfig], batching: str = "auto") -> list[dict[str, Any]]:
     """Train the runs ``cfgs`` as ensembles, grouped by :func:`ensemble_key` and :func:`shape_signature` (and with
-    vmap by the method's whole config, since vmap runs the first member's code for all), one ensemble after another;
-    return their summaries in the order of ``cfgs``.
+    vmap by the method's config but the values it holds in buffers, such as SimCLR's temperature, since vmap runs
+    the first member's code for all), one ensemble after another; return their summaries in the order of ``cfgs``.
 
     Every member's run directory ends as :func:`ssl_bench.run.fit` would leave it, without checkpoints: its summary
     says ``finished``, ``diverged`` (at the step where its loss stopped being finite) or ``interrupted`` (SIGINT,
@@ -312,8 +319,10 @@ def fit_ensemble(cfgs: list[RunConfig], batching: str = "auto") -> list[dict[str
         member = Member(cfg, device)
         members.append(member)
         plain = cfg.to_container()
-        batched = uses_vmap(batching, member.view.device)
-        method = json.dumps(plain["method"], sort_keys=True) if batched else None  # vmap runs the first's code
+        batched = uses_vmap(batching, member)
+        buffers = dict(member.module.method.named_buffers())  # a value held in a buffer is each member's own
+        method = json.dumps({k: v for k, v in plain["method"].items() if k not in buffers}, sort_keys=True) \
+            if batched else None  # vmap runs the first member's code
         groups.setdefault((ensemble_key(plain), shape_signature(member), method), []).append(i)
     summaries: dict[int, dict[str, Any]] = {}
     for indices in groups.values():
@@ -331,13 +340,13 @@ def train(members: list[Member], batching: str = "auto") -> list[dict[str, Any]]
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
-    ensemble = Ensemble(members, vmap=uses_vmap(batching, members[0].view.device))
     stop_requests: list[int] = []
     summaries: dict[int, dict[str, Any]] = {}
     active, completed = list(range(len(members))), 0
     bar = tqdm(total=cfg.trainer.max_epochs, desc=f"ensemble of {len(members)}", unit="epoch", dynamic_ncols=True,
                file=sys.stdout, mininterval=0.5, disable=cfg.trainer.progress == "none")
     try:
+        ensemble = Ensemble(members, vmap=uses_vmap(batching, members[0]))
         with stop_on_signals(lambda signum, frame: stop_requests.append(signum)):
             for epoch in range(cfg.trainer.max_epochs):
                 for member in members:
@@ -358,7 +367,7 @@ def train(members: list[Member], batching: str = "auto") -> list[dict[str, Any]]
             summaries[k] = members[k].end("interrupted", completed, signal=err.signal, resume=None)
     except BaseException:
         for k in active:
-            if k not in summaries:
+            if k not in summaries and members[k].loggers:  # started: its run directory exists
                 summaries[k] = members[k].end("failed", completed)
         raise
     finally:

@@ -76,11 +76,15 @@ class SSLModule(L.LightningModule):
             return self.optim.lr
         return self.optim.lr * self.batch_size * self.trainer.world_size / 256
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+    def optimizer_groups(self) -> list[list[dict[str, Any]]]:
+        """The parameter groups of each optimizer: the method's, and the online probe's in the first."""
         groups = self.method.parameter_groups()
         if self.probe is not None:
             groups[0].append(probe_group(self.probe, self.optim))
-        return [build_optimizer(self.optim, g, self.peak_lr()) for g in groups]
+        return groups
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [build_optimizer(self.optim, g, self.peak_lr()) for g in self.optimizer_groups()]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep every process's losses of the epochs since ``train/loss`` was last logged (one row per process): a

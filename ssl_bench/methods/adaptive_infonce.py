@@ -93,6 +93,8 @@ class AdaptiveInfoNCE(Method):
                                   f"{sum(self.temperature_groups)} but the embedding has {embedding_dim} dimensions")
             return list(self.temperature_groups)
 
+    batchable = False  # it sums the loss's terms across steps, and the groups' sizes set the temperatures' shape
+
     def __init__(self, config: Config, make_encoder: Callable[[], nn.Module], width: int) -> None:
         super().__init__(config, make_encoder, projector=config.make_projector(width))
         groups = config.groups(config.embedding_dim(width))

@@ -26,6 +26,9 @@ class Method(nn.Module):
     Config = MethodConfig
     find_unused_parameters = False
     """Whether some optimizer steps leave trained parameters without gradients (DDP must then look for them)."""
+    batchable = True
+    """Whether :meth:`training_loss` is a function of the parameters, buffers and views alone (no state kept across
+    calls, no shapes that depend on values), so that an ensemble may ``vmap`` it over stacked members."""
 
     def __init__(self, config: MethodConfig, make_encoder: Callable[[], nn.Module], **heads: nn.Module) -> None:
         super().__init__()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from ssl_bench.config import MethodConfig, check_positive
@@ -30,7 +31,9 @@ class SimCLR(Method):
 
     def __init__(self, config: Config, make_encoder: Callable[[], nn.Module], width: int) -> None:
         super().__init__(config, make_encoder, projector=config.make_projector(width))
+        # a buffer, so that members of an ensemble batched with vmap each keep their own temperature
+        self.register_buffer("temperature", torch.tensor(config.temperature), persistent=False)
 
     def training_loss(self, index: int, views: Views) -> tuple[Tensor, Tensor]:
         f1, f2 = self.encoder(views.view1), self.encoder(views.view2)
-        return nt_xent(self.projector(f1), self.projector(f2), self.config.temperature), f1
+        return nt_xent(self.projector(f1), self.projector(f2), self.temperature), f1
