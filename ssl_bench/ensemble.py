@@ -92,10 +92,10 @@ def logged_value(value: Tensor | float) -> float:
 
 class Member:
     """One run of an ensemble: built exactly as :func:`ssl_bench.run.fit` builds it (seeded the same way), with
-    its run directory, loggers and callbacks."""
+    its config (``cfg``, and ``plain``: as plain dicts), run directory, loggers and callbacks."""
 
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
-        self.cfg = cfg
+        self.cfg, self.plain = cfg, cfg.to_container()
         self.run_dir = resolve_run_dir(cfg)
         L.seed_everything(cfg.seed, verbose=False)
         self.data = build_data(cfg)
@@ -189,6 +189,8 @@ class Ensemble:
                 owner, leaf = _owner(module, name)
                 owner._buffers[leaf] = self.buffers[name][k]
         self._member_params = {name: [module.get_parameter(name) for module in modules] for name in self.params}
+        self._leaves = list(self.params.values()) if vmap else [p for m in modules for p in m.parameters()]
+        """The tensors that backward writes gradients to: the stacked parameters, or in a loop the members'."""
         self._wrapped = _Objective(self.template)
         for member in members:
             member.start()
@@ -198,7 +200,7 @@ class Ensemble:
         """Under vmap, when every member's optimizers are the same elementwise ones (SGD, AdamW) with the same
         settings: those optimizers over the stacked parameters, whose one step is every member's step; else None
         (each member steps its own)."""
-        optims = [json.dumps(m.cfg.to_container()["optim"], sort_keys=True, default=str) for m in self.members]
+        optims = [json.dumps(m.plain["optim"], sort_keys=True, default=str) for m in self.members]
         first = self.members[0].optimizers
         if not self.vmap or len(set(optims)) > 1 or not all(getattr(o, "elementwise", False) for o in first):
             return None
@@ -234,7 +236,7 @@ class Ensemble:
         """Every member's loss of mini-batch ``index`` (``batches[k]`` is member k's), and the gradients of the
         totals of the ``active`` members with a finite loss in their parameters' ``grad`` (None where a parameter
         took no part in the step, as in a separate run, so its optimizer leaves it alone)."""
-        for param in [*self.params.values(), *(p for params in self._member_params.values() for p in params)]:
+        for param in self._leaves:
             param.grad = None
         if self.vmap:
             losses, totals = self._batched_objective(index, stack_views(batches))
@@ -318,7 +320,7 @@ def fit_ensemble(cfgs: list[RunConfig], batching: str = "auto") -> list[dict[str
     for i, (cfg, device) in enumerate(zip(cfgs, devices)):
         member = Member(cfg, device)
         members.append(member)
-        plain = cfg.to_container()
+        plain = member.plain
         batched = uses_vmap(batching, member)
         buffers = dict(member.module.method.named_buffers())  # a value held in a buffer is each member's own
         method = json.dumps({k: v for k, v in plain["method"].items() if k not in buffers}, sort_keys=True) \
