@@ -5,15 +5,16 @@ Both loops run on the same data and the same math: the contrastive model (CL-bas
 NT-Xent, dependent masks) and the alternating non-contrastive model (NCL-basic: linear + symmetric ReLU, 2 - 2cos,
 independent masks, online and target SGD steps in turn). ssl-bench runs ``pokle2022/table2`` through
 ``ssl_bench.run.fit`` (Lightning Trainer, SSLModule, the config's metric callbacks every
-``trainer.metrics_every_n_epochs`` epochs, a run directory in a temporary folder); each epoch is one training batch of
-its mini-batches (``list[Views]``). Rounds alternate between the two loops in this process and the median is
-reported, so background load affects both alike; ratio = ssl-bench / plain. The callback share is the time inside
-the metric callbacks' epoch-end and step hooks over the training time. Peak memory is the largest over the rounds of
-each loop's peak: ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU the process's maximum resident set size
-(``getrusage``), its count restarted before every loop (Linux's ``/proc/self/clear_refs``; ``n/a`` elsewhere), so it
-includes what the process held before the loop (Python, torch, Lightning: the same for both loops).
+``trainer.metrics_every_n_epochs`` epochs, a run directory in a temporary folder); each epoch is one training batch
+of its mini-batches (``list[Views]``). Rounds alternate between the two loops in this process and the median is
+reported, so background load affects both alike (``--clock cpu`` times the work, this thread's CPU time, instead of
+the elapsed time, for a machine shared with other work); ratio = ssl-bench / plain. The callback share is the time
+inside the metric callbacks' epoch-end and step hooks over the training time. Peak memory is the largest over the
+rounds of each loop's peak: ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU the process's maximum resident set
+size (``getrusage``), its count restarted before every loop (Linux's ``/proc/self/clear_refs``; ``n/a`` elsewhere),
+so it includes what the process held before the loop (Python, torch, Lightning: the same for both loops).
 
-    python benchmarks/speed_sparse.py [--epochs 200] [--rounds 3] [--threads 1] [--device cpu]
+    python benchmarks/speed_sparse.py [--epochs 200] [--rounds 3] [--threads 1] [--device cpu] [--clock wall]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ SETTINGS = {
     "CL-basic": ["method=simclr", "encoder=basic_official", "data.augmentation=dependent", "data.drop_last=true"],
     "NCL-basic": ["method=byol", "encoder=simplified", "data.augmentation=independent", "data.mask_prob=0.5"],
 }
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
 def synchronize(device: torch.device) -> None:
@@ -46,8 +48,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_loop(model: str, epochs: int, device: torch.device = torch.device("cpu"), seed: int = 1) -> float:
-    """The same training written directly in PyTorch on ``device``; returns seconds per epoch."""
+def plain_loop(model: str, epochs: int, device: torch.device = torch.device("cpu"),
+               clock: Callable[[], float] = time.perf_counter, seed: int = 1) -> float:
+    """The same training written directly in PyTorch on ``device``; returns seconds per epoch on ``clock``."""
     torch.manual_seed(seed)
     n, p, d, m, batch, lr = 3000, 50, 10, 50, 512, 0.005
     q, _ = torch.linalg.qr(torch.randn(p, d))
@@ -68,7 +71,7 @@ def plain_loop(model: str, epochs: int, device: torch.device = torch.device("cpu
         return F.relu(y) - F.relu(2 * b - y)
 
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     if model == "CL-basic":
         params = layer() + [torch.ones(m, device=device, requires_grad=True),
                             torch.zeros(m, device=device, requires_grad=True)]
@@ -105,12 +108,15 @@ def plain_loop(model: str, epochs: int, device: torch.device = torch.device("cpu
                 loss.backward()
                 opt.step()
     synchronize(device)
-    return (time.perf_counter() - start) / epochs
+    return (clock() - start) / epochs
 
 
 class _TrainingClock(L.Callback):
-    """Wall time from the first to the end of the last training epoch, as the plain loop's clock measures, and the
-    part of it spent in the metric callbacks' ``on_train_epoch_end`` and ``on_optimizer_step`` hooks."""
+    """Seconds on ``clock`` from the first to the end of the last training epoch, as the plain loop measures, and
+    the part of them spent in the metric callbacks' ``on_train_epoch_end`` and ``on_optimizer_step`` hooks."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.callback_seconds = 0.0
@@ -119,34 +125,35 @@ class _TrainingClock(L.Callback):
                 for hook in ("on_train_epoch_end", "on_optimizer_step"):
                     setattr(adapter.callback, hook, self._timed(getattr(adapter.callback, hook), pl_module.device))
         synchronize(pl_module.device)
-        self.start = time.perf_counter()
+        self.start = self.clock()
 
     def _timed(self, hook: Callable[..., None], device: torch.device) -> Callable[..., None]:
         def timed(*args: Any) -> None:
             synchronize(device)
-            start = time.perf_counter()
+            start = self.clock()
             hook(*args)
             synchronize(device)
-            self.callback_seconds += time.perf_counter() - start
+            self.callback_seconds += self.clock() - start
         return timed
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         synchronize(pl_module.device)
-        self.seconds = time.perf_counter() - self.start
+        self.seconds = self.clock() - self.start
 
 
-def suite_loop(model: str, epochs: int, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+def suite_loop(model: str, epochs: int, device: torch.device = torch.device("cpu"),
+               clock: Callable[[], float] = time.perf_counter) -> tuple[float, float]:
     """``ssl-bench fit`` in-process (Lightning Trainer, the config's metric callbacks, run directory) in 32-bit
-    precision on ``device``; returns seconds per epoch and the share of them spent in metric callbacks."""
+    precision on ``device``; returns seconds per epoch on ``clock`` and the share of them spent in metric callbacks."""
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     with tempfile.TemporaryDirectory(prefix="speed_sparse-") as run_dir:
         cfg = load("pokle2022/table2", [*SETTINGS[model], f"trainer.max_epochs={epochs}", "logger=none",
                                         "trainer.progress=none", f"trainer.accelerator={accelerator}",
                                         "trainer.precision=32-true", f"run_dir={run_dir}"])
-        clock = _TrainingClock()
-        summary = fit(cfg, extra_callbacks=[clock])
+        timer = _TrainingClock(clock)
+        summary = fit(cfg, extra_callbacks=[timer])
     assert summary["status"] == "finished", summary
-    return clock.seconds / epochs, clock.callback_seconds / clock.seconds
+    return timer.seconds / epochs, timer.callback_seconds / timer.seconds
 
 
 def reset_peak_memory(device: torch.device) -> bool:
@@ -195,27 +202,31 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float | None]]:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--clock", default="wall", choices=tuple(CLOCKS),
+                        help="wall: elapsed time; cpu: this thread's CPU time, for a CPU shared with other work")
     args = parser.parse_args(argv)
     if min(args.epochs, args.rounds, args.threads) < 1:
         parser.error("--epochs, --rounds and --threads must be positive")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA GPU is visible here")
+    if args.device == "cuda" and args.clock == "cpu":
+        parser.error("--clock cpu measures work on the CPU; time a GPU with --clock wall")
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device, clock = torch.device(args.device), CLOCKS[args.clock]
     memory = "GPU memory allocated" if device.type == "cuda" else "RSS"
     memory = f"peak {memory} (MiB, + over before the loop)"
     print(f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {args.epochs} epochs x {args.rounds} "
-          "rounds")
+          f"rounds, {args.clock} clock")
     print(f"| model | plain PyTorch (ms/epoch) | ssl-bench (ms/epoch) | ratio | metric callbacks (% of ssl-bench) | "
           f"plain {memory} | ssl-bench {memory} |\n|---|---|---|---|---|---|---|")
     results: dict[str, dict[str, float | None]] = {}
     for model in SETTINGS:
         plain, suite, shares, plain_peaks, suite_peaks = [], [], [], [], []
         for _ in range(args.rounds):
-            seconds, peak = measured(device, lambda: plain_loop(model, args.epochs, device))
+            seconds, peak = measured(device, lambda: plain_loop(model, args.epochs, device, clock))
             plain.append(seconds)
             plain_peaks.append(peak)
-            (seconds, share), peak = measured(device, lambda: suite_loop(model, args.epochs, device))
+            (seconds, share), peak = measured(device, lambda: suite_loop(model, args.epochs, device, clock))
             suite.append(seconds)
             shares.append(share)
             suite_peaks.append(peak)
