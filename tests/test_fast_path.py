@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import TINY
-from test_ddp import assert_same_weights, fit_one_and_two
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from test_ddp import assert_same_weights, fit_one_and_two
 
 from ssl_bench.cli import load
 from ssl_bench.run import build_data, build_module, fit
