@@ -400,6 +400,5 @@ def train_epoch(ensemble: Ensemble, epoch: int, active: list[int], summaries: di
         for k in active:
             member = members[k]
             member.trainer.global_step += 1
-            member.module._epoch_losses.append(losses[k])
             member.module.after_step(index, progress, losses[k])
     return active

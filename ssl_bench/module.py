@@ -163,8 +163,10 @@ class SSLModule(L.LightningModule):
         return loss
 
     def after_step(self, index: int, progress: float, loss: Tensor) -> None:
-        """After the optimizer step on mini-batch ``index``: the method's ``after_optimizer_step`` (e.g. weight
-        normalisation, a target network's EMA), then every callback's ``on_optimizer_step``."""
+        """After the optimizer step on mini-batch ``index`` with the detached ``loss``: the loss joins the epoch's
+        (for ``train/loss``), then the method's ``after_optimizer_step`` (e.g. weight normalisation, a target
+        network's EMA) and every callback's ``on_optimizer_step`` run."""
+        self._epoch_losses.append(loss)
         self.method.after_optimizer_step(index, progress)
         if self._step_hooks:
             step = Step(index=self.trainer.global_step - 1, epoch=self.current_epoch, index_in_batch=index,
@@ -187,8 +189,8 @@ class SSLModule(L.LightningModule):
     def training_step(self, batch: list[Views], batch_idx: int) -> None:
         optimizers = self.optimizers()
         self.batch_optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        self._epoch_losses.extend(self.update(i, views, self.progress(batch_idx, i, len(batch)))
-                                  for i, views in enumerate(batch))
+        for i, views in enumerate(batch):
+            self.update(i, views, self.progress(batch_idx, i, len(batch)))
 
     def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
         if self.probe is None:
