@@ -1,7 +1,8 @@
 """Metric callbacks; importing this package registers them (one file each). Each reads the datamodule's ground
 truth and a small model interface, never a method's class."""
 
-from ssl_bench.callbacks import max_cosine, r2_probe, readout, spectrum  # noqa: F401  (each registers its callback)
+from ssl_bench.callbacks import (  # noqa: F401  (each registers its callback)
+    feature_alignment, max_cosine, predictor_dynamics, r2_probe, readout, spectrum)
 from ssl_bench.callbacks.base import Callback
 
 __all__ = ["Callback"]
