@@ -44,6 +44,7 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that a clock read after it counts it (nothing on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -213,8 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float | None]]:
         parser.error("--clock cpu measures work on the CPU; time a GPU with --clock wall")
     torch.set_num_threads(args.threads)
     device, clock = torch.device(args.device), CLOCKS[args.clock]
-    memory = "GPU memory allocated" if device.type == "cuda" else "RSS"
-    memory = f"peak {memory} (MiB, + over before the loop)"
+    memory = f"peak {'GPU memory allocated' if device.type == 'cuda' else 'RSS'} (MiB, + over before the loop)"
     print(f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), {args.epochs} epochs x {args.rounds} "
           f"rounds, {args.clock} clock")
     print(f"| model | plain PyTorch (ms/epoch) | ssl-bench (ms/epoch) | ratio | metric callbacks (% of ssl-bench) | "
