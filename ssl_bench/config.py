@@ -66,6 +66,7 @@ CAPABILITIES = {
     "first_layer_weight": "a first-layer weight matrix (e.g. encoder.name=sparse)",
     "labels": "labelled data",
     "latents": "ground-truth latents (e.g. data.name=sparse_coding)",
+    "features": "ground-truth feature directions (e.g. data.name=strong_weak)",
 }
 """What parts provide and need, with the words an error uses for each."""
 

@@ -11,7 +11,7 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-HISTORIES = ("metrics.jsonl", "spectra.jsonl", "r2.jsonl")
+HISTORIES = ("metrics.jsonl", "spectra.jsonl", "r2.jsonl", "alignment.jsonl", "predictor.jsonl")
 """The run directory's histories: one JSON record per line, each with the ``step`` it was written at."""
 
 
