@@ -175,6 +175,8 @@ class TrainerConfig:
     strategy: str = "auto"
     sync_batchnorm: bool = False
     precision: str = "32-true"  # auto: 16-mixed on a GPU, 32-true on a CPU (where bf16 autocast is slow)
+    channels_last: bool = False  # image models: weights and activations in channels-last memory format
+    compile: bool = False  # torch.compile the encoder in place (parameter names, and so checkpoints, unchanged)
     val_every_n_epochs: int = 1
     resume: Optional[str] = None
 

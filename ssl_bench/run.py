@@ -193,6 +193,10 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     data = build_data(cfg)
     data.check()
     module = build_module(cfg, data)
+    if t.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    if t.compile:
+        module.method.encoder.compile()
     resume_step = None if resume is None else checkpoint_step(resume, module)
     start_run_dir(cfg, run_dir, resume_step)
     loggers = run_loggers(cfg, run_dir, resuming=resume is not None)
