@@ -286,6 +286,9 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--ensemble", action="store_true",
                              help="train runs that differ only in seed and data values as one batched model per "
                                   "process (synthetic data; see docs/ensembles.md)")
+        sub.add_argument("--batching", choices=("auto", "vmap", "loop"), default="auto",
+                         help="how an ensemble (--seeds, --ensemble) computes its members: vmap, a loop, or auto "
+                              "(vmap on a GPU, a loop on a CPU)")
         if command == "fit":
             sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
             sub.add_argument("--seeds", default=None, metavar="S1,S2,...",
@@ -375,7 +378,7 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
-def fit_seeds(config: str, overrides: list[str], seeds: list[int], run_dir: str | None) -> int:
+def fit_seeds(config: str, overrides: list[str], seeds: list[int], run_dir: str | None, batching: str) -> int:
     """``ssl-bench fit --seeds``: the config's run for every seed, trained as one ensemble; prints each run's ending
     and returns the exit code of the worst (see :func:`report_ending`)."""
     given = [o for o in overrides if o.partition("=")[0].lstrip("+") == "seed"]
@@ -383,15 +386,15 @@ def fit_seeds(config: str, overrides: list[str], seeds: list[int], run_dir: str 
         raise UserError(f"{given[0]} and --seeds both set the seed; drop one")
     cfgs = [load(config, [*overrides, f"seed={seed}", *([f"run_dir={Path(run_dir) / f'seed{seed}'}"] if run_dir else [])])
             for seed in seeds]
-    return train_together(cfgs, config, overrides)
+    return train_together(cfgs, config, overrides, batching)
 
 
-def train_together(cfgs: list[RunConfig], config: str, overrides: list[str]) -> int:
+def train_together(cfgs: list[RunConfig], config: str, overrides: list[str], batching: str) -> int:
     """Train ``cfgs`` with :func:`ssl_bench.ensemble.fit_ensemble`, print every run's ending, return the largest
     exit code."""
     from ssl_bench.ensemble import fit_ensemble
 
-    return max(report_ending(summary, config, overrides) for summary in fit_ensemble(cfgs))
+    return max(report_ending(summary, config, overrides) for summary in fit_ensemble(cfgs, batching))
 
 
 def fit_table(table: Path) -> int:
@@ -400,11 +403,11 @@ def fit_table(table: Path) -> int:
 
     try:
         spec = json.loads(table.read_text(encoding="utf-8"))
-        config, members = spec["config"], spec["members"]
+        config, members, batching = spec["config"], spec["members"], spec["batching"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{table} is not an ensemble table of `ssl-bench sweep --ensemble` ({err}); run the sweep "
                         "again") from None
-    return train_together([load(config, member["overrides"]) for member in members], config, [])
+    return train_together([load(config, member["overrides"]) for member in members], config, [], batching)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -485,7 +488,7 @@ def command(argv: list[str] | None = None) -> int:
                 print(to_yaml(cfg))
                 return 0
             if args.seeds is not None:
-                return fit_seeds(args.config, args.overrides, seed_list(args.seeds), cfg.run_dir)
+                return fit_seeds(args.config, args.overrides, seed_list(args.seeds), cfg.run_dir, args.batching)
             from ssl_bench.run import fit
 
             summary = fit(cfg)
@@ -498,7 +501,7 @@ def command(argv: list[str] | None = None) -> int:
 
         return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
                          dry_run=args.print_config, force=args.force, only=args.only, slurm=slurm_options(args),
-                         ensemble=args.ensemble)
+                         ensemble=args.batching if args.ensemble else None)
     except UserError as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return 2

@@ -361,15 +361,15 @@ def select_points(points: list[Point], only: list[str]) -> list[Point]:
 
 def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, sweep_dir: Path | None = None,
               dry_run: bool = False, force: bool = False, only: list[str] | None = None,
-              slurm: SlurmOptions | None = None, ensemble: bool = False) -> int:
+              slurm: SlurmOptions | None = None, ensemble: str | None = None) -> int:
     """Run every grid point x seed that has not ended for good (``jobs`` at a time, one thread each), then print
     and save the table. ``force`` replaces every run, whatever settings the directory's runs were made with.
     ``only`` (``AXIS=V1,V2`` entries, see :func:`select_points`) runs just the matching grid points; the record and
     the table keep the whole grid, whose other rows count their runs as missing until they are run.
 
     With ``slurm``, the runs to do are submitted as one SLURM array instead (:mod:`ssl_bench.slurm`), or with
-    ``dry_run`` its script and task table are printed. With ``ensemble``, runs that differ only in their seed and
-    data values train together as ensembles (:mod:`ssl_bench.ensemble`; :func:`ensemble_tasks`), one process each,
+    ``dry_run`` its script and task table are printed. With ``ensemble`` (the batching: ``auto``, ``vmap`` or
+    ``loop``), runs that differ only in their seed and data values train together as ensembles (:mod:`ssl_bench.ensemble`; :func:`ensemble_tasks`), one process each,
     ``jobs`` at a time; an interrupted run then starts again from scratch.
 
     Returns 0 when every run ended for good (finished or diverged), 1 when some failed, were interrupted or are
@@ -461,7 +461,7 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
             prepare_run_dir(run.dir, fresh=True)
         table = sweep_dir / "ensembles" / f"{index}.json"
         table.parent.mkdir(exist_ok=True)
-        table.write_text(json.dumps({"config": config, "members": [
+        table.write_text(json.dumps({"config": config, "batching": ensemble, "members": [
             {"run_dir": str(run.dir), "overrides": run_overrides(run, cfg.experiment, overrides)} for run in members]},
             indent=2) + "\n", encoding="utf-8")
         command = [sys.executable, "-m", "ssl_bench.cli", "fit-ensemble", str(table)]

@@ -104,12 +104,12 @@ CASES = [
          "data.drop_last=true, so no full batch exists; set data.batch_size to at most 1000 or data.drop_last=false"),
     # the command line itself
     case("", "the following arguments are required: --config; usage: ssl-bench fit [-h] --config CONFIG "
-         "[--print-config] [--seeds S1,S2,...] [overrides ...]"),
+         "[--batching {auto,vmap,loop}] [--print-config] [--seeds S1,S2,...] [overrides ...]"),
     case("--config quickstart --jobs abc", "argument --jobs: invalid int value: 'abc'; usage: ssl-bench sweep [-h] "
          "[--config CONFIG] [--jobs JOBS] [--sweep-dir SWEEP_DIR] [--print-config] [--slurm] [--status DIR] "
          "[--partition P] [--gpus-per-task G] [--cpus-per-task C] [--mem M] [--time T] [--max-parallel K] "
          "[--account A] [--qos Q] [--nodes N] [--extra-sbatch OPTS] [--force] [--only AXIS=V1,V2] [--ensemble] "
-         "[overrides ...]",
+         "[--batching {auto,vmap,loop}] [overrides ...]",
          command="sweep"),
     case("--config quickstart --jobs -1", "--jobs=-1 must be >= 1", command="sweep"),
 ]

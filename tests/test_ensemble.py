@@ -147,10 +147,12 @@ def test_sweep_ensemble_table_equals_the_separate_sweep(run_cli, tmp_path):
     code, out, err = run_cli("sweep", "--config", "quickstart", *grid, "encoder.width=6", "--ensemble", "--jobs", "3",
                              "--dry-run", "--sweep-dir", tmp_path / "ens")
     assert out.splitlines()[-1] == "--ensemble: 4 runs to do as 2 ensembles of 2, 2 members, 3 at a time"
-    code, out, err = run_cli("sweep", "--config", "quickstart", *grid, "--ensemble", "--sweep-dir", tmp_path / "ens")
+    code, out, err = run_cli("sweep", "--config", "quickstart", *grid, "--ensemble", "--batching", "vmap",
+                             "--sweep-dir", tmp_path / "ens")
     assert code == 0, err
     assert "4 runs as 1 ensemble" in out
-    assert len(json.loads((tmp_path / "ens" / "ensembles" / "0.json").read_text())["members"]) == 4
+    table = json.loads((tmp_path / "ens" / "ensembles" / "0.json").read_text())
+    assert len(table["members"]) == 4 and table["batching"] == "vmap"
     code, _, err = run_cli("sweep", "--config", "quickstart", *grid, "--sweep-dir", tmp_path / "sep")
     assert code == 0, err
     assert (tmp_path / "ens" / "table.md").read_text() == (tmp_path / "sep" / "table.md").read_text()
