@@ -70,12 +70,12 @@ class StrongWeakDataModule(DataModule):
 
         n: int = 1024
         num_patches: int = 8
-        patch_dim: int = 16
+        patch_dim: int = 32
         feature_patches: int = 4
         strong_norm: float = 1.0
-        weak_norm: float = 0.4
+        weak_norm: float = 0.5
         strong_prob: float = 0.5
-        noise_std: float = 0.1
+        noise_std: float = 0.2
         fresh: bool = True
         batch_size: int = 128
 

@@ -18,10 +18,15 @@ from ssl_bench.registry import register
 from ssl_bench.views import Views
 
 
+BN_EPS = 1e-12
+"""The ``eps`` of :func:`batch_norm`: BN's usual 1e-5 would let weights that shrink until ``var << eps`` drive both
+branches, and so the loss, to 0 (a collapse that the ideal BN of the paper does not have)."""
+
+
 def batch_norm(z: Tensor) -> Tensor:
     """Every coordinate standardised over the batch (training-mode BN without affine): ``(z - mean) / sqrt(var + eps)``
-    with the biased variance and ``eps = 1e-5``."""
-    return F.batch_norm(z, None, None, training=True)
+    with the biased variance and ``eps =`` :data:`BN_EPS`, so that the result is invariant to the scale of ``z``."""
+    return F.batch_norm(z, None, None, training=True, eps=BN_EPS)
 
 
 def bn_squared_distance(p: Tensor, z: Tensor) -> Tensor:
