@@ -162,3 +162,21 @@ def test_tiny_fit_finishes(run_cli, tmp_path, experiment):
     assert code == 0, err
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished", summary
+
+
+@pytest.mark.slow
+def test_seed4_trained_head_learns_both_features_and_fixed_head_collapses(run_cli, tmp_path):
+    """The study's default run (docs/wen2022.md): with the trained head neuron 1 detects v1 and neuron 2 v2 and the
+    off-diagonal rises above 0.3 and falls back below 0.05; with E = I both neurons detect v1."""
+    ends = {}
+    for experiment in ("wen2022/trained_head", "wen2022/fixed_head"):
+        run_dir = tmp_path / experiment
+        code, out, err = run_cli("fit", "--config", experiment, "~callbacks.spectrum", "trainer.progress=none",
+                                 "logger=none", f"run_dir={run_dir}")
+        assert code == 0, err
+        ends[experiment] = json.loads((run_dir / "alignment.jsonl").read_text().splitlines()[-1])
+        if experiment == "wen2022/trained_head":
+            off = [json.loads(line)["offdiag_norm"] for line in (run_dir / "predictor.jsonl").read_text().splitlines()]
+            assert max(off) > 0.3 and off[-1] < 0.05, (max(off), off[-1])
+    assert ends["wen2022/trained_head"]["detects"] == [1, 2], ends
+    assert ends["wen2022/fixed_head"]["detects"] == [1, 1] and ends["wen2022/fixed_head"]["collapsed"], ends
