@@ -139,8 +139,8 @@ class SSLModule(L.LightningModule):
             return loss, loss
         return loss, loss + F.cross_entropy(self.probe(features.detach()), views.labels)
 
-    def update(self, index: int, views: Views, progress: float) -> Tensor:
-        """One optimizer step on mini-batch ``index`` of the batch; returns the detached SSL loss.
+    def update(self, index: int, views: Views, progress: float) -> None:
+        """One optimizer step on mini-batch ``index`` of the batch.
 
         Unless :meth:`_wrappers_needed`, ``total.backward()`` and the torch optimizer's ``step`` are called directly,
         the step between the ``LightningOptimizer``'s before- and after-step callbacks, which count it in
@@ -158,9 +158,7 @@ class SSLModule(L.LightningModule):
             optimizer._on_before_step()
             optimizer.optimizer.step()
             optimizer._on_after_step()
-        loss = loss.detach()
-        self.after_step(index, progress, loss)
-        return loss
+        self.after_step(index, progress, loss.detach())
 
     def after_step(self, index: int, progress: float, loss: Tensor) -> None:
         """After the optimizer step on mini-batch ``index`` with the detached ``loss``: the loss joins the epoch's
