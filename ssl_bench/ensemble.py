@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ssl_bench.config import ConfigError, RunConfig
 from ssl_bench.module import SSLModule
 from ssl_bench.optim import build_optimizer
-from ssl_bench.recorder import json_value
+from ssl_bench.jsonl import json_value
 from ssl_bench.registry import lookup
 from ssl_bench.run import (Interrupted, build_callbacks, build_data, build_module, check_environment,
                            end_run, resolve_run_dir, run_loggers, start_run_dir, stop_on_signals)

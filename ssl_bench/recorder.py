@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -11,14 +10,7 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-HISTORIES = ("metrics.jsonl", "spectra.jsonl", "r2.jsonl", "alignment.jsonl", "predictor.jsonl")
-"""The run directory's histories: one JSON record per line, each with the ``step`` it was written at."""
-
-
-def json_value(value: float) -> float | str:
-    """``value``, or its name ("nan", "inf", "-inf") where JSON has no number for it."""
-    return value if math.isfinite(value) else str(value)
-
+from ssl_bench.jsonl import HISTORIES, json_value
 
 def truncate_histories(run_dir: Path, last_step: int | None) -> None:
     """Keep the records of every history in ``run_dir`` up to ``last_step`` (all of them go when it is None): a run

@@ -21,7 +21,8 @@ from ssl_bench.checkpoint import read_checkpoint
 from ssl_bench.config import ConfigError, RunConfig, to_yaml
 from ssl_bench.module import CallbackAdapter, DataModuleAdapter, Diverged, SSLModule
 from ssl_bench.progress import progress_bar
-from ssl_bench.recorder import RunRecorder, json_value, truncate_histories
+from ssl_bench.jsonl import json_value
+from ssl_bench.recorder import RunRecorder, truncate_histories
 from ssl_bench.registry import lookup
 from ssl_bench.wandb_logging import make_wandb_logger
 

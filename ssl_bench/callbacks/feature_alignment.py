@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -15,6 +14,7 @@ from torch.nn import functional as F
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.callbacks.r2_probe import heatmap_pixels
 from ssl_bench.config import CallbackConfig, check_positive, check_range
+from ssl_bench.jsonl import json_value
 from ssl_bench.registry import register
 
 
@@ -122,7 +122,7 @@ class FeatureAlignment(Callback):
             for logger in wandb_loggers:
                 logger.experiment.log({"align/heatmap": image, "trainer/global_step": trainer.global_step})
         record = {"epoch": epoch, "step": trainer.global_step,
-                  "alignment": [[value if math.isfinite(value) else str(value) for value in row]
+                  "alignment": [[json_value(value) for value in row]
                                 for row in scores.tolist()],
                   "detects": detects.tolist(), "collapsed": is_collapsed}
         path = Path(trainer.default_root_dir) / "alignment.jsonl"

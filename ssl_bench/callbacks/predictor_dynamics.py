@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import CallbackConfig, check_positive
+from ssl_bench.jsonl import json_value
 from ssl_bench.registry import register
 from ssl_bench.views import Step
 
@@ -63,10 +64,6 @@ def linear_head(method: Any) -> Tensor | None:
     if isinstance(weight, Tensor) and weight.ndim == 2 and weight.shape[0] == weight.shape[1]:
         return weight
     return None
-
-
-def plain(value: float) -> float | str:
-    return value if math.isfinite(value) else str(value)
 
 
 @register("callback", "predictor_dynamics")
@@ -146,10 +143,10 @@ class PredictorDynamics(Callback):
                 for logger in wandb_loggers:
                     logger.experiment.log({**scalars(weights[t], row), "trainer/global_step": step})
             record: dict[str, Any] = {"epoch": epoch, "step": step}
-            record.update({key: plain(float(value)) for key, value in row.items() if key != "eigenvalues"})
-            record["eigenvalues"] = [plain(value) for value in row["eigenvalues"].tolist()]
+            record.update({key: json_value(float(value)) for key, value in row.items() if key != "eigenvalues"})
+            record["eigenvalues"] = [json_value(value) for value in row["eigenvalues"].tolist()]
             if len(weights[t]) <= ENTRIES_UP_TO:
-                record["weight"] = [[plain(value) for value in line] for line in weights[t].tolist()]
+                record["weight"] = [[json_value(value) for value in line] for line in weights[t].tolist()]
             lines.append(json.dumps(record) + "\n")
         path = Path(trainer.default_root_dir) / "predictor.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)

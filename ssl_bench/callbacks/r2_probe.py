@@ -4,7 +4,6 @@ latent (Rusak et al. 2022, Sec. 5; Zimmermann et al. 2021)."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import CallbackConfig, check_positive
 from ssl_bench.metrics import r2_scores
+from ssl_bench.jsonl import json_value
 from ssl_bench.registry import register
 
 
@@ -123,7 +123,7 @@ class R2Probe(Callback):
                 logger.experiment.log({"r2/heatmap": image, "trainer/global_step": trainer.global_step})
 
         def plain(matrix: Tensor) -> list[list[float | str]]:
-            return [[value if math.isfinite(value) else str(value) for value in row] for row in matrix.tolist()]
+            return [[json_value(value) for value in row] for row in matrix.tolist()]
 
         record = {"epoch": epoch, "step": trainer.global_step, "groups": groups,
                   **{key: plain(matrix) for key, matrix in scores.items()}}
