@@ -62,7 +62,6 @@ class MemberTrainer:
     global_rank = 0
     world_size = 1
     num_training_batches = 1
-    should_stop = False
 
     def __init__(self, cfg: RunConfig, datamodule: Any, loggers: list[Any], run_dir: Path,
                  device: torch.device) -> None:
