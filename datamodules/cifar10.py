@@ -134,12 +134,6 @@ def view_recipes(views: str, crop_min_scale: float, blur_prob: float = 0.0) -> t
     return first, second
 
 
-def view_transforms(views: str, crop_min_scale: float, blur_prob: float = 0.0) -> tuple[Callable, Callable]:
-    """The two view pipelines of ``views`` as torchvision transforms."""
-    first, second = view_recipes(views, crop_min_scale, blur_prob)
-    return augmentation(first), augmentation(second)
-
-
 class TransformedSplit(Dataset):
     """Items ``(t_1(image), ..., t_k(image), label)`` of a parsed split: two views for training, one for evaluation.
 
@@ -271,7 +265,7 @@ class CIFAR10DataModule(DataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.augment_on = augment_on
         recipes = view_recipes(views, crop_min_scale, blur_prob)
-        self.view_transforms = augmentation(recipes[0]), augmentation(recipes[1])
+        self.view_transforms = tuple(augmentation(recipe) for recipe in recipes)
         self.batched_views = BatchedViews(recipes, CIFAR10_MEAN, CIFAR10_STD)
         self.eval_transform = eval_transform()
         self._splits: dict[bool, Any] = {}

@@ -19,8 +19,9 @@ from datamodules.cifar10 import (
     DatasetChecksumError,
     DatasetNotFoundError,
     EpochShuffleSampler,
+    augmentation,
     cifar10_split,
-    view_transforms,
+    view_recipes,
     write_cifar10_batches,
 )
 from ssl_bench.errors import DataError
@@ -137,7 +138,7 @@ def test_only_the_second_byol_view_is_solarized(views, solarized):
     white = Image.new("RGB", (32, 32), (255, 255, 255))
     torch.manual_seed(0)
     n = 400
-    for transform, p in zip(view_transforms(views, 0.08), solarized):
+    for transform, p in zip(map(augmentation, view_recipes(views, 0.08)), solarized):
         raw = torch.stack([unnormalize(transform(white)) for _ in range(n)])
         dark = raw.flatten(1).amax(dim=1) < 0.45
         assert (raw.flatten(1).amin(dim=1)[~dark] > 0.55).all()

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from datamodules.cifar10 import CIFAR10DataModule, KeyBatch, view_recipes, view_transforms, write_cifar10_batches
+from datamodules.cifar10 import CIFAR10DataModule, KeyBatch, augmentation, view_recipes, write_cifar10_batches
 from datamodules.gpu_augment import ViewParams, ViewRecipe, augment, color_jitter
 from ssl_bench.config import ConfigError
 from ssl_bench.module import DataModuleAdapter
@@ -70,7 +70,7 @@ def test_parameter_distributions_match_torchvision():
     """Crop scale, aspect ratio and offsets, jitter factors and order, and every rate of the view with the most
     operations (BYOL's second view, with blur), torchvision's draws against the batched ones."""
     recipe = view_recipes("byol", 0.08, blur_prob=0.5)[1]
-    cpu = cpu_parameters(view_transforms("byol", 0.08, blur_prob=0.5)[1], N_CPU)
+    cpu = cpu_parameters(augmentation(recipe), N_CPU)
     batched = recipe.sample(N_BATCHED, torch.Generator().manual_seed(0))
 
     crops = torch.tensor([[p["top"], p["left"], p["height"], p["width"]] for p in cpu["RandomResizedCrop"]])
@@ -99,7 +99,7 @@ def test_parameter_distributions_match_torchvision():
 
 def test_a_wrong_distribution_is_detected():
     """The tolerances reject a recipe that differs from the CPU pipeline's (smaller crops, more flips)."""
-    cpu = cpu_parameters(view_transforms("simclr", 0.08)[0], N_CPU)
+    cpu = cpu_parameters(augmentation(view_recipes("simclr", 0.08)[0]), N_CPU)
     crops = torch.tensor([[p["height"], p["width"]] for p in cpu["RandomResizedCrop"]])
     other = ViewRecipe(crop_min_scale=0.2, flip_prob=0.6).sample(N_BATCHED, torch.Generator().manual_seed(0))
     with pytest.raises(AssertionError, match="scale"):
