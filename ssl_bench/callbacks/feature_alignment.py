@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -14,7 +12,7 @@ from torch.nn import functional as F
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.callbacks.r2_probe import heatmap_pixels
 from ssl_bench.config import CallbackConfig, check_positive, check_range
-from ssl_bench.jsonl import json_value
+from ssl_bench.jsonl import append_records, json_value
 from ssl_bench.registry import register
 
 
@@ -125,10 +123,7 @@ class FeatureAlignment(Callback):
                   "alignment": [[json_value(value) for value in row]
                                 for row in scores.tolist()],
                   "detects": detects.tolist(), "collapsed": is_collapsed}
-        path = Path(trainer.default_root_dir) / "alignment.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
+        append_records(trainer.default_root_dir, "alignment.jsonl", [record])
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [scores.tolist() for scores in self.history]}

@@ -3,10 +3,8 @@ asymmetry (Wen & Li 2022; Bao 2023)."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -14,7 +12,7 @@ from torch import Tensor
 
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import CallbackConfig, check_positive
-from ssl_bench.jsonl import json_value
+from ssl_bench.jsonl import append_records, json_value
 from ssl_bench.registry import register
 from ssl_bench.views import Step
 
@@ -136,7 +134,7 @@ class PredictorDynamics(Callback):
         weights = torch.stack([weight for _, _, weight in readings]).double().cpu()
         metrics = predictor_metrics(weights)
         wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-        lines = []
+        records = []
         for t, (epoch, step, _) in enumerate(readings):
             row = {key: value[t] for key, value in metrics.items()}
             if t < logged_steps:
@@ -147,8 +145,5 @@ class PredictorDynamics(Callback):
             record["eigenvalues"] = [json_value(value) for value in row["eigenvalues"].tolist()]
             if len(weights[t]) <= ENTRIES_UP_TO:
                 record["weight"] = [[json_value(value) for value in line] for line in weights[t].tolist()]
-            lines.append(json.dumps(record) + "\n")
-        path = Path(trainer.default_root_dir) / "predictor.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as file:
-            file.writelines(lines)
+            records.append(record)
+        append_records(trainer.default_root_dir, "predictor.jsonl", records)

@@ -3,9 +3,7 @@ latent (Rusak et al. 2022, Sec. 5; Zimmermann et al. 2021)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -13,8 +11,8 @@ from torch import Tensor, nn
 
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import CallbackConfig, check_positive
+from ssl_bench.jsonl import append_records, json_value
 from ssl_bench.metrics import r2_scores
-from ssl_bench.jsonl import json_value
 from ssl_bench.registry import register
 
 
@@ -127,7 +125,4 @@ class R2Probe(Callback):
 
         record = {"epoch": epoch, "step": trainer.global_step, "groups": groups,
                   **{key: plain(matrix) for key, matrix in scores.items()}}
-        path = Path(trainer.default_root_dir) / "r2.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
+        append_records(trainer.default_root_dir, "r2.jsonl", [record])

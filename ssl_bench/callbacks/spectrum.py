@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from pathlib import Path
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +12,7 @@ from torch import Tensor, nn
 
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import CallbackConfig, check_positive
+from ssl_bench.jsonl import append_records
 from ssl_bench.metrics import effective_rank, embedding_spectrum, numerical_rank, std_l2
 from ssl_bench.registry import register
 
@@ -120,7 +118,4 @@ class EigenSpectrum(Callback):
                 logger.experiment.log({"spectrum/log_singular_values": plot,
                                        "trainer/global_step": trainer.global_step})
         record = {"epoch": epoch, "step": trainer.global_step, **{kind: s.tolist() for kind, s in spectra.items()}}
-        path = Path(trainer.default_root_dir) / "spectra.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
+        append_records(trainer.default_root_dir, "spectra.jsonl", [record])
