@@ -27,6 +27,13 @@ class Callback:
     def from_config(cls, config: CallbackConfig, every_n_epochs: int) -> Callback:
         return cls(config, every_n_epochs)
 
+    @staticmethod
+    def wandb_runs(trainer: Any) -> list[Any]:
+        """The W&B runs among ``trainer.loggers``, for what only W&B can show (images, plots)."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        return [logger.experiment for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+
     def due(self, trainer: Any) -> bool:
         """Whether the epoch that just ended is a multiple of ``every_n_epochs`` or the last one."""
         epoch = trainer.current_epoch + 1

@@ -107,18 +107,16 @@ class FeatureAlignment(Callback):
 
     def _record(self, trainer: Any, epoch: int, scores: Tensor, detects: Tensor, is_collapsed: bool) -> None:
         """The evaluation to ``alignment.jsonl``, the heatmap over time to W&B."""
-        from lightning.pytorch.loggers import WandbLogger
-
-        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-        if wandb_loggers:
+        wandb_runs = self.wandb_runs(trainer)
+        if wandb_runs:
             import wandb
 
             m, features = scores.shape
             image = wandb.Image(history_pixels(torch.stack(self.history)).numpy(),
                                 caption=f"|<w_j, v_l>| / ||w_j|| up to epoch {epoch}: rows (neuron, feature) for "
                                         f"{m} neurons x {features} features, columns evaluations")
-            for logger in wandb_loggers:
-                logger.experiment.log({"align/heatmap": image, "trainer/global_step": trainer.global_step})
+            for run in wandb_runs:
+                run.log({"align/heatmap": image, "trainer/global_step": trainer.global_step})
         record = {"epoch": epoch, "step": trainer.global_step,
                   "alignment": [[json_value(value) for value in row]
                                 for row in scores.tolist()],

@@ -129,17 +129,15 @@ class PredictorDynamics(Callback):
 
     def _record(self, trainer: Any, readings: list[tuple[int, int, Tensor]], logged_steps: int) -> None:
         """Every reading to ``predictor.jsonl``; the first ``logged_steps`` (the per-step ones) to W&B."""
-        from lightning.pytorch.loggers import WandbLogger
-
         weights = torch.stack([weight for _, _, weight in readings]).double().cpu()
         metrics = predictor_metrics(weights)
-        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        wandb_runs = self.wandb_runs(trainer)
         records = []
         for t, (epoch, step, _) in enumerate(readings):
             row = {key: value[t] for key, value in metrics.items()}
             if t < logged_steps:
-                for logger in wandb_loggers:
-                    logger.experiment.log({**scalars(weights[t], row), "trainer/global_step": step})
+                for run in wandb_runs:
+                    run.log({**scalars(weights[t], row), "trainer/global_step": step})
             record: dict[str, Any] = {"epoch": epoch, "step": step}
             record.update({key: json_value(float(value)) for key, value in row.items() if key != "eigenvalues"})
             record["eigenvalues"] = [json_value(value) for value in row["eigenvalues"].tolist()]

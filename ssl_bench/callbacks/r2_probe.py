@@ -108,17 +108,15 @@ class R2Probe(Callback):
 
     def _record(self, trainer: Any, epoch: int, scores: dict[str, Tensor], groups: dict[str, list[int]]) -> None:
         """The matrices to ``r2.jsonl``, the adjusted R^2 heatmap to W&B."""
-        from lightning.pytorch.loggers import WandbLogger
-
-        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-        if wandb_loggers:
+        wandb_runs = self.wandb_runs(trainer)
+        if wandb_runs:
             import wandb
 
             layers, latents = scores["adjusted_r2"].shape
             image = wandb.Image(heatmap_pixels(scores["adjusted_r2"]).numpy(),
                                 caption=f"adjusted R^2, epoch {epoch}: {layers} layers (rows) x {latents} latents")
-            for logger in wandb_loggers:
-                logger.experiment.log({"r2/heatmap": image, "trainer/global_step": trainer.global_step})
+            for run in wandb_runs:
+                run.log({"r2/heatmap": image, "trainer/global_step": trainer.global_step})
 
         def plain(matrix: Tensor) -> list[list[float | str]]:
             return [[json_value(value) for value in row] for row in matrix.tolist()]

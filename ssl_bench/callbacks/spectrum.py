@@ -104,18 +104,16 @@ class EigenSpectrum(Callback):
 
     def _record(self, trainer: Any, epoch: int, spectra: dict[str, Tensor]) -> None:
         """Line series of ``log s_k`` against ``k`` (non-zero values) on W&B, singular values to ``spectra.jsonl``."""
-        from lightning.pytorch.loggers import WandbLogger
-
-        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-        if wandb_loggers:
+        wandb_runs = self.wandb_runs(trainer)
+        if wandb_runs:
             import wandb
 
             positive = {kind: s[s > 0] for kind, s in spectra.items()}
             plot = wandb.plot.line_series(xs=[list(range(1, len(s) + 1)) for s in positive.values()],
                                           ys=[s.log().tolist() for s in positive.values()], keys=list(positive),
                                           title=f"Log singular values, epoch {epoch}", xname="rank")
-            for logger in wandb_loggers:
-                logger.experiment.log({"spectrum/log_singular_values": plot,
+            for run in wandb_runs:
+                run.log({"spectrum/log_singular_values": plot,
                                        "trainer/global_step": trainer.global_step})
         record = {"epoch": epoch, "step": trainer.global_step, **{kind: s.tolist() for kind, s in spectra.items()}}
         append_records(trainer.default_root_dir, "spectra.jsonl", [record])
