@@ -265,9 +265,9 @@ def end_run(cfg: RunConfig, run_dir: Path, loggers: list[Any], status: str, epoc
                                      group=cfg.resolved_group, seed=cfg.seed, **ending)
     for logger in others:
         logger.finalize(status)
-        run = logger.experiment if getattr(logger, "_experiment", None) is not None else None
-        if run is not None:
-            if ending.get("signal") == "SIGUSR1":
-                run.mark_preempting()
-            run.finish(exit_code=0 if status == "finished" else 1)
+        if getattr(logger, "_experiment", None) is None:  # a W&B run never started (e.g. in another DDP process)
+            continue
+        if ending.get("signal") == "SIGUSR1":
+            logger.experiment.mark_preempting()
+        logger.experiment.finish(exit_code=0 if status == "finished" else 1)
     return summary
