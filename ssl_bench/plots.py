@@ -203,6 +203,28 @@ def r2_mean(run_dirs: Sequence[Path]) -> R2Matrix | None:
     return R2Matrix(mean, {str(k): list(v) for k, v in groups.items()}, len(matrices), sorted(set(epochs)))
 
 
+def r2_layer_bands(run_dirs: Sequence[Path]) -> dict[str, Band]:
+    """Per latent group (e.g. content, style), the adjusted R^2 at each encoder layer (``x``, 0 = the first, the
+    last = the output) averaged over the group's latents, from the runs' last ``r2.jsonl`` records: mean, min and max
+    across the runs (Rusak et al. 2022, Fig. 1 middle and right). A latent without a finite value is left out of its
+    group's mean; a group without a finite latent at a layer has no value there."""
+    series: dict[str, list[dict[Any, float]]] = {}
+    for run_dir in run_dirs:
+        record = last_record(run_dir, "r2.jsonl")
+        matrix, groups = (record or {}).get("adjusted_r2"), (record or {}).get("groups")
+        if not (isinstance(matrix, list) and isinstance(groups, dict)):
+            continue
+        for name, latents in groups.items():
+            by_layer = {}
+            for layer, row in enumerate(matrix):
+                values = [v for j in latents if isinstance(row, list) and isinstance(j, int) and 0 <= j < len(row)
+                          and (v := _float(row[j])) is not None and math.isfinite(v)]
+                if values:
+                    by_layer[layer] = statistics.fmean(values)
+            series.setdefault(str(name), []).append(by_layer)
+    return {name: b for name, runs in series.items() if (b := _band(runs)) is not None}
+
+
 # -------------------------------------------------------------------------------------------------------- drawing
 
 
@@ -404,3 +426,45 @@ def draw_r2(study: Study, points: Sequence[GridPoint], path: Path) -> str | None
     return (f"{study.name}: adjusted R² of a linear map from each encoder layer (rows, the last one the output) to "
             "each ground-truth latent (columns), held out, at the last record; the mean over each grid point's "
             "finished runs. Bright: the latent can be read linearly from that layer.")
+
+
+R2_GROUP_STYLES = ("--", "-", ":", "-.")
+"""Line styles of the latent groups in an R^2-per-layer figure, in the order the groups are recorded (content
+dashed and style solid, as in Rusak et al. 2022, Fig. 1)."""
+
+
+def draw_r2_layers(study: Study, points: Sequence[GridPoint], path: Path) -> str | None:
+    """The adjusted R^2 of each latent group against the encoder layer, a colour per grid point and a line style per
+    group, the mean over each grid point's finished runs with the min-max band (Rusak et al. 2022, Fig. 1 middle and
+    right); returns the caption, or None (nothing written) without ``r2.jsonl`` records."""
+    from matplotlib.ticker import MaxNLocator
+
+    drawn = [(point, bands) for point in points if (bands := r2_layer_bands(point.finished))]
+    if not drawn:
+        return None
+    colour = _colour_of([(study, points)])
+    groups = list(dict.fromkeys(name for _, bands in drawn for name in bands))
+    figure = _figure(CURVE_SIZE)
+    ax = figure.add_subplot()
+    for point, bands in drawn:
+        c = colour[0, point.label]
+        for name, b in bands.items():
+            style = R2_GROUP_STYLES[groups.index(name) % len(R2_GROUP_STYLES)]
+            ax.plot(b.x, b.mean, color=c, ls=style, lw=1.8, marker="o", ms=3,
+                    label=f"{_name(study, point, False)}: {name} ({_runs(b.runs)})")
+            ax.fill_between(b.x, b.low, b.high, color=c, alpha=0.12, lw=0)
+    last = max(x for _, bands in drawn for b in bands.values() for x in b.x)
+    ax.set_xticks(range(last + 1), [f"{k}" + (" out" if k == last and last > 0 else "") for k in range(last + 1)])
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.set_xlabel("encoder layer")
+    ax.set_ylabel("adjusted R² (mean over the group's latents)")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"{study.name}: adjusted R² of each latent group from each encoder layer", fontsize=12)
+    _legend(figure, _legend_title([study]), sum(len(bands) for _, bands in drawn))
+    _footnote(figure, [f"{_name(study, p, False)} (runs {runs_cell(p.statuses)})" for p in points
+                       if all(p is not d for d, _ in drawn)], "no finished run recorded R²")
+    _save(figure, path)
+    return (f"{study.name}: adjusted R² of a held-out linear probe from each encoder layer (the last is the output) "
+            f"to the latents, averaged over each group ({', '.join(groups)}), at the last record; per grid point the "
+            "mean over its finished runs (line) and the min-max range (band). A group whose R² drops at a layer is "
+            "lost there (collapse).")

@@ -319,9 +319,9 @@ def _run_count(study: Study) -> str:
 def draw_study(study: Study, figures_dir: Path, stem: str, metrics: Sequence[str] | None = None,
                points: Sequence[str] | None = None) -> Section:
     """Every figure of ``study`` as ``figures_dir/STEM-*.png``: the curves of ``metrics`` (default: the table's and
-    ``train/loss``), the spectra and the R^2 heatmaps; a note for each figure that has nothing to show. The study's
-    figures of an earlier report into the same folder are removed first, so the folder holds only what the report
-    shows."""
+    ``train/loss``), the spectra, the R^2 heatmaps and the R^2 of each latent group per layer; a note for each figure
+    that has nothing to show (one for R^2, which both of its figures need). The study's figures of an earlier report
+    into the same folder are removed first, so the folder holds only what the report shows."""
     from ssl_bench import plots
 
     for old in figures_dir.glob(f"{stem}-*.png"):
@@ -338,13 +338,14 @@ def draw_study(study: Study, figures_dir: Path, stem: str, metrics: Sequence[str
     for kind, draw, absent in (
             ("spectra", plots.draw_spectra, "No finished run recorded spectra (spectra.jsonl)."),
             ("r2-heatmap", plots.draw_r2, "No finished run recorded R^2 (r2.jsonl; add the probe with "
-                                          "+callbacks.r2_probe={}).")):
+                                          "+callbacks.r2_probe={})."),
+            ("r2-layers", plots.draw_r2_layers, "")):
         path = figures_dir / f"{stem}-{kind}.png"
         drawn = draw(study, chosen, path)
-        if drawn is None:
-            notes.append(absent)
-        else:
+        if drawn is not None:
             figures.append(Figure(path, drawn))
+        elif absent:
+            notes.append(absent)
     return Section(study, figures, notes)
 
 

@@ -17,7 +17,7 @@ from conftest import TINY, error_line
 
 from ssl_bench.cli import main
 from ssl_bench.errors import ConfigError
-from ssl_bench.plots import band, r2_mean, spectrum_bands
+from ssl_bench.plots import band, r2_layer_bands, r2_mean, spectrum_bands
 from ssl_bench.report import curves, load_study
 from ssl_bench.sweep import report
 
@@ -66,16 +66,18 @@ def test_report_writes_markdown_html_and_figures_of_a_sweep(sweep_dir, run_cli):
     assert code == 0, err
     assert out.strip() == report(sweep_dir)  # stdout is the table, as before
     out_dir = sweep_dir / "report"
-    assert err.strip().splitlines() == [f"report: {out_dir / 'report.md'} and {out_dir / 'report.html'} (6 figures "
+    assert err.strip().splitlines() == [f"report: {out_dir / 'report.md'} and {out_dir / 'report.html'} (7 figures "
                                         f"in {out_dir / 'figures'})"]
 
     figures = {p.name: p.read_bytes() for p in (out_dir / "figures").glob("*.png")}
     curves_ = [f"tiny_study-{m}.png" for m in ("maxcos-max", "maxcos-median", "maxcos-min", "train-loss")]
-    assert sorted(figures) == sorted([*curves_, "tiny_study-spectra.png", "tiny_study-r2-heatmap.png"])
+    assert sorted(figures) == sorted([*curves_, "tiny_study-spectra.png", "tiny_study-r2-heatmap.png",
+                                      "tiny_study-r2-layers.png"])
     for name in curves_:
         assert png_size(figures[name]) == CURVE_PX, name
     assert png_size(figures["tiny_study-spectra.png"]) == SPECTRA_PX
     assert png_size(figures["tiny_study-r2-heatmap.png"]) == R2_PX
+    assert png_size(figures["tiny_study-r2-layers.png"]) == CURVE_PX
 
     page = (out_dir / "report.html").read_text()
     embedded = [base64.b64decode(data) for data in re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)]
@@ -104,8 +106,8 @@ def test_metrics_and_points_choose_the_curves(sweep_dir, run_cli, tmp_path):
                              "--point", "optim.lr=0.05")
     assert code == 0, err
     assert sorted(p.name for p in (out_dir / "figures").glob("*.png")) == [
-        "tiny_study-maxcos-min.png", "tiny_study-r2-heatmap.png", "tiny_study-spectra.png",
-        "tiny_study-train-loss.png"]
+        "tiny_study-maxcos-min.png", "tiny_study-r2-heatmap.png", "tiny_study-r2-layers.png",
+        "tiny_study-spectra.png", "tiny_study-train-loss.png"]
     heatmap = (out_dir / "figures" / "tiny_study-r2-heatmap.png").read_bytes()
     assert png_size(heatmap) == (550, 380)  # one grid point
     assert "| 0.01 | 2/2 |" in (out_dir / "report.md").read_text()  # the table keeps every grid point
@@ -167,6 +169,26 @@ def test_spectra_are_geometric_means_and_r2_skips_nan(tmp_path):
     matrix = r2_mean(runs)
     assert matrix.values[0][0] == pytest.approx(0.75) and math.isnan(matrix.values[0][1])
     assert matrix.runs == 2 and matrix.groups == {"latent": [0, 1]} and matrix.epochs == [4]
+
+
+def test_r2_per_layer_is_the_group_mean_of_each_layer_across_runs(tmp_path):
+    """Rusak et al. 2022, Fig. 1 (middle, right): per group, the mean adjusted R^2 of its latents at each layer; a
+    NaN latent is left out of its group's mean, and the band runs over the runs."""
+    groups = {"content": [0], "style": [1, 2]}
+    matrices = [[[0.9, 0.8, 0.6], [0.9, 0.1, "nan"]], [[0.7, 0.6, 0.4], [1.0, 0.3, 0.1]]]
+    for seed, matrix in enumerate(matrices, 1):
+        run_dir = tmp_path / f"seed{seed}"
+        run_dir.mkdir()
+        (run_dir / "r2.jsonl").write_text(
+            json.dumps({"epoch": 2, "groups": groups, "adjusted_r2": [[0.0] * 3] * 2}) + "\n"
+            + json.dumps({"epoch": 4, "groups": groups, "adjusted_r2": matrix}) + "\n")
+    bands = r2_layer_bands([tmp_path / "seed1", tmp_path / "seed2", tmp_path / "absent"])
+    assert list(bands) == ["content", "style"]
+    assert bands["content"].x == [0, 1] and bands["content"].runs == 2
+    assert bands["content"].mean == pytest.approx([0.8, 0.95])
+    assert bands["content"].low == pytest.approx([0.7, 0.9]) and bands["content"].high == pytest.approx([0.9, 1.0])
+    assert bands["style"].mean == pytest.approx([0.6, 0.15])  # layer 0: (0.7, 0.5); layer 1: (0.1, 0.2)
+    assert bands["style"].low == pytest.approx([0.5, 0.1]) and bands["style"].high == pytest.approx([0.7, 0.2])
 
 
 def test_run_directories_without_sweep_json_are_grouped_by_their_group(tmp_path, run_cli):
