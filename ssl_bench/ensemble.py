@@ -37,6 +37,7 @@ from ssl_bench.config import ConfigError, RunConfig
 from ssl_bench.module import SSLModule
 from ssl_bench.optim import build_optimizer
 from ssl_bench.jsonl import json_value
+from ssl_bench.memory import release_free_heap
 from ssl_bench.registry import lookup
 from ssl_bench.run import (Interrupted, build_callbacks, build_data, build_module, check_environment,
                            end_run, resolve_run_dir, run_loggers, start_run_dir, stop_on_signals)
@@ -355,6 +356,7 @@ def train(members: list[Member], batching: str = "auto") -> list[dict[str, Any]]
                 active = train_epoch(ensemble, epoch, active, summaries)
                 for k in active:
                     members[k].end_epoch()
+                release_free_heap()
                 completed = epoch + 1
                 bar.update(1)
                 if not active:

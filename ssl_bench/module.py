@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from datamodules.base import DataModule
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import OptimConfig
+from ssl_bench.memory import release_free_heap
 from ssl_bench.methods.base import Method
 from ssl_bench.optim import build_optimizer, probe_group, warmup_cosine
 from ssl_bench.views import Step, Views
@@ -212,6 +213,7 @@ class SSLModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         for key, value in self.epoch_scalars().items():
             self.log(key, value, sync_dist=key == "train/loss")
+        release_free_heap()
 
 
 class DataModuleAdapter(L.LightningDataModule):

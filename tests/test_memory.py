@@ -1,0 +1,44 @@
+"""The heap of a contrastive run stays bounded: the free pages of its step-sized similarity matrices go back to the
+system at the end of an epoch (ssl_bench.memory), where glibc alone keeps them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+STEPS = textwrap.dedent("""
+    import torch
+    from ssl_bench.losses import nt_xent_terms
+    from ssl_bench.memory import release_free_heap
+
+    def rss_mib():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) // 1024
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    encoder = torch.nn.Linear(10, 10)
+    optimizer = torch.optim.Adam(encoder.parameters(), 1e-3)
+    x1, x2 = torch.randn(1024, 10), torch.randn(1024, 10)
+    start, losses = rss_mib(), []
+    for _ in range(40):  # an epoch of 40 steps at batch 1024: 2048 x 2047 logits, 16 MiB each
+        terms = nt_xent_terms(encoder(x1), encoder(x2), 1.0)
+        optimizer.zero_grad()
+        terms.loss.backward()
+        optimizer.step()
+        losses.append(terms.loss.detach())
+    release_free_heap()
+    print(rss_mib() - start)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status (Linux)")
+def test_epoch_end_returns_the_steps_freed_matrices():
+    """40 NT-Xent steps at batch 1024 leave the process about 560 MiB larger with glibc's defaults; after the
+    epoch-end release it is within 150 MiB of where it started."""
+    grown = int(subprocess.run([sys.executable, "-c", STEPS], check=True, capture_output=True, text=True).stdout)
+    assert grown < 150, f"the process kept {grown} MiB after the release"
