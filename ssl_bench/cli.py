@@ -56,6 +56,34 @@ def section_override(override: str) -> str:
     return f"++{override}"
 
 
+PATH_KEYS = ("run_dir", "trainer.resume", "data.root")
+"""Keys whose values are paths."""
+
+
+def hydra_quoted(value: str) -> str:
+    """A Hydra override value that may hold ``=``, ``,``, brackets or spaces, in single quotes."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def quote_paths(overrides: list[str]) -> list[str]:
+    """The overrides with each path (:data:`PATH_KEYS`) that Hydra's grammar cannot read as it stands quoted for it,
+    so that a sweep's run directory such as ``run_dir=runs/t1/tau=equal/seed1`` needs no quotes on the command
+    line; every other override unchanged."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, quoted = OverridesParser.create(), []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+") in PATH_KEYS:
+            try:
+                parser.parse_override(override)
+            except HydraException:
+                override = f"{key}={hydra_quoted(value)}"
+        quoted.append(override)
+    return quoted
+
+
 def check_overrides(overrides: list[str]) -> None:
     """Each override is ``KEY=VALUE`` (or ``~KEY``) in Hydra's grammar, and one that picks a config group names an
     option; raise a one-line :class:`ConfigError` naming the first that is not."""
@@ -206,6 +234,7 @@ def compose_config(config: str, overrides: list[str]) -> dict[str, Any]:
     else:
         experiments, _ = available_configs()
         raise ConfigError(f"unknown config '{config}'; choose one of: {', '.join(experiments)} (or a path to a .yaml)")
+    overrides = quote_paths(overrides)
     check_overrides(overrides)
     hydra_overrides = [section_override(o) for o in overrides]
     if user_yaml is not None:

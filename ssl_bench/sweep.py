@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from ssl_bench.cli import hydra_quoted
 from ssl_bench.config import ConfigError, RunConfig
 
 if TYPE_CHECKING:
@@ -118,11 +119,6 @@ def expand_grid(grid: Any) -> list[Point]:
 def _override_key(override: str) -> str:
     """The config key of a Hydra override (``+data.n=3`` -> ``data.n``)."""
     return override.split("=", 1)[0].lstrip("+~")
-
-
-def _quoted(value: str) -> str:
-    """A Hydra override value that may hold ``=``, ``,`` or spaces."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def check_overrides(overrides: list[str], points: list[Point]) -> None:
@@ -309,8 +305,8 @@ def prepare_run_dir(run_dir: Path, fresh: bool = False, restarted: bool = False)
 def run_overrides(run: Run, experiment: str, overrides: list[str]) -> list[str]:
     """The overrides that make ``run`` of a sweep: its grid point's, its seed, run directory and group, and the
     sweep's own."""
-    return [*run.point.overrides, f"seed={run.seed}", f"run_dir={_quoted(str(run.dir))}",
-            f"group={_quoted(run.point.group(experiment))}", *RUN_OVERRIDES, *overrides]
+    return [*run.point.overrides, f"seed={run.seed}", f"run_dir={hydra_quoted(str(run.dir))}",
+            f"group={hydra_quoted(run.point.group(experiment))}", *RUN_OVERRIDES, *overrides]
 
 
 def fit_arguments(config: str, run: Run, experiment: str, overrides: list[str]) -> list[str]:

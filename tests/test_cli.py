@@ -23,7 +23,7 @@ from conftest import REPO, TINY, error_line
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.sparse_coding import SparseCodingDataModule
 from ssl_bench import registry
-from ssl_bench.cli import available_configs, load
+from ssl_bench.cli import available_configs, load, quote_paths
 from ssl_bench.config import ConfigError
 from ssl_bench.methods.simclr import SimCLR
 from ssl_bench.metrics import max_cosine
@@ -155,6 +155,22 @@ def test_print_config_does_not_train(run_cli, tmp_path):
     assert code == 0
     assert yaml.safe_load(out)["data"]["n"] == 777
     assert not run_dir.exists()
+
+
+def test_paths_of_sweep_runs_need_no_quotes(run_cli, tmp_path):
+    """A sweep's run directory holds '=' and ',' (``tau=equal,d=2/seed1``): run_dir, trainer.resume and data.root
+    take such a path as it stands, as the resume hint of an interrupted run prints it; a quoted one is unchanged."""
+    assert quote_paths(["run_dir=/r/a=1,b=2/seed1", "trainer.resume='/r/x=1'", "group=a", "data.root=/d"]) == [
+        "run_dir='/r/a=1,b=2/seed1'", "trainer.resume='/r/x=1'", "group=a", "data.root=/d"]
+    run_dir = tmp_path / "tau=equal,d=2" / "seed1"
+    code, out, err = run_cli("fit", "--config", "quickstart", *TINY, "trainer.max_epochs=2",
+                             "trainer.checkpoint_every_n_epochs=1", f"run_dir={run_dir}")
+    assert code == 0, err
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    code, out, err = run_cli("fit", "--config", str(run_dir / "config.yaml"), f"run_dir={run_dir}",
+                             f"trainer.resume={run_dir / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=4")
+    assert code == 0, err
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 4
 
 
 def test_fit_from_yaml_path(run_cli, tmp_path):
