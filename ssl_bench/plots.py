@@ -459,7 +459,7 @@ def draw_r2_layers(study: Study, points: Sequence[GridPoint], path: Path) -> str
     ax.set_xlabel("encoder layer")
     ax.set_ylabel("adjusted R² (mean over the group's latents)")
     ax.grid(True, alpha=0.3)
-    ax.set_title(f"{study.name}: adjusted R² of each latent group from each encoder layer", fontsize=12)
+    ax.set_title(f"{study.name}: adjusted R² per encoder layer", fontsize=12)
     _legend(figure, _legend_title([study]), sum(len(bands) for _, bands in drawn))
     _footnote(figure, [f"{_name(study, p, False)} (runs {runs_cell(p.statuses)})" for p in points
                        if all(p is not d for d, _ in drawn)], "no finished run recorded R²")
