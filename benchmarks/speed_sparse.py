@@ -112,29 +112,36 @@ def plain_loop(model: str, epochs: int, device: torch.device = torch.device("cpu
     return (clock() - start) / epochs
 
 
-class _TrainingClock(L.Callback):
+class TrainingClock(L.Callback):
     """Seconds on ``clock`` from the first to the end of the last training epoch, as the plain loop measures, and
-    the part of them spent in the metric callbacks' ``on_train_epoch_end`` and ``on_optimizer_step`` hooks."""
+    the part of them spent in each metric callback's ``on_train_epoch_end`` and ``on_optimizer_step`` hooks
+    (``by_callback``, by the callback's config name)."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.callback_seconds = 0.0
+        self.by_callback: dict[str, float] = {}
         for adapter in trainer.callbacks:
             if isinstance(adapter, CallbackAdapter):
+                self.by_callback[adapter.name] = 0.0
                 for hook in ("on_train_epoch_end", "on_optimizer_step"):
-                    setattr(adapter.callback, hook, self._timed(getattr(adapter.callback, hook), pl_module.device))
+                    setattr(adapter.callback, hook,
+                            self._timed(adapter.name, getattr(adapter.callback, hook), pl_module.device))
         synchronize(pl_module.device)
         self.start = self.clock()
 
-    def _timed(self, hook: Callable[..., None], device: torch.device) -> Callable[..., None]:
+    @property
+    def callback_seconds(self) -> float:
+        return sum(self.by_callback.values())
+
+    def _timed(self, name: str, hook: Callable[..., None], device: torch.device) -> Callable[..., None]:
         def timed(*args: Any) -> None:
             synchronize(device)
             start = self.clock()
             hook(*args)
             synchronize(device)
-            self.callback_seconds += self.clock() - start
+            self.by_callback[name] += self.clock() - start
         return timed
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -151,7 +158,7 @@ def suite_loop(model: str, epochs: int, device: torch.device = torch.device("cpu
         cfg = load("pokle2022/table2", [*SETTINGS[model], f"trainer.max_epochs={epochs}", "logger=none",
                                         "trainer.progress=none", f"trainer.accelerator={accelerator}",
                                         "trainer.precision=32-true", f"run_dir={run_dir}"])
-        timer = _TrainingClock(clock)
+        timer = TrainingClock(clock)
         summary = fit(cfg, extra_callbacks=[timer])
     assert summary["status"] == "finished", summary
     return timer.seconds / epochs, timer.callback_seconds / timer.seconds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -11,6 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def script(name: str) -> ModuleType:
+    """A benchmark script as a module; its folder is on the import path, as when it runs, for the helpers the
+    scripts share."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -33,3 +38,14 @@ def test_speed_sparse_runs(capsys):
         assert row["suite_peak_mib"] > 100 and row["plain_peak_mib"] > 100  # the process holds torch at least
     out = capsys.readouterr().out
     assert "| NCL-basic |" in out and "metric callbacks (% of ssl-bench)" in out
+
+
+def test_callback_share_times_each_callback(capsys):
+    module = script("callback_share")
+    assert [module.evaluations(e, 2) for e in (1, 2, 3, 4, 5)] == [1, 1, 2, 2, 3]  # multiples of 2 and the last
+    shares = module.main(["--config", "rusak2022/nonlinear_box", "--epochs", "3", "--every", "2", "data.batch_size=64",
+                          "data.steps_per_epoch=2", "data.condition_draws=100", "callbacks.r2_probe.samples=128",
+                          "callbacks.r2_probe.batch_size=128"])
+    assert set(shares) == {"r2_probe"} and shares["r2_probe"] > 0
+    out = capsys.readouterr().out
+    assert "(2 evaluations)" in out and "| r2_probe |" in out
