@@ -180,16 +180,24 @@ class R2Matrix:
     epochs: list[int]
 
 
+def _adjusted_r2(record: dict[str, Any] | None) -> list[list[float]] | None:
+    """The adjusted R^2 matrix (layers x latents) of an ``r2.jsonl`` record as floats, NaN for what is not a number;
+    None when the record has no such matrix."""
+    matrix = record.get("adjusted_r2") if record else None
+    if not (isinstance(matrix, list) and matrix and all(isinstance(row, list) for row in matrix)):
+        return None
+    return [[v if (v := _float(x)) is not None else math.nan for x in row] for row in matrix]
+
+
 def r2_mean(run_dirs: Sequence[Path]) -> R2Matrix | None:
     """The mean adjusted R^2 matrix of the runs' last ``r2.jsonl`` records (entries without a finite value in any
     run are NaN; a run whose matrix has another shape than the first run's is left out). None without records."""
     matrices, groups, epochs = [], {}, []
     for run_dir in run_dirs:
         record = last_record(run_dir, "r2.jsonl")
-        matrix = record.get("adjusted_r2") if record else None
-        if not (isinstance(matrix, list) and matrix and all(isinstance(row, list) for row in matrix)):
+        rows = _adjusted_r2(record)
+        if rows is None:
             continue
-        rows = [[v if (v := _float(x)) is not None else math.nan for x in row] for row in matrix]
         if matrices and [len(r) for r in rows] != [len(r) for r in matrices[0]]:
             continue
         matrices.append(rows)
@@ -211,14 +219,13 @@ def r2_layer_bands(run_dirs: Sequence[Path]) -> dict[str, Band]:
     series: dict[str, list[dict[Any, float]]] = {}
     for run_dir in run_dirs:
         record = last_record(run_dir, "r2.jsonl")
-        matrix, groups = (record or {}).get("adjusted_r2"), (record or {}).get("groups")
-        if not (isinstance(matrix, list) and isinstance(groups, dict)):
+        rows, groups = _adjusted_r2(record), (record or {}).get("groups")
+        if rows is None or not isinstance(groups, dict):
             continue
         for name, latents in groups.items():
             by_layer = {}
-            for layer, row in enumerate(matrix):
-                values = [v for j in latents if isinstance(row, list) and isinstance(j, int) and 0 <= j < len(row)
-                          and (v := _float(row[j])) is not None and math.isfinite(v)]
+            for layer, row in enumerate(rows):
+                values = [row[j] for j in latents if isinstance(j, int) and 0 <= j < len(row) and math.isfinite(row[j])]
                 if values:
                     by_layer[layer] = statistics.fmean(values)
             series.setdefault(str(name), []).append(by_layer)
