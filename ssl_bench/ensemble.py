@@ -34,7 +34,7 @@ from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from ssl_bench.config import ConfigError, RunConfig
-from ssl_bench.module import SSLModule
+from ssl_bench.module import SSLModule, logged_value
 from ssl_bench.optim import build_optimizer
 from ssl_bench.jsonl import json_value
 from ssl_bench.memory import release_free_heap
@@ -83,11 +83,6 @@ class MemberModule:
 
     def log(self, name: str, value: Tensor | float, **options: Any) -> None:
         self.logged[name] = logged_value(value)
-
-
-def logged_value(value: Tensor | float) -> float:
-    """``value`` as Lightning's ``log`` records it: a tensor as it is, a Python number as a float32 tensor."""
-    return float(value if isinstance(value, Tensor) else torch.tensor(value, dtype=torch.float32))
 
 
 class Member:

@@ -63,6 +63,7 @@ class SSLModule(L.LightningModule):
         self.probe = nn.Linear(method.encoder.output_dim, num_classes) if num_classes else None
         self.online_accuracy = MulticlassAccuracy(num_classes, average="micro") if num_classes else None
         self._epoch_losses: list[Tensor] = []
+        self._epoch_record: dict[str, float] = {}
         self._step_hooks: list[Callback] = []
 
     def representations(self, x: Tensor) -> dict[str, Tensor]:
@@ -210,10 +211,35 @@ class SSLModule(L.LightningModule):
         return {"train/loss": losses.mean(), "train/lr": self.batch_optimizers[0].param_groups[0]["lr"],
                 **self.method.epoch_metrics()}
 
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """While training, ``value`` joins the epoch's record, which :meth:`on_train_epoch_end` hands to the loggers
+        (every other option is moot there: the loggers write rank 0's values); elsewhere (the validation loop's
+        online accuracy) Lightning's ``log``. Scalars logged once per epoch need none of the reduction machinery of
+        Lightning's results, whose bookkeeping of every key ever logged would cost each epoch more than the
+        optimizer steps of a small model."""
+        if self.trainer.training:
+            self._epoch_record[name] = logged_value(value)
+        else:
+            super().log(name, value, *args, **kwargs)
+
     def on_train_epoch_end(self) -> None:
-        for key, value in self.epoch_scalars().items():
-            self.log(key, value, sync_dist=key == "train/loss")
+        """Log the epoch's record: what the callbacks logged at this epoch's end (Lightning calls their hooks first)
+        and :meth:`epoch_scalars`, with ``train/loss`` averaged over the processes, at the step and with the
+        ``epoch`` that Lightning gives an epoch's end."""
+        scalars = self.epoch_scalars()
+        if "train/loss" in scalars and self.trainer.world_size > 1:
+            scalars["train/loss"] = self.trainer.strategy.reduce(scalars["train/loss"], reduce_op="mean")
+        record = {**self._epoch_record, **{key: logged_value(value) for key, value in scalars.items()}}
+        self._epoch_record.clear()
+        if record:  # Lightning's step for an epoch's end: the index of its last batch
+            step = self.trainer.fit_loop.epoch_loop._batches_that_stepped - 1
+            self.trainer._logger_connector.log_metrics({**record, "epoch": self.current_epoch}, step=step)
         release_free_heap()
+
+
+def logged_value(value: Tensor | float) -> float:
+    """``value`` as Lightning's ``log`` records it: a tensor as it is, a Python number as a float32 tensor."""
+    return float(value if isinstance(value, Tensor) else torch.tensor(value, dtype=torch.float32))
 
 
 class DataModuleAdapter(L.LightningDataModule):

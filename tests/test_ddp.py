@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -114,6 +115,12 @@ def fit_one_and_two(run_cli, tmp_path: Path, *overrides: str, two: tuple[str, ..
     return last_weights(one_dir), last_weights(two_dir)
 
 
+def logged(run_dir: Path, key: str) -> list[float]:
+    """Every value of ``key`` in the run's ``metrics.jsonl``, in order."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [record[key] for record in records if key in record]
+
+
 def initial_weights(*overrides: str) -> dict[str, Tensor]:
     """The state dict ``fit`` starts from (imports here keep the spawned loss workers light)."""
     import lightning as L
@@ -144,6 +151,10 @@ def assert_same_weights(one: dict[str, Tensor], two: dict[str, Tensor], toleranc
 def test_two_processes_train_the_same_weights_as_one(run_cli, tmp_path, method):
     one, two = fit_one_and_two(run_cli, tmp_path, *method, "encoder.batch_norm=false")
     assert_same_weights(one, two)
+    # train/loss: each process's loss over its shard, averaged over the processes, is the one process's loss
+    one_losses, two_losses = (logged(tmp_path / name, "train/loss") for name in ("one", "two"))
+    assert len(one_losses) == len(two_losses) > 0
+    assert two_losses == pytest.approx(one_losses, rel=1e-5)
     moved = max_differences(one, initial_weights(*method, "encoder.batch_norm=false"))
     assert moved["method.encoder.layers.0.linear.weight"] > 1e-3, moved
 
