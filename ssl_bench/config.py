@@ -67,6 +67,7 @@ CAPABILITIES = {
     "labels": "labelled data",
     "latents": "ground-truth latents (e.g. data.name=sparse_coding)",
     "features": "ground-truth feature directions (e.g. data.name=strong_weak)",
+    "pairs": "a fixed set of anchor-positive pairs with its trace matrix (data.name=moons or digits)",
 }
 """What parts provide and need, with the words an error uses for each."""
 

@@ -193,3 +193,21 @@ def normalized_mse(online: Tensor, target: Tensor) -> Tensor:
 def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     """SimSiam's distance ``D(p, z) = -mean_i cos(p_i, sg(z_i))`` (Chen & He 2021, Eq. 1-2)."""
     return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+def contrastive_dot(anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
+    """Esser et al. 2023, Eq. (1): ``L_C = sum_i f(x_i)^T (f(x_i^-) - f(x_i^+))``, rows of the (B x k) arguments the
+    outputs of the anchors, their positives and their negatives; a sum over the batch, as the paper."""
+    return (anchor * (negative - positive)).sum()
+
+
+def non_contrastive_dot(anchor: Tensor, positive: Tensor) -> Tensor:
+    """Esser et al. 2023, Eq. (2): ``L_NC = - sum_i f(x_i)^T f(x_i^+)`` (SimSiam's cosine replaced by the dot
+    product); a sum over the batch."""
+    return -(anchor * positive).sum()
+
+
+def trace_loss(outputs: Tensor, c: Tensor) -> Tensor:
+    """Esser et al. 2023, Eq. (8): ``L = tr(F C F^T)`` for outputs ``F`` (k x n, one column per data point) and a
+    symmetric data-dependent ``C`` (n x n); Eqs. (1)-(2) are this loss for the ``C`` of their pairs (Eq. 7)."""
+    return torch.einsum("ki,ij,kj->", outputs, c.to(outputs.dtype), outputs)

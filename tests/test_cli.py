@@ -189,7 +189,7 @@ def test_all_experiment_configs_compose_and_validate():
     experiments, groups = available_configs()
     assert "quickstart" in experiments and "pokle2022/table2" in experiments
     assert "base" not in experiments
-    assert set(groups["method"]) == {"simclr", "simsiam", "byol", "directclr", "adaptive_infonce"}
+    assert set(groups["method"]) == {"simclr", "simsiam", "byol", "directclr", "adaptive_infonce", "dot_product"}
     for name in experiments:
         cfg = load(name, [])
         assert cfg.experiment == name
