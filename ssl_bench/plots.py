@@ -137,6 +137,34 @@ def _band(series: list[dict[Any, float]]) -> Band | None:
                 [max(c) for c in columns], sum(1 for s in finite if s))
 
 
+def numeric_axis(study: Study) -> str | None:
+    """The last of the study's axes whose values are all numbers, at least three distinct ones (e.g. a width); None
+    when there is none."""
+    for axis in reversed(study.axes):
+        values = [_float(point.axes.get(axis)) for point in study.points]
+        if None not in values and len(set(values)) >= 3:
+            return axis
+    return None
+
+
+def axis_bands(study: Study, points: Sequence[GridPoint], axis: str, metric: str) -> dict[str, Band]:
+    """The final ``metric`` of the finished runs (their ``summary.json``) against the numeric ``axis``: a band per
+    combination of the other axes' values (its label, e.g. ``tanh``; the study's name when there is no other axis)
+    with the mean, min and max over the runs of each grid point; combinations without a finite value are left out."""
+    series: dict[str, dict[float, list[float]]] = {}
+    for point in points:
+        values = [v for run, summary, status in zip(point.runs, point.summaries, point.statuses)
+                  if status == "finished" and summary is not None and isinstance(summary.get("metrics"), dict)
+                  and (v := _float(summary["metrics"].get(metric))) is not None and math.isfinite(v)]
+        if values:
+            label = ", ".join(point.axes.get(a, "") for a in study.axes if a != axis) or study.name
+            series.setdefault(label, {})[_float(point.axes[axis])] = values
+    return {label: Band(sorted(by_x), [statistics.fmean(by_x[x]) for x in sorted(by_x)],
+                        [min(by_x[x]) for x in sorted(by_x)], [max(by_x[x]) for x in sorted(by_x)],
+                        sum(len(v) for v in by_x.values()))
+            for label, by_x in series.items()}
+
+
 def band(run_dirs: Sequence[Path], metric: str) -> Band | None:
     """``metric`` over epochs trained (``x``) across the runs: mean, min and max at each epoch over the runs that
     logged a finite value there (runs of different lengths or logging epochs align on the epoch). None when no run
@@ -333,6 +361,35 @@ def draw_curves(selection: Sequence[tuple[Study, Sequence[GridPoint]]], metric: 
               f"no finished run logged {metric}")
     _save(figure, path)
     return f"{names}: {metric}" + (f", {description}," if description else "") + " over epochs trained."
+
+
+def draw_against_axis(study: Study, points: Sequence[GridPoint], axis: str, metric: str, path: Path) -> str | None:
+    """The final ``metric`` against the numeric grid ``axis`` (:func:`axis_bands`): a line per combination of the
+    other axes (the mean over its finished runs) with the min-max band, log-scaled where the values span two decades
+    (x) or three (y, when positive), into ``path``; the caption, or None when no finished run logged the metric."""
+    bands = axis_bands(study, points, axis, metric)
+    if not bands:
+        return None
+    figure = _figure(CURVE_SIZE)
+    ax = figure.add_subplot()
+    for c, (label, b) in zip(_colours(len(bands)), bands.items()):
+        ax.plot(b.x, b.mean, color=c, lw=1.8, marker="o", label=f"{label} ({_runs(b.runs)})")
+        ax.fill_between(b.x, b.low, b.high, color=c, alpha=0.18, lw=0)
+    xs = [x for b in bands.values() for x in b.x]
+    lows, highs = [v for b in bands.values() for v in b.low], [v for b in bands.values() for v in b.high]
+    if min(xs) > 0 and max(xs) / min(xs) >= 100:
+        ax.set_xscale("log")
+    if min(lows) > 0 and max(highs) / min(lows) >= 1000:
+        ax.set_yscale("log")
+    description = describe(metric)
+    ax.set_title(f"{study.name}: final {metric} against {axis}" + (f"\n{description}" if description else ""),
+                 fontsize=12)
+    ax.set_xlabel(axis + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    ax.set_ylabel(f"final {metric}" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.grid(True, alpha=0.3)
+    _legend(figure, ", ".join(a for a in study.axes if a != axis), len(bands))
+    _save(figure, path)
+    return f"{study.name}: final {metric}" + (f", {description}," if description else "") + f" against {axis}."
 
 
 def draw_spectra(study: Study, points: Sequence[GridPoint], path: Path) -> str | None:

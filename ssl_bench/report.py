@@ -319,7 +319,8 @@ def _run_count(study: Study) -> str:
 def draw_study(study: Study, figures_dir: Path, stem: str, metrics: Sequence[str] | None = None,
                points: Sequence[str] | None = None) -> Section:
     """Every figure of ``study`` as ``figures_dir/STEM-*.png``: the curves of ``metrics`` (default: the table's and
-    ``train/loss``), the spectra, the R^2 heatmaps and the R^2 of each latent group per layer; a note for each figure
+    ``train/loss``), each table metric's final value against a numeric grid axis (e.g. a width) when there is one,
+    the spectra, the R^2 heatmaps and the R^2 of each latent group per layer; a note for each figure
     that has nothing to show (one for R^2, which both of its figures need). The study's figures of an earlier report
     into the same folder are removed first, so the folder holds only what the report shows."""
     from ssl_bench import plots
@@ -334,6 +335,12 @@ def draw_study(study: Study, figures_dir: Path, stem: str, metrics: Sequence[str
         if drawn is None:
             notes.append(f"No finished run logged {metric}.")
         else:
+            figures.append(Figure(path, drawn))
+    axis = plots.numeric_axis(study)
+    for metric in study.metrics if axis else ():
+        path = figures_dir / f"{stem}-{_slug(metric.replace('/', '-'))}-vs-{_slug(axis)}.png"
+        drawn = plots.draw_against_axis(study, chosen, axis, metric, path)
+        if drawn is not None:
             figures.append(Figure(path, drawn))
     for kind, draw, absent in (
             ("spectra", plots.draw_spectra, "No finished run recorded spectra (spectra.jsonl)."),

@@ -49,3 +49,12 @@ def test_callback_share_times_each_callback(capsys):
     assert set(shares) == {"r2_probe"} and shares["r2_probe"] > 0
     out = capsys.readouterr().out
     assert "(2 evaluations)" in out and "| r2_probe |" in out
+
+
+def test_esser_dynamics_times_both_solvers(capsys):
+    results = script("esser_dynamics").main(["--widths", "64,128", "--steps", "2", "--rounds", "1",
+                                             "--per-class", "20"])
+    assert set(results) == {64, 128}
+    assert all(math.isfinite(row["ratio"]) and row["gradient_ms"] > 0 and row["dynamics_ms"] > 0
+               for row in results.values())
+    assert "| 128 |" in capsys.readouterr().out

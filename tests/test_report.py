@@ -17,7 +17,7 @@ from conftest import TINY, error_line
 
 from ssl_bench.cli import main
 from ssl_bench.errors import ConfigError
-from ssl_bench.plots import band, r2_layer_bands, r2_mean, spectrum_bands
+from ssl_bench.plots import axis_bands, band, numeric_axis, r2_layer_bands, r2_mean, spectrum_bands
 from ssl_bench.report import curves, load_study
 from ssl_bench.sweep import report
 
@@ -221,6 +221,35 @@ def test_run_directories_without_sweep_json_are_grouped_by_their_group(tmp_path,
     with pytest.raises(ConfigError, match=r"^'lr=9' is not a grid point of .*; its grid points: 'lr=0.1', 'lr=0.2', "
                                           r"'lr=0.3'$"):
         curves([tmp_path / "runs", tmp_path / "more"], "maxcos/min", tmp_path / "x.png", points=["lr=9"])
+
+
+def test_final_metrics_against_a_numeric_axis(tmp_path, run_cli):
+    """A width x activation grid: a line per activation of the final value against the width, mean, min and max
+    over the finished runs (a diverged run and a non-finite value are left out); the report draws it."""
+    for activation, scale in (("tanh", 1.0), ("sigmoid", 10.0)):
+        for width in (10, 100, 1000):
+            for seed in (1, 2):
+                value = scale / width * seed
+                write_run(tmp_path / "runs" / f"{activation}{width}s{seed}",
+                          f"hand/encoder.activation={activation},encoder.width={width}", "finished",
+                          [{"step": 1, "epoch": 0.0, "maxcos/min": value}], seed)
+    write_run(tmp_path / "runs" / "diverged", "hand/encoder.activation=tanh,encoder.width=10", "diverged",
+              [{"step": 1, "epoch": 0.0, "maxcos/min": 99.0}], 3)
+    write_run(tmp_path / "runs" / "nan", "hand/encoder.activation=tanh,encoder.width=100", "finished",
+              [{"step": 1, "epoch": 0.0, "maxcos/min": "nan"}], 4)
+    study = load_study(tmp_path / "runs")
+    assert study.axes == ["encoder.activation", "encoder.width"] and numeric_axis(study) == "encoder.width"
+    bands = axis_bands(study, study.points, "encoder.width", "maxcos/min")
+    assert set(bands) == {"tanh", "sigmoid"}
+    tanh = bands["tanh"]
+    assert tanh.x == [10, 100, 1000] and tanh.runs == 6
+    assert tanh.mean == pytest.approx([0.15, 0.015, 0.0015]) and tanh.low == pytest.approx([0.1, 0.01, 0.001])
+    assert bands["sigmoid"].high == pytest.approx([2.0, 0.2, 0.02])
+    code, _, err = run_cli("report", tmp_path / "runs", "--metrics", "maxcos/min")
+    assert code == 0, err
+    figure = tmp_path / "runs" / "report" / "figures" / "hand-maxcos-min-vs-encoder.width.png"
+    assert png_size(figure.read_bytes()) == CURVE_PX
+    assert "against encoder.width" in (tmp_path / "runs" / "report" / "report.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------------- bad input
