@@ -195,6 +195,11 @@ def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     return -F.cosine_similarity(p, z.detach(), dim=1).mean()
 
 
+def half_squared_distance(p: Tensor, z: Tensor) -> Tensor:
+    """Bao 2023, Eq. (1): ``D(p, z) = 1/2 mean_i ||p_i - sg(z_i)||^2``, the L2 loss without feature normalisation."""
+    return 0.5 * (p - z.detach()).pow(2).sum(dim=1).mean()
+
+
 def contrastive_dot(anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
     """Esser et al. 2023, Eq. (1): ``L_C = sum_i f(x_i)^T (f(x_i^-) - f(x_i^+))``, rows of the (B x k) arguments the
     outputs of the anchors, their positives and their negatives; a sum over the batch, as the paper."""

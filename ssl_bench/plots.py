@@ -16,7 +16,7 @@ import statistics
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Sequence
 
 from ssl_bench.report import runs_cell
 
@@ -532,3 +532,47 @@ def draw_r2_layers(study: Study, points: Sequence[GridPoint], path: Path) -> str
             f"to the latents, averaged over each group ({', '.join(groups)}), at the last record; per grid point the "
             "mean over its finished runs (line) and the min-max range (band). A group whose R² drops at a layer is "
             "lost there (collapse).")
+
+
+REGIME_COLOURS = {"diverge": "#f4b6b6", "collapse": "#d9d9d9", "converge": "#bfe5bf"}
+"""Background of :func:`draw_eigenvalue_regimes`: where an eigenvalue diverges, collapses to 0 or converges."""
+
+
+def draw_eigenvalue_regimes(records: Sequence[dict[str, Any]], out: Path | BinaryIO, title: str = "",
+                            eigenvalues: int = 8) -> str | None:
+    """Bao 2023, Fig. 6 right: the moduli ``|p_j|`` of the largest ``eigenvalues`` predictor eigenvalues over the
+    readings of ``regimes.jsonl`` (``epoch``, ``eigenvalues_signed``, ``intervals``), each reading's column coloured
+    by the intervals of ``p >= 0`` that diverge, collapse or converge (:data:`REGIME_COLOURS`); into ``out`` (a path
+    or a binary file); the caption, or None when no record has eigenvalues."""
+    from matplotlib.patches import Patch
+
+    readings = [r for r in records if r.get("eigenvalues_signed") and r.get("intervals") is not None]
+    if not readings:
+        return None
+    figure = _figure(CURVE_SIZE)
+    ax = figure.add_subplot()
+    epochs = [float(r["epoch"]) for r in readings]
+    moduli = [[abs(_float(v) or 0.0) for v in r["eigenvalues_signed"][:eigenvalues]] for r in readings]
+    top = 1.5 * max(max(row) for row in moduli) or 1.0
+    edges = [epochs[0] - 0.5 * (epochs[1] - epochs[0]) if len(epochs) > 1 else epochs[0] - 0.5]
+    edges += [(a + b) / 2 for a, b in zip(epochs, epochs[1:])]
+    edges.append(epochs[-1] + (epochs[-1] - edges[-1]) if len(epochs) > 1 else epochs[0] + 0.5)
+    for left, right, reading in zip(edges, edges[1:], readings):
+        for low, high, kind in reading["intervals"]:
+            low, high = max(0.0, _float(low) or 0.0), min(top, _float(high) if _float(high) is not None else top)
+            if high > low:
+                ax.fill_between([left, right], low, high, color=REGIME_COLOURS[kind], lw=0)
+    for j, column in enumerate(zip(*moduli)):
+        ax.plot(epochs, column, color="black", lw=1.2, alpha=1.0 if j == 0 else 0.55)
+    handles = [Patch(color=c, label=k) for k, c in REGIME_COLOURS.items()]
+    ax.legend(handles=handles, loc="upper right", fontsize=9, frameon=False)
+    ax.set_ylim(0, top)
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_xlabel("epochs trained")
+    ax.set_ylabel("|p_j|, eigenvalues of the predictor")
+    ax.set_title(title or "predictor eigenvalues and their regimes", fontsize=12)
+    if isinstance(out, Path):
+        _save(figure, out)
+    else:
+        figure.savefig(out, dpi=DPI, format="png")
+    return f"{title}: |p_j| over epochs on the intervals where an eigenvalue diverges, collapses or converges."

@@ -135,7 +135,7 @@ def test_predictor_gets_its_own_learning_rate():
     ("data.num_patches=1", "data.num_patches=1 must be >= 2 (the views split the patches)"),
     ("data.noise_std=-0.1", "data.noise_std=-0.1 must be >= 0"),
     ("encoder.activation=tanh", "encoder.activation='tanh' is not allowed; choose one of: cubic, relu"),
-    ("method.loss=l1", "method.loss='l1' is not allowed; choose one of: cosine, mse_bn"),
+    ("method.loss=l1", "method.loss='l1' is not allowed; choose one of: cosine, mse_bn, l2"),
     ("method.predictor_lr=0", "method.predictor_lr=0.0 must be > 0"),
     ("method.loss=cosine", "method.predictor=none is not allowed for method=simsiam; use method.predictor=linear"),
 ])

@@ -1,5 +1,5 @@
 """The dynamics of a linear prediction head W (m x m): off-diagonal, distance to the identity, eigenvalues and
-asymmetry (Wen & Li 2022; Bao 2023)."""
+asymmetry (Wen & Li 2022; Bao 2023), and Bao's norms, commutator and eigenvalue regimes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from ssl_bench import eigen_dynamics
 from ssl_bench.callbacks.base import Callback
-from ssl_bench.config import CallbackConfig, check_positive
+from ssl_bench.callbacks.spectrum import frozen_representations
+from ssl_bench.config import CallbackConfig, ConfigError, check_positive
 from ssl_bench.jsonl import append_records, json_value
 from ssl_bench.registry import register
 from ssl_bench.views import Step
@@ -55,6 +57,51 @@ def scalars(weight: Tensor, metrics: dict[str, Tensor]) -> dict[str, float]:
     return values
 
 
+REGIME_CODES = {"collapse": 0.0, "acute": 1.0, "stable": 2.0}
+"""``predictor/regime``: the regime of the eigenvalue dynamics as a number."""
+
+
+def representation_norms(psi: Tensor, covariance: Tensor) -> dict[str, float]:
+    """Bao 2023's norms of a head ``Psi`` (h x h) given ``Sigma = E[z z^T]`` (h x h) of its inputs, which is
+    ``Phi Phi^T`` for a linear ``Phi`` and ``x ~ N(0, I)``: ``n_phi = sqrt(tr Sigma)`` (``N_Phi = ||Phi||_F``),
+    ``n_psi = sqrt(tr(Psi Sigma Psi^T))`` (``N_Psi = ||Psi Phi||_F``), ``n_t = tr(Psi Sigma)`` (``N_T``) and
+    ``commutator = ||Psi Sigma - Sigma Psi||_F / (||Psi||_F ||Sigma||_F)`` (0 when they commute, Assump. 5)."""
+    psi, sigma = psi.detach().double().cpu(), covariance.detach().double().cpu()
+    commutator = torch.linalg.matrix_norm(psi @ sigma - sigma @ psi) / (
+        torch.linalg.matrix_norm(psi) * torch.linalg.matrix_norm(sigma))
+    return {"n_phi": torch.trace(sigma).sqrt().item(), "n_psi": torch.trace(psi @ sigma @ psi.T).sqrt().item(),
+            "n_t": torch.trace(psi @ sigma).item(), "commutator": commutator.item()}
+
+
+def signed_eigenvalues(psi: Tensor) -> Tensor:
+    """The eigenvalues ``p_j`` of the symmetric part ``(Psi + Psi^T) / 2`` (float64), largest modulus first."""
+    psi = psi.detach().double().cpu()
+    values = torch.linalg.eigvalsh((psi + psi.T) / 2)
+    return values[values.abs().argsort(descending=True)]
+
+
+def eigenvalue_regime(loss: str, rho: float, c: float, norms: dict[str, float]
+                      ) -> tuple[str, list[tuple[float, float, str]]]:
+    """The regime and the intervals of ``p`` that diverge, collapse or converge (:mod:`ssl_bench.eigen_dynamics`)
+    of Eq. (7) (``loss=cosine``, with the current norms) or Eq. (8) (``loss=l2``)."""
+    if loss == "l2":
+        return eigen_dynamics.l2_regime(rho, c), eigen_dynamics.l2_intervals(rho, c)
+    args = (rho, c, norms["n_phi"], norms["n_psi"], norms["n_t"])
+    return eigen_dynamics.regime(*args), eigen_dynamics.intervals(*args)
+
+
+def predicted_eigenvalues(loss: str, p: Tensor, rho: float, c: float, norms: dict[str, float], time: float,
+                          steps: int = 200) -> Tensor:
+    """The eigenvalues ``p`` advanced by ``time`` along Eq. (7) (norms held at ``norms``) or Eq. (8), by RK4."""
+    if loss == "l2":
+        def rate(y):
+            return eigen_dynamics.l2_rate(y, rho, c)
+    else:
+        def rate(y):
+            return eigen_dynamics.cosine_rate(y, rho, c, norms["n_phi"], norms["n_psi"], norms["n_t"])
+    return torch.from_numpy(eigen_dynamics.integrate(rate, p.numpy(), time, steps)[-1])
+
+
 def linear_head(method: Any) -> Tensor | None:
     """``method.predictor.weight`` when it is a square matrix (a linear head; its bias, if any, is not part of the
     dynamics), else None (no predictor, ``nn.Identity``, an MLP)."""
@@ -78,22 +125,43 @@ class PredictorDynamics(Callback):
     the whole W, for m <= 4) to ``predictor.jsonl`` in the trainer's ``default_root_dir``; ``epoch`` counts from 1
     and ``step`` is the number of optimizer steps taken. A method without a linear head (``predictor=none``, an MLP,
     no predictor) gets one warning and nothing is logged.
+
+    With ``norms`` (Bao 2023), each epoch-end reading also logs, from the covariance ``Sigma`` of the predictor's
+    inputs on the first ``samples`` evaluation inputs (:func:`representation_norms`), ``predictor/n_phi``,
+    ``predictor/n_psi``, ``predictor/n_t`` and ``predictor/commutator``. With ``regimes`` as well, the eigenvalue
+    dynamics of ``method.loss`` (cosine: Eq. 7 with these norms; l2: Eq. 8), ``rho = optim.weight_decay`` and
+    ``c = 1 + sigma^2`` (``augmentation_c``, null: from ``data.noise_std``) give ``predictor/regime`` (0 collapse,
+    1 acute, 2 stable) and the intervals of ``p`` that diverge, collapse or converge; and the signed eigenvalues of
+    the last reading, advanced along that ODE (its norms held) over the time elapsed since (the sum of the steps'
+    ``lr / (1 - momentum)``, gradient flow's time), are compared with the trained ones: ``predictor/ode_error``
+    ``= ||p_ode - p|| / ||p||``. These readings go to ``regimes.jsonl``, and to every W&B logger as the image
+    ``predictor/regimes``: the eigenvalues' moduli over the readings on the intervals as background.
     """
 
     @dataclass
     class Config(CallbackConfig):
         every_n_steps: Optional[int] = None
         every_n_epochs: Optional[int] = None
+        norms: bool = False
+        regimes: bool = False
+        samples: int = 4096
+        augmentation_c: Optional[float] = None
 
         def validate(self, prefix: str) -> None:
-            for key in ("every_n_steps", "every_n_epochs"):
+            for key in ("every_n_steps", "every_n_epochs", "augmentation_c"):
                 if getattr(self, key) is not None:
                     check_positive(f"{prefix}.{key}", getattr(self, key))
+            check_positive(f"{prefix}.samples", self.samples)
+            if self.regimes and not self.norms:
+                raise ConfigError(f"{prefix}.regimes=true needs {prefix}.norms=true (Eq. 7 reads the norms)")
 
     def __init__(self, config: Config, every_n_epochs: int = 1) -> None:
         super().__init__(config, every_n_epochs)
         self.pending: list[tuple[int, int, Tensor]] = []
         self.linear = False
+        self.elapsed = 0.0
+        self.last: dict[str, Any] | None = None
+        self.regime_history: list[dict[str, Any]] = []
 
     @classmethod
     def from_config(cls, config: Config, every_n_epochs: int) -> PredictorDynamics:
@@ -106,8 +174,22 @@ class PredictorDynamics(Callback):
 
             rank_zero_warn(f"callbacks.predictor_dynamics: method.name={module.method.config.name} has no linear "
                            "predictor (module.method.predictor.weight, m x m); it logs nothing")
+        if self.config.regimes:
+            self.loss = getattr(module.method.config, "loss", None)
+            if self.loss not in ("cosine", "l2"):
+                raise ConfigError(f"callbacks.predictor_dynamics.regimes=true follows Bao 2023's cosine or L2 "
+                                  f"dynamics: it needs method.loss=cosine or l2 (method.loss={self.loss})")
+            noise = getattr(trainer.datamodule, "noise_std", None)
+            if self.config.augmentation_c is None and noise is None:
+                raise ConfigError("callbacks.predictor_dynamics.regimes=true needs c = 1 + sigma^2: set "
+                                  "callbacks.predictor_dynamics.augmentation_c (data.name="
+                                  f"{type(trainer.datamodule).__name__} has no noise_std)")
+            self.c = self.config.augmentation_c or 1.0 + float(noise) ** 2
+            self.rho, self.momentum = module.optim.weight_decay, getattr(module.optim, "momentum", 0.0)
 
     def on_optimizer_step(self, trainer: Any, module: Any, step: Step) -> None:
+        if self.config.regimes:
+            self.elapsed += module.batch_optimizers[step.optimizer].param_groups[0]["lr"] / (1.0 - self.momentum)
         every = self.config.every_n_steps
         if self.linear and every and (step.index + 1) % every == 0 and trainer.is_global_zero:
             self.pending.append((step.epoch + 1, step.index + 1, linear_head(module.method).detach().clone()))
@@ -124,8 +206,58 @@ class PredictorDynamics(Callback):
                 module.log(key, value, rank_zero_only=True)
             if not steps or steps[-1][1] != trainer.global_step:
                 readings.append((trainer.current_epoch + 1, trainer.global_step, weight.clone()))
+            if self.config.norms:
+                self._norms(trainer, module, weight)
         if readings and trainer.is_global_zero:
             self._record(trainer, readings, len(steps))
+
+    def _norms(self, trainer: Any, module: Any, weight: Tensor) -> None:
+        """Bao 2023's norms, commutator, regime and ODE check at an epoch-end reading (see the class)."""
+        inputs = trainer.datamodule.evaluation_inputs(self.config.samples)
+        z = frozen_representations(module.method, inputs.split(1024), module.device)["projector"].double()
+        norms = representation_norms(weight, z.T @ z / len(z))
+        scalars_ = {f"predictor/{key}": value for key, value in norms.items()}
+        record: dict[str, Any] = {"epoch": trainer.current_epoch + 1, "step": trainer.global_step, **norms}
+        if self.config.regimes:
+            p = signed_eigenvalues(weight)
+            regime, spans = eigenvalue_regime(self.loss, self.rho, self.c, norms)
+            scalars_["predictor/regime"] = REGIME_CODES[regime]
+            record.update(regime=regime, intervals=[[json_value(a), json_value(b), kind] for a, b, kind in spans],
+                          eigenvalues_signed=[json_value(v) for v in p.tolist()])
+            if self.last is not None and self.elapsed > 0:
+                predicted = predicted_eigenvalues(self.loss, self.last["p"], self.rho, self.c, self.last["norms"],
+                                                  self.elapsed)
+                predicted = predicted[predicted.abs().argsort(descending=True)]
+                scalars_["predictor/ode_error"] = ((predicted - p).norm() / p.norm()).item()
+                record.update(ode_time=self.elapsed, ode_eigenvalues=[json_value(v) for v in predicted.tolist()],
+                              ode_error=json_value(scalars_["predictor/ode_error"]))
+            self.last, self.elapsed = {"p": p, "norms": norms}, 0.0
+        for key, value in scalars_.items():
+            module.log(key, value, rank_zero_only=True)
+        self.regime_history.append(record)
+        if trainer.is_global_zero:
+            append_records(trainer.default_root_dir, "regimes.jsonl", [record])
+            if self.config.regimes:
+                self._draw(trainer)
+
+    def _draw(self, trainer: Any) -> None:
+        """The eigenvalues over the readings on their regime intervals, to every W&B logger."""
+        wandb_runs = self.wandb_runs(trainer)
+        if not wandb_runs:
+            return
+        import io
+
+        import wandb
+        from PIL import Image
+
+        from ssl_bench.plots import draw_eigenvalue_regimes
+
+        buffer = io.BytesIO()
+        draw_eigenvalue_regimes(self.regime_history, buffer, title=f"Bao 2023, {self.loss} loss")
+        image = wandb.Image(Image.open(buffer), caption="|p_j| of the predictor over training; background: where an "
+                                                         "eigenvalue diverges, collapses or converges")
+        for run in wandb_runs:
+            run.log({"predictor/regimes": image, "trainer/global_step": trainer.global_step})
 
     def _record(self, trainer: Any, readings: list[tuple[int, int, Tensor]], logged_steps: int) -> None:
         """Every reading to ``predictor.jsonl``; the first ``logged_steps`` (the per-step ones) to W&B."""
@@ -145,3 +277,13 @@ class PredictorDynamics(Callback):
                 record["weight"] = [[json_value(value) for value in line] for line in weights[t].tolist()]
             records.append(record)
         append_records(trainer.default_root_dir, "predictor.jsonl", records)
+
+    def state_dict(self) -> dict[str, Any]:
+        last = None if self.last is None else {"p": self.last["p"].tolist(), "norms": self.last["norms"]}
+        return {"elapsed": self.elapsed, "last": last, "regime_history": self.regime_history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.elapsed, self.regime_history = state.get("elapsed", 0.0), list(state.get("regime_history", []))
+        last = state.get("last")
+        self.last = None if last is None else {"p": torch.tensor(last["p"], dtype=torch.float64),
+                                               "norms": last["norms"]}

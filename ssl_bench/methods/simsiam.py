@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssl_bench.config import MethodConfig, check_choice, check_positive
-from ssl_bench.losses import negative_cosine
+from ssl_bench.losses import half_squared_distance, negative_cosine
 from ssl_bench.methods.base import Method
 from ssl_bench.nets.heads import PredictorKeys, ProjectorKeys
 from ssl_bench.registry import register
@@ -34,6 +34,10 @@ def bn_squared_distance(p: Tensor, z: Tensor) -> Tensor:
     return (batch_norm(p) - batch_norm(z.detach())).pow(2).sum(dim=1).mean()
 
 
+DISTANCES = {"cosine": negative_cosine, "mse_bn": bn_squared_distance, "l2": half_squared_distance}
+"""``D`` of each ``loss``: SimSiam's negative cosine, Wen & Li's batch-normalised squared distance, Bao's L2."""
+
+
 @register("method", "simsiam")
 class SimSiam(Method):
     """``L = (D(h(z1), z2) + D(h(z2), z1)) / 2`` with ``z = g(f(a))``, ``h`` the predictor and ``D`` the negative
@@ -42,6 +46,7 @@ class SimSiam(Method):
 
     ``loss=mse_bn`` makes ``D(p, z) = mean_i ||BN(p_i) - SG[BN(z_i)]||^2`` (Wen & Li 2022: online ``F = E f``, target
     ``G = f``, each output batch-normalised without affine); it allows ``predictor=none``, the fixed head ``E = I``.
+    ``loss=l2`` makes ``D(p, z) = 1/2 mean_i ||p_i - SG[z_i]||^2`` (Bao 2023, Eq. 1: no feature normalisation).
     ``predictor_lr`` gives the predictor its own learning rate (not scaled by ``optim.scale_lr``; null: the run's).
     """
 
@@ -57,7 +62,7 @@ class SimSiam(Method):
             return self.loss == "cosine"
 
         def validate(self, prefix: str) -> None:
-            check_choice(f"{prefix}.loss", self.loss, ("cosine", "mse_bn"))
+            check_choice(f"{prefix}.loss", self.loss, tuple(DISTANCES))
             if self.predictor_lr is not None:
                 check_positive(f"{prefix}.predictor_lr", self.predictor_lr)
             self.validate_projector(prefix)
@@ -67,7 +72,7 @@ class SimSiam(Method):
         projector = config.make_projector(width)
         super().__init__(config, make_encoder, projector=projector,
                          predictor=config.make_predictor(config.embedding_dim(width)))
-        self.distance = negative_cosine if config.loss == "cosine" else bn_squared_distance
+        self.distance = DISTANCES[config.loss]
 
     def parameter_groups(self) -> list[list[dict[str, Any]]]:
         """One optimizer; with ``predictor_lr`` the predictor is a group of its own at that learning rate."""

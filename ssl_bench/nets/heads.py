@@ -57,11 +57,13 @@ class PredictorKeys:
     """A predictor ``h`` on the embedding: ``predictor`` names a registered head (linear | linear_nobias | identity |
     identity_frozen_diagonal | mlp | none, where the method allows it); ``mlp`` is Linear-BN-ReLU-Linear through
     ``predictor_hidden_dim``; ``predictor_init=symmetric`` draws a linear head ``N(0, 1/h)`` and symmetrises it
-    (Bao 2023, Assump. 4). Methods that cannot work without one set ``needs_predictor``."""
+    (Bao 2023, Assump. 4); ``predictor_symmetric`` keeps a linear head symmetric, ``W <- (W + W^T) / 2`` after every
+    optimizer step (Bao 2023, Assump. 1). Methods that cannot work without one set ``needs_predictor``."""
 
     predictor: str = "none"
     predictor_hidden_dim: int = 512
     predictor_init: str = "default"
+    predictor_symmetric: bool = False
     needs_predictor: ClassVar[bool] = False
 
     def validate_predictor(self, prefix: str) -> None:
@@ -73,6 +75,8 @@ class PredictorKeys:
                               f"use {prefix}.predictor=linear")
         if self.predictor_init == "symmetric" and self.predictor not in ("linear", "linear_nobias"):
             raise ConfigError(f"{prefix}.predictor_init=symmetric needs {prefix}.predictor=linear or linear_nobias")
+        if self.predictor_symmetric and self.predictor not in ("linear", "linear_nobias"):
+            raise ConfigError(f"{prefix}.predictor_symmetric=true needs {prefix}.predictor=linear or linear_nobias")
 
     def make_predictor(self, dim: int) -> nn.Module:
         return registry.lookup("predictor", self.predictor)(self, dim)
@@ -83,11 +87,12 @@ class LinearPredictor(nn.Module):
 
     ``init``: ``default`` (PyTorch's), ``identity`` (``W_p = I``; Wen & Li 2022) or ``symmetric``
     (``W_p = (A + A^T) / 2`` with ``A_ij ~ N(0, 1/h)``; Bao 2023, Assump. 4). With ``frozen_diagonal`` only the
-    off-diagonal entries are trained and the diagonal stays at its initial value (Wen & Li 2022).
+    off-diagonal entries are trained and the diagonal stays at its initial value (Wen & Li 2022). With
+    ``keep_symmetric`` :meth:`after_optimizer_step` replaces ``W_p`` by ``(W_p + W_p^T) / 2`` (Bao 2023, Assump. 1).
     """
 
     def __init__(self, dim: int, bias: bool = True, init: str = "default", frozen_diagonal: bool = False,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, keep_symmetric: bool = False) -> None:
         super().__init__()
         self.linear = nn.Linear(dim, dim, bias=bias)
         with torch.no_grad():
@@ -96,7 +101,7 @@ class LinearPredictor(nn.Module):
             elif init == "symmetric":
                 a = torch.randn(dim, dim, generator=generator) / dim ** 0.5
                 self.linear.weight.copy_((a + a.T) / 2)
-        self.frozen_diagonal = frozen_diagonal
+        self.frozen_diagonal, self.keep_symmetric = frozen_diagonal, keep_symmetric
         if frozen_diagonal:
             self.register_buffer("diagonal", self.linear.weight.diagonal().clone())
             self.register_buffer("off_diagonal_mask", 1.0 - torch.eye(dim))
@@ -110,6 +115,12 @@ class LinearPredictor(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return nn.functional.linear(z, self.weight, self.linear.bias)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        if self.keep_symmetric:
+            weight = self.linear.weight
+            weight.copy_((weight + weight.T) / 2)
 
 
 @registry.register("projector", "none")
@@ -131,12 +142,14 @@ def mlp_projector(keys: ProjectorKeys, width: int) -> nn.Module:
 
 @registry.register("predictor", "linear")
 def linear_predictor(keys: PredictorKeys, dim: int) -> nn.Module:
-    return nn.Linear(dim, dim) if keys.predictor_init == "default" else LinearPredictor(dim, init=keys.predictor_init)
+    if keys.predictor_init == "default" and not keys.predictor_symmetric:
+        return nn.Linear(dim, dim)
+    return LinearPredictor(dim, init=keys.predictor_init, keep_symmetric=keys.predictor_symmetric)
 
 
 @registry.register("predictor", "linear_nobias")
 def linear_nobias_predictor(keys: PredictorKeys, dim: int) -> nn.Module:
-    return LinearPredictor(dim, bias=False, init=keys.predictor_init)
+    return LinearPredictor(dim, bias=False, init=keys.predictor_init, keep_symmetric=keys.predictor_symmetric)
 
 
 @registry.register("predictor", "identity")

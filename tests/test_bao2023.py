@@ -1,0 +1,124 @@
+"""Bao 2023: the L2 loss, the symmetric predictor, the predictor's norms and regimes, and linear SimSiam's claims at
+small scale."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssl_bench.callbacks.predictor_dynamics import (eigenvalue_regime, predicted_eigenvalues, representation_norms,
+                                                    signed_eigenvalues)
+from ssl_bench.eigen_dynamics import l2_equilibria
+from ssl_bench.losses import half_squared_distance
+from ssl_bench.nets.heads import LinearPredictor
+from ssl_bench.plots import CURVE_SIZE, DPI, draw_eigenvalue_regimes
+
+
+def test_half_squared_distance_is_eq_1_with_a_stop_gradient():
+    p = torch.tensor([[1.0, 2.0], [0.0, 0.0]], requires_grad=True)
+    z = torch.tensor([[0.0, 0.0], [3.0, 4.0]], requires_grad=True)
+    loss = half_squared_distance(p, z)
+    assert loss.item() == pytest.approx(0.5 * (5.0 + 25.0) / 2)
+    loss.backward()
+    assert z.grad is None and torch.equal(p.grad, (p - z).detach() / 2)
+
+
+def test_symmetric_predictor_stays_symmetric_after_a_step():
+    torch.manual_seed(0)
+    kept, free = LinearPredictor(4, bias=False, init="symmetric", keep_symmetric=True), LinearPredictor(
+        4, bias=False, init="symmetric")
+    for head in (kept, free):
+        assert torch.equal(head.weight, head.weight.T)  # Assump. 4: drawn symmetric
+        optimizer = torch.optim.SGD(head.parameters(), lr=0.5)
+        x = torch.randn(16, 4)
+        (head(x) * torch.randn(16, 4)).sum().backward()  # an asymmetric gradient
+        optimizer.step()
+        head.after_optimizer_step()
+    assert torch.allclose(kept.weight, kept.weight.T) and not torch.allclose(free.weight, free.weight.T)
+
+
+def test_norms_and_commutator_on_hand_made_matrices():
+    phi = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sigma = phi @ phi.T  # E[Phi x x^T Phi^T] for x ~ N(0, I)
+    psi = torch.diag(torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64))
+    norms = representation_norms(psi, sigma)
+    assert norms["n_phi"] == pytest.approx(phi.norm().item())
+    assert norms["n_psi"] == pytest.approx((psi @ phi).norm().item())
+    assert norms["n_t"] == pytest.approx(torch.trace(psi @ phi @ phi.T).item())
+    assert norms["commutator"] > 0.05
+    eigen = torch.linalg.eigh(sigma)
+    aligned = eigen.eigenvectors @ torch.diag(torch.tensor([0.3, -2.0, 1.0], dtype=torch.float64)) @ eigen.eigenvectors.T
+    assert representation_norms(aligned, sigma)["commutator"] == pytest.approx(0.0, abs=1e-12)  # Assump. 5
+    assert signed_eigenvalues(psi).tolist() == [2.0, -1.0, 0.5]
+
+
+def test_l2_regimes_and_prediction_follow_eq_8():
+    c = 2.0
+    assert eigenvalue_regime("l2", 0.2, c, {})[0] == "collapse"  # rho > 1 / (4 c) = 0.125
+    regime, spans = eigenvalue_regime("l2", 0.05, c, {})
+    assert regime == "stable" and spans[-1][2] == "converge"
+    p_plus = l2_equilibria(0.05, c).values.max()
+    assert p_plus == pytest.approx((1 + (1 - 4 * 0.05 * c) ** 0.5) / (2 * c))
+    predicted = predicted_eigenvalues("l2", torch.tensor([0.9, 0.05], dtype=torch.float64), 0.05, c, {}, 400.0)
+    assert predicted[0].item() == pytest.approx(p_plus, rel=1e-6) and abs(predicted[1].item()) < 1e-6
+
+
+def test_regime_figure(tmp_path):
+    records = [{"epoch": e, "eigenvalues_signed": [1.0 / e, -0.5 / e],
+                "intervals": [["-inf", -0.5, "diverge"], [-0.5, 0.01 * e, "collapse"], [0.01 * e, "inf", "converge"]]}
+               for e in (1, 2, 3)]
+    path = tmp_path / "regimes.png"
+    assert draw_eigenvalue_regimes(records, path, title="t") is not None
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(path.read_bytes()[16:20], "big"), int.from_bytes(path.read_bytes()[20:24], "big")
+    assert (width, height) == (CURVE_SIZE[0] * DPI, CURVE_SIZE[1] * DPI)
+    assert draw_eigenvalue_regimes([{"epoch": 1}], tmp_path / "none.png") is None
+
+
+def fit_bao(run_cli, run_dir: Path, *overrides: str) -> tuple[dict, list[dict]]:
+    code, _, err = run_cli("fit", "--config", "bao2023/linear", "logger=none", "trainer.progress=none",
+                           "~callbacks.spectrum", f"run_dir={run_dir}", *overrides)
+    assert code == 0, err[-2000:]
+    records = [json.loads(line) for line in (run_dir / "regimes.jsonl").read_text().splitlines()]
+    return json.loads((run_dir / "summary.json").read_text()), records
+
+
+def test_l2_loss_collapses_above_the_threshold_and_not_below(run_cli, tmp_path):
+    strong, records = fit_bao(run_cli, tmp_path / "strong", "method.loss=l2", "optim.weight_decay=0.5",
+                              "trainer.max_epochs=20")
+    assert {r["regime"] for r in records} == {"collapse"}
+    first, last = (abs(r["eigenvalues_signed"][0]) for r in (records[0], records[-1]))
+    assert last < first / 10  # on its way to 0: with lr 0.01 the 20 epochs are a gradient-flow time of about 8
+    weak, records = fit_bao(run_cli, tmp_path / "weak", "method.loss=l2", "optim.weight_decay=0.01",
+                            "trainer.max_epochs=20")
+    assert {r["regime"] for r in records} == {"stable"} and abs(records[-1]["eigenvalues_signed"][0]) > 0.1
+
+
+def test_cosine_loss_bifurcates_from_collapse_to_acute(run_cli, tmp_path):
+    """rho = 0.2 > 1 / (4 c): the cosine loss starts in Collapse and, as the norms shrink, reaches Acute with its
+    leading eigenvalue in the interval that converges to a non-zero root."""
+    summary, records = fit_bao(run_cli, tmp_path / "run", "method.loss=cosine", "optim.weight_decay=0.2",
+                               "trainer.max_epochs=40")
+    regimes = [r["regime"] for r in records]
+    assert regimes[0] == "collapse" and regimes[-1] == "acute"
+    assert regimes.index("acute") > 1 and set(regimes[regimes.index("acute"):]) == {"acute"}
+    last = records[-1]
+    p1 = last["eigenvalues_signed"][0]
+    assert any(kind == "converge" and float(low) < abs(p1) < float(high) for low, high, kind in last["intervals"])
+    n_phi = [r["n_phi"] for r in records]
+    assert n_phi[-1] < n_phi[0] / 5  # the norms shrink
+    assert summary["metrics"]["predictor/commutator"] < 0.1 and summary["metrics"]["predictor/asymmetry"] < 1e-6
+    assert 0 < summary["metrics"]["predictor/ode_error"] < 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("callbacks.predictor_dynamics.norms=false", "callbacks.predictor_dynamics.regimes=true needs "
+                                                 "callbacks.predictor_dynamics.norms=true"),
+    ("method.loss=mse_bn", "it needs method.loss=cosine or l2 (method.loss=mse_bn)"),
+])
+def test_regimes_need_norms_and_a_bao_loss(run_cli, tmp_path, override, message):
+    code, _, err = run_cli("fit", "--config", "bao2023/linear", "logger=none", override, f"run_dir={tmp_path / 'r'}")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
