@@ -45,9 +45,10 @@ class OutputDynamics(Callback):
     With ``ode`` (the default) the dynamics of Eq. (9) run beside training from the network's initial outputs: one
     Euler step (Eq. 12) with the optimizer's learning rate after every optimizer step, so that gradient descent
     (Eq. 11) and the dynamics advance together. It then also logs ``dynamics/ode_loss``, ``dynamics/ode_gap``
-    (``||F - F_ode||_F / ||F||_F``), ``dynamics/ode_effective_rank`` and ``dynamics/ode_ms_per_step``, and at the end
-    of training the linear-SVM test accuracy of the anchors' embeddings (the data's readout split) under both,
-    ``dynamics/svm_acc`` and ``dynamics/ode_svm_acc``. The comparison needs gradient descent on the whole set
+    (``||F - F_ode||_F / ||F||_F``), ``dynamics/ode_effective_rank`` and ``dynamics/ode_ms_per_step``. At the end of
+    training it logs the linear-SVM test accuracy of the anchors' embeddings (the data's readout split),
+    ``dynamics/svm_acc``, and with ``ode`` that of the dynamics' outputs, ``dynamics/ode_svm_acc``. The comparison
+    needs gradient descent on the whole set
     (:func:`~ssl_bench.trace_dynamics.check_gradient_descent`); Theorem 2 holds for ``encoder.activation=linear``
     with ``encoder.constraint=orthogonal`` and whitened data. Every evaluation is also a line of ``dynamics.jsonl``.
     """
