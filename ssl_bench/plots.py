@@ -565,7 +565,7 @@ def draw_eigenvalue_regimes(records: Sequence[dict[str, Any]], out: Path | Binar
     for j, column in enumerate(zip(*moduli)):
         ax.plot(epochs, column, color="black", lw=1.2, alpha=1.0 if j == 0 else 0.55)
     handles = [Patch(color=c, label=k) for k, c in REGIME_COLOURS.items()]
-    ax.legend(handles=handles, loc="upper right", fontsize=9, frameon=False)
+    ax.legend(handles=handles, loc="upper right", fontsize=9, frameon=True, facecolor="white")
     ax.set_ylim(0, top)
     ax.set_xlim(edges[0], edges[-1])
     ax.set_xlabel("epochs trained")
