@@ -31,7 +31,7 @@ from ssl_bench.run import build_data, build_module
 from ssl_bench.sweep import expand_grid, report
 
 MAXCOS = ("maxcos/max", "maxcos/median", "maxcos/min")
-METHODS = "adaptive_infonce, byol, directclr, simclr, simsiam"
+METHODS = "adaptive_infonce, byol, directclr, dot_product, simclr, simsiam"
 SPARSE_DATA_KEYS = {f.name for f in fields(SparseCodingDataModule.Config)}
 CIFAR_DATA_KEYS = {f.name for f in fields(CIFAR10DataModule.Config)}
 SIMCLR_KEYS = {f.name for f in fields(SimCLR.Config)}
@@ -254,7 +254,7 @@ def test_config_error_exits_2_with_one_line_and_no_run_dir(cli_subprocess, tmp_p
                "trainer, logger, sweep, callbacks"),
     ("method.name=nope", f"method.name='nope' is not registered; choose one of: {METHODS}"),
     ("encoder=resnet18", "encoder.name=resnet18 needs image inputs, which data.name=sparse_coding with "
-                         "encoder.name=resnet18 does not provide; encoder names for vector inputs: mlp, sparse"),
+                         "encoder.name=resnet18 does not provide; encoder names for vector inputs: mlp, sparse, two_layer"),
 ])
 def test_config_errors_are_one_line_naming_key_and_allowed(run_cli, tmp_path, overrides, message):
     run_dir = tmp_path / "run"
