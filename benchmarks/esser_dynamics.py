@@ -22,9 +22,8 @@ from collections.abc import Callable
 import torch
 
 from datamodules.digits import DigitsDataModule
-from ssl_bench.losses import trace_loss
 from ssl_bench.nets.two_layer import TwoLayer
-from ssl_bench.trace_dynamics import euler_step, projected_trace_matrix
+from ssl_bench.trace_dynamics import euler_step, gradient_step, projected_trace_matrix
 
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
 
@@ -34,12 +33,7 @@ def gradient_descent(encoder: TwoLayer, inputs: torch.Tensor, c: torch.Tensor, l
     """Seconds per step of Eq. (11) on ``clock``."""
     start = clock()
     for _ in range(steps):
-        encoder.zero_grad(set_to_none=True)
-        trace_loss(encoder(inputs).T, c).backward()
-        with torch.no_grad():
-            for parameter in encoder.parameters():
-                parameter.sub_(lr * parameter.grad)
-        encoder.after_optimizer_step()
+        gradient_step(encoder, inputs, c, lr)
     return (clock() - start) / steps
 
 

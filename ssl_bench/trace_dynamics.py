@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ssl_bench.errors import ConfigError
+from ssl_bench.losses import trace_loss
 
 
 def projected_trace_matrix(c: Tensor, inputs: Tensor) -> Tensor:
@@ -46,6 +47,17 @@ def bottom_eigenspace_share(f: Tensor, c: Tensor, k: int | None = None) -> float
     _, vectors = torch.linalg.eigh(c.double())
     f = f.double()
     return ((f @ vectors[:, : k or f.shape[0]]).pow(2).sum() / f.pow(2).sum()).item()
+
+
+def gradient_step(network: Any, inputs: Tensor, c: Tensor, lr: float) -> None:
+    """Eq. (11): one gradient step of size ``lr`` on ``tr(F C F^T)`` for the outputs ``F = network(inputs)^T`` of
+    every data point, then the network's projection back onto its constraint set (``after_optimizer_step``)."""
+    network.zero_grad(set_to_none=True)
+    trace_loss(network(inputs).T, c).backward()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.sub_(lr * parameter.grad)
+    network.after_optimizer_step()
 
 
 def check_gradient_descent(trainer: Any, module: Any, who: str) -> None:

@@ -15,7 +15,7 @@ from ssl_bench.callbacks.linear_gap import output_gap
 from ssl_bench.callbacks.output_dynamics import svm_accuracy
 from ssl_bench.losses import contrastive_dot, non_contrastive_dot, trace_loss
 from ssl_bench.nets.two_layer import TwoLayer, horizontal, nearest_semi_orthogonal, semi_orthogonal
-from ssl_bench.trace_dynamics import (bottom_eigenspace_share, euler_step, output_velocity,
+from ssl_bench.trace_dynamics import (bottom_eigenspace_share, euler_step, gradient_step, output_velocity,
                                       projected_trace_matrix)
 from ssl_bench.views import Views
 
@@ -25,16 +25,6 @@ def network(input_dim: int, width: int, output_dim: int, activation: str = "line
     encoder = TwoLayer(input_dim, width, output_dim, activation, constraint).double()
     encoder.initialize("orthogonal", torch.Generator().manual_seed(seed))
     return encoder
-
-
-def gradient_step(encoder: TwoLayer, inputs: torch.Tensor, c: torch.Tensor, lr: float) -> None:
-    """Eq. (11): one gradient step on ``tr(F C F^T)``, then the projection back onto the constraint set."""
-    encoder.zero_grad(set_to_none=True)
-    trace_loss(encoder(inputs).T, c).backward()
-    with torch.no_grad():
-        for parameter in encoder.parameters():
-            parameter.sub_(lr * parameter.grad)
-    encoder.after_optimizer_step()
 
 
 @pytest.mark.parametrize("make, width, k", [

@@ -12,7 +12,7 @@ from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import CallbackConfig, ConfigError, check_positive
 from ssl_bench.losses import trace_loss
 from ssl_bench.registry import register
-from ssl_bench.trace_dynamics import check_gradient_descent
+from ssl_bench.trace_dynamics import check_gradient_descent, gradient_step
 from ssl_bench.views import Step
 
 
@@ -80,13 +80,7 @@ class LinearGap(Callback):
 
     def on_optimizer_step(self, trainer: Any, module: Any, step: Step) -> None:
         """One gradient step of the twin on ``tr(F C F^T)`` with the step's learning rate, then its projection."""
-        lr = module.batch_optimizers[step.optimizer].param_groups[0]["lr"]
-        self.twin.zero_grad(set_to_none=True)
-        trace_loss(self.twin(self.inputs).T, self.c).backward()
-        with torch.no_grad():
-            for parameter in self.twin.parameters():
-                parameter.sub_(lr * parameter.grad)
-        self.twin.after_optimizer_step()
+        gradient_step(self.twin, self.inputs, self.c, module.batch_optimizers[step.optimizer].param_groups[0]["lr"])
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
         if not self.due(trainer):
