@@ -6,10 +6,23 @@ a Lightning callback (:class:`ssl_bench.module.CallbackAdapter`) that forwards t
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
-from ssl_bench.config import CallbackConfig
+from ssl_bench.config import CallbackConfig, check_positive
 from ssl_bench.views import Step
+
+
+@dataclass
+class CadenceConfig(CallbackConfig):
+    """The config of a callback with a cadence of its own: ``every_n_epochs`` (null: the run's
+    ``trainer.metrics_every_n_epochs``)."""
+
+    every_n_epochs: Optional[int] = None
+
+    def validate(self, prefix: str) -> None:
+        if self.every_n_epochs is not None:
+            check_positive(f"{prefix}.every_n_epochs", self.every_n_epochs)
 
 
 class Callback:
@@ -25,7 +38,8 @@ class Callback:
 
     @classmethod
     def from_config(cls, config: CallbackConfig, every_n_epochs: int) -> Callback:
-        return cls(config, every_n_epochs)
+        """The callback evaluated every ``every_n_epochs`` epochs, or at its own :class:`CadenceConfig` cadence."""
+        return cls(config, getattr(config, "every_n_epochs", None) or every_n_epochs)
 
     @staticmethod
     def wandb_runs(trainer: Any) -> list[Any]:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ssl_bench.callbacks.base import Callback
+from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.callbacks.r2_probe import heatmap_pixels
-from ssl_bench.config import CallbackConfig, check_positive, check_range
+from ssl_bench.config import check_range
 from ssl_bench.jsonl import append_records, json_value
 from ssl_bench.registry import register
 
@@ -63,23 +63,17 @@ class FeatureAlignment(Callback):
     """
 
     @dataclass
-    class Config(CallbackConfig):
+    class Config(CadenceConfig):
         threshold: float = 0.5
-        every_n_epochs: Optional[int] = None
         needs = ("features", "first_layer_weight")
 
         def validate(self, prefix: str) -> None:
+            super().validate(prefix)
             check_range(f"{prefix}.threshold", self.threshold, 0.0, 1.0, "[)")
-            if self.every_n_epochs is not None:
-                check_positive(f"{prefix}.every_n_epochs", self.every_n_epochs)
 
     def __init__(self, config: Config, every_n_epochs: int = 1) -> None:
         super().__init__(config, every_n_epochs)
         self.history: list[Tensor] = []
-
-    @classmethod
-    def from_config(cls, config: Config, every_n_epochs: int) -> FeatureAlignment:
-        return cls(config, config.every_n_epochs or every_n_epochs)
 
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
         weight, features = module.method.encoder.first_layer_weight, trainer.datamodule.features

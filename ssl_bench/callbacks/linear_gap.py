@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ssl_bench.callbacks.base import Callback
-from ssl_bench.config import CallbackConfig, ConfigError, check_positive
+from ssl_bench.callbacks.base import CadenceConfig, Callback
+from ssl_bench.config import ConfigError
 from ssl_bench.losses import trace_loss
 from ssl_bench.registry import register
 from ssl_bench.trace_dynamics import check_gradient_descent, gradient_step
@@ -38,21 +38,12 @@ class LinearGap(Callback):
     """
 
     @dataclass
-    class Config(CallbackConfig):
-        every_n_epochs: Optional[int] = None
+    class Config(CadenceConfig):
         needs = ("pairs",)
-
-        def validate(self, prefix: str) -> None:
-            if self.every_n_epochs is not None:
-                check_positive(f"{prefix}.every_n_epochs", self.every_n_epochs)
 
     def __init__(self, config: Config, every_n_epochs: int = 1) -> None:
         super().__init__(config, every_n_epochs)
         self.twin_state: dict[str, Tensor] | None = None
-
-    @classmethod
-    def from_config(cls, config: Config, every_n_epochs: int) -> LinearGap:
-        return cls(config, config.every_n_epochs or every_n_epochs)
 
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
         check_gradient_descent(trainer, module, "callbacks.linear_gap")

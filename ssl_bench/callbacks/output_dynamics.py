@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ssl_bench.callbacks.base import Callback
-from ssl_bench.config import CallbackConfig, check_positive
+from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.jsonl import append_records, json_value
 from ssl_bench.losses import trace_loss
 from ssl_bench.metrics import effective_rank
@@ -54,23 +53,14 @@ class OutputDynamics(Callback):
     """
 
     @dataclass
-    class Config(CallbackConfig):
+    class Config(CadenceConfig):
         ode: bool = True
-        every_n_epochs: Optional[int] = None
         needs = ("pairs",)
-
-        def validate(self, prefix: str) -> None:
-            if self.every_n_epochs is not None:
-                check_positive(f"{prefix}.every_n_epochs", self.every_n_epochs)
 
     def __init__(self, config: Config, every_n_epochs: int = 1) -> None:
         super().__init__(config, every_n_epochs)
         self.ode_outputs: Tensor | None = None
         self.ode_seconds, self.ode_steps = 0.0, 0
-
-    @classmethod
-    def from_config(cls, config: Config, every_n_epochs: int) -> OutputDynamics:
-        return cls(config, config.every_n_epochs or every_n_epochs)
 
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
         if self.config.ode:

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from ssl_bench import eigen_dynamics
-from ssl_bench.callbacks.base import Callback
+from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.callbacks.spectrum import frozen_representations
-from ssl_bench.config import CallbackConfig, ConfigError, check_positive
+from ssl_bench.config import ConfigError, check_positive
 from ssl_bench.jsonl import append_records, json_value
 from ssl_bench.registry import register
 from ssl_bench.views import Step
@@ -139,16 +139,16 @@ class PredictorDynamics(Callback):
     """
 
     @dataclass
-    class Config(CallbackConfig):
+    class Config(CadenceConfig):
         every_n_steps: Optional[int] = None
-        every_n_epochs: Optional[int] = None
         norms: bool = False
         regimes: bool = False
         samples: int = 4096
         augmentation_c: Optional[float] = None
 
         def validate(self, prefix: str) -> None:
-            for key in ("every_n_steps", "every_n_epochs", "augmentation_c"):
+            super().validate(prefix)
+            for key in ("every_n_steps", "augmentation_c"):
                 if getattr(self, key) is not None:
                     check_positive(f"{prefix}.{key}", getattr(self, key))
             check_positive(f"{prefix}.samples", self.samples)
@@ -162,10 +162,6 @@ class PredictorDynamics(Callback):
         self.elapsed = 0.0
         self.last: dict[str, Any] | None = None
         self.regime_history: list[dict[str, Any]] = []
-
-    @classmethod
-    def from_config(cls, config: Config, every_n_epochs: int) -> PredictorDynamics:
-        return cls(config, config.every_n_epochs or every_n_epochs)
 
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
         self.linear = linear_head(module.method) is not None

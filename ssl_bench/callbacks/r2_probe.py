@@ -4,13 +4,13 @@ latent (Rusak et al. 2022, Sec. 5; Zimmermann et al. 2021)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ssl_bench.callbacks.base import Callback
-from ssl_bench.config import CallbackConfig, check_positive
+from ssl_bench.callbacks.base import CadenceConfig, Callback
+from ssl_bench.config import check_positive
 from ssl_bench.jsonl import append_records, json_value
 from ssl_bench.metrics import r2_scores
 from ssl_bench.registry import register
@@ -61,21 +61,15 @@ class R2Probe(Callback):
     """
 
     @dataclass
-    class Config(CallbackConfig):
+    class Config(CadenceConfig):
         samples: int = 2048
         batch_size: int = 1024
-        every_n_epochs: Optional[int] = None
         needs = ("latents",)
 
         def validate(self, prefix: str) -> None:
+            super().validate(prefix)
             for key in ("samples", "batch_size"):
                 check_positive(f"{prefix}.{key}", getattr(self, key))
-            if self.every_n_epochs is not None:
-                check_positive(f"{prefix}.every_n_epochs", self.every_n_epochs)
-
-    @classmethod
-    def from_config(cls, config: Config, every_n_epochs: int) -> R2Probe:
-        return cls(config, config.every_n_epochs or every_n_epochs)
 
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
         self._data: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
