@@ -217,3 +217,26 @@ def test_following_the_dynamics_needs_gradient_descent(run_cli, tmp_path, overri
     code, _, err = run_cli("fit", "--config", "esser2023/dynamics_vs_gd", "logger=none", override,
                            f"run_dir={tmp_path / 'run'}")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+def test_an_ensemble_of_constrained_networks_equals_their_separate_runs(tmp_path, batching):
+    """The Grassmann gradient (a reparametrisation) and the SVD projections after every step work on an ensemble's
+    stacked weights as on one network's: seeds and learning rates in one process end as their separate runs."""
+    from ssl_bench.cli import load
+    from ssl_bench.ensemble import fit_ensemble
+    from ssl_bench.run import fit
+
+    members = [["seed=1", "optim.lr=0.01"], ["seed=2", "optim.lr=0.02"]]
+    base = ["encoder.constraint=orthogonal", "trainer.max_epochs=30", "logger=none", "trainer.progress=none"]
+    cfgs = [load("esser2023/collapse", [*base, *m, f"run_dir={tmp_path / f'ensemble{k}'}"])
+            for k, m in enumerate(members)]
+    assert [s["status"] for s in fit_ensemble(cfgs, batching=batching)] == ["finished", "finished"]
+    for k, m in enumerate(members):
+        separate = fit(load("esser2023/collapse", [*base, *m, f"run_dir={tmp_path / f'separate{k}'}"]))
+        ours = [json.loads(line) for line in (tmp_path / f"ensemble{k}" / "metrics.jsonl").read_text().splitlines()]
+        theirs = [json.loads(line) for line in (tmp_path / f"separate{k}" / "metrics.jsonl").read_text().splitlines()]
+        assert separate["status"] == "finished" and [sorted(r) for r in ours] == [sorted(r) for r in theirs]
+        for a, b in zip(ours, theirs):
+            for key, value in b.items():
+                assert a[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
