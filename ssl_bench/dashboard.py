@@ -19,7 +19,13 @@ Its sections, in order:
   embedding after the projector and before it (``_backbone``), the first-layer weight's ranks with
   ``spectrum.weights``, and the log singular values against rank (the line series the callback logs);
 - ``R^2``, when the study runs the r2_probe callback: the output's adjusted R^2 per latent group, the same for every
-  layer (``r2/layerK/GROUP``), and the heatmaps (layers x latents).
+  layer (``r2/layerK/GROUP``), and the heatmaps (layers x latents);
+- ``Feature alignment`` (feature_alignment, Wen & Li 2022): every neuron's alignment with every feature, the features
+  detected, the collapse flag and the heatmap over time;
+- ``Predictor`` (predictor_dynamics, Wen & Li 2022, Bao 2023): the head's eigenvalues, off-diagonal, distance to the
+  identity and asymmetry; with ``norms`` Bao's ``N_Phi``, ``N_Psi``, ``N_T`` and commutator; with ``regimes`` the
+  regime, the ODE's error and the eigenvalues drawn on their regimes;
+- ``Output dynamics`` (output_dynamics) and ``Linear gap`` (linear_gap), Esser et al. 2023: every scalar they log.
 """
 
 from __future__ import annotations
@@ -47,8 +53,8 @@ WEIGHT_SPECTRUM = ["spectrum/weight_effective_rank", "spectrum/weight_rank"]
 SPECTRUM_CHART = "spectrum/log_singular_values"
 """The key of the callback's line series (log singular value against rank); W&B keeps its data in ``KEY_table``."""
 
-OWN_SECTION = ("spectrum/", "collapse/", "r2/")
-"""Metric prefixes that the Spectra and R^2 sections show rather than Curves."""
+OWN_SECTION = ("spectrum/", "collapse/", "r2/", "align/", "predictor/", "dynamics/", "linear_gap/")
+"""Metric prefixes that the callbacks' own sections show rather than Curves."""
 
 
 def _callbacks(spec: dict[str, Any]) -> set[str]:
@@ -61,10 +67,10 @@ def _callbacks(spec: dict[str, Any]) -> set[str]:
     return names
 
 
-def _spectrum_weights(spec: dict[str, Any]) -> bool:
-    """Whether any grid point logs the first-layer weight's spectrum."""
-    return any(isinstance(spectrum := (p.get("settings", {}).get("callbacks") or {}).get("spectrum"), dict)
-               and bool(spectrum.get("weights")) for p in spec.get("points") or [])
+def _callback_setting(spec: dict[str, Any], callback: str, key: str) -> bool:
+    """Whether any grid point runs ``callback`` with ``key`` set (e.g. the spectrum's ``weights``)."""
+    return any(isinstance(settings := (p.get("settings", {}).get("callbacks") or {}).get(callback), dict)
+               and bool(settings.get(key)) for p in spec.get("points") or [])
 
 
 def _groups(spec: dict[str, Any]) -> list[str]:
@@ -120,8 +126,8 @@ def build_workspace(sweep_dir: Path, project: str, entity: str = "") -> Any:
             curve(m) for m in dict.fromkeys([*metrics, "train/loss"]) if not m.startswith(OWN_SECTION)]),
     ]
     if "spectrum" in callbacks or any(m.startswith(("spectrum/", "collapse/")) for m in metrics):
-        scalars = [*SPECTRUM, *(f"{m}_backbone" for m in SPECTRUM), *(WEIGHT_SPECTRUM if _spectrum_weights(spec)
-                                                                        else [])]
+        scalars = [*SPECTRUM, *(f"{m}_backbone" for m in SPECTRUM),
+                   *(WEIGHT_SPECTRUM if _callback_setting(spec, "spectrum", "weights") else [])]
         scalars += [m for m in metrics if m.startswith(("spectrum/", "collapse/")) and m not in scalars]
         chart = wr.CustomChart(query={"summaryTable": {"tableKey": f"{SPECTRUM_CHART}_table"}},
                                chart_name="wandb/lineseries/v0",
@@ -137,6 +143,29 @@ def build_workspace(sweep_dir: Path, project: str, entity: str = "") -> Any:
         panels.append(wr.MediaBrowser(title="r2/heatmap (adjusted R^2, layers x latents)", media_keys=["r2/heatmap"],
                                       gallery_axis="step"))
         sections.append(ws.Section(name="R^2", is_open=True, panels=panels))
+    if "feature_alignment" in callbacks:
+        sections.append(ws.Section(name="Feature alignment", is_open=True, panels=[
+            curve(regex=r"^align/neuron\d+_feature\d+$", title="align/neuronJ_featureL: |<w_j, v_l>| / ||w_j||"),
+            curve("align/features_detected"), curve("align/collapsed"),
+            wr.MediaBrowser(title="align/heatmap (neuron x feature over time)", media_keys=["align/heatmap"],
+                            gallery_axis="step")]))
+    if "predictor_dynamics" in callbacks:
+        panels = [curve(regex=r"^predictor/eigenvalue\d+$", title="predictor/eigenvalueK (moduli, largest first)"),
+                  curve("predictor/offdiag_norm"), curve("predictor/identity_distance"), curve("predictor/asymmetry")]
+        if _callback_setting(spec, "predictor_dynamics", "norms"):
+            panels += [curve(f"predictor/{key}") for key in ("n_phi", "n_psi", "n_t", "commutator")]
+        if _callback_setting(spec, "predictor_dynamics", "regimes"):
+            panels += [curve("predictor/regime", title="predictor/regime (0 collapse, 1 acute, 2 stable)"),
+                       curve("predictor/ode_error"),
+                       wr.MediaBrowser(title="predictor/regimes (|p_j| on their regimes)",
+                                       media_keys=["predictor/regimes"], gallery_axis="step")]
+        sections.append(ws.Section(name="Predictor", is_open=True, panels=panels))
+    for callback, name, prefix in (("output_dynamics", "Output dynamics", "dynamics/"),
+                                   ("linear_gap", "Linear gap", "linear_gap/")):
+        if callback in callbacks:
+            keys = [m for m in metrics if m.startswith(prefix)]
+            sections.append(ws.Section(name=name, is_open=True, panels=[
+                *(curve(m) for m in keys), curve(regex=rf"^{prefix}", title=f"{prefix}* (every scalar)")]))
 
     return ws.Workspace(
         entity=entity, project=project, name=experiment, sections=sections,

@@ -162,6 +162,33 @@ def test_r2_section_and_no_spectra_without_the_callback(tmp_path):
     assert workspace.settings.max_runs == 2
 
 
+def test_dynamics_callbacks_have_their_sections(tmp_path):
+    """Feature alignment, the predictor with Bao's norms and regimes, Esser's output dynamics and linear gap: each its
+    own section, their metrics out of Curves."""
+    settings = {"callbacks": {"feature_alignment": {}, "predictor_dynamics": {"norms": True, "regimes": True},
+                              "output_dynamics": {}, "linear_gap": {}}}
+    spec = {"experiment": "study", "metrics": ["predictor/regime", "dynamics/ode_gap", "linear_gap/relative",
+                                               "train/loss"],
+            "reference": [], "axes": ["rho"], "groups": ["study/rho=0.1"], "seeds": [1],
+            "points": [{"label": "rho=0.1", "group": "study/rho=0.1", "dir": "rho=0.1", "axes": {"rho": "0.1"},
+                        "overrides": [], "settings": settings}]}
+    (tmp_path / "sweep.json").write_text(json.dumps(spec))
+    workspace = build_workspace(tmp_path, "proj")
+    assert [s.name for s in workspace.sections] == ["Table", "Final values", "Curves", "Feature alignment",
+                                                    "Predictor", "Output dynamics", "Linear gap"]
+    assert [p.y for p in panels(workspace, "Curves")] == [["train/loss"]]
+    predictor = panels(workspace, "Predictor")
+    assert re.search(predictor[0].metric_regex, "predictor/eigenvalue12")
+    curves = [p.y for p in predictor if not isinstance(p, wr.MediaBrowser)]
+    assert ["predictor/n_phi"] in curves and ["predictor/ode_error"] in curves
+    assert isinstance(predictor[-1], wr.MediaBrowser) and predictor[-1].media_keys == ["predictor/regimes"]
+    alignment = panels(workspace, "Feature alignment")
+    assert re.search(alignment[0].metric_regex, "align/neuron2_feature1") and alignment[-1].media_keys == [
+        "align/heatmap"]
+    assert panels(workspace, "Output dynamics")[0].y == ["dynamics/ode_gap"]
+    assert panels(workspace, "Linear gap")[0].y == ["linear_gap/relative"]
+
+
 def test_dry_run_prints_the_workspace_without_credentials(run_cli, sweep_dir, tmp_path, monkeypatch):
     for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC"):
         monkeypatch.delenv(name, raising=False)
