@@ -536,21 +536,19 @@ def draw_r2_layers(study: Study, points: Sequence[GridPoint], path: Path) -> str
 
 REGIME_COLOURS = {"diverge": "#f4b6b6", "collapse": "#d9d9d9", "converge": "#bfe5bf"}
 """Background of :func:`draw_eigenvalue_regimes`: where an eigenvalue diverges, collapses to 0 or converges."""
+REGIME_PANEL = (4.0, 3.0)
+"""Inches of one grid point's panel in :func:`draw_regimes`."""
+REGIME_COLUMNS = 5
 
 
-def draw_eigenvalue_regimes(records: Sequence[dict[str, Any]], out: Path | BinaryIO, title: str = "",
-                            eigenvalues: int = 8) -> str | None:
-    """Bao 2023, Fig. 6 right: the moduli ``|p_j|`` of the largest ``eigenvalues`` predictor eigenvalues over the
-    readings of ``regimes.jsonl`` (``epoch``, ``eigenvalues_signed``, ``intervals``), each reading's column coloured
-    by the intervals of ``p >= 0`` that diverge, collapse or converge (:data:`REGIME_COLOURS`); into ``out`` (a path
-    or a binary file); the caption, or None when no record has eigenvalues."""
-    from matplotlib.patches import Patch
+def _regime_readings(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The readings of ``regimes.jsonl`` that carry eigenvalues and intervals (``predictor_dynamics.regimes``)."""
+    return [r for r in records if r.get("eigenvalues_signed") and r.get("intervals") is not None]
 
-    readings = [r for r in records if r.get("eigenvalues_signed") and r.get("intervals") is not None]
-    if not readings:
-        return None
-    figure = _figure(CURVE_SIZE)
-    ax = figure.add_subplot()
+
+def _plot_regimes(ax: Any, readings: Sequence[dict[str, Any]], eigenvalues: int) -> None:
+    """``|p_j|`` of the largest ``eigenvalues`` over the readings, each reading's column coloured by its intervals of
+    ``p >= 0`` (:data:`REGIME_COLOURS`)."""
     epochs = [float(r["epoch"]) for r in readings]
     moduli = [[abs(_float(v) or 0.0) for v in r["eigenvalues_signed"][:eigenvalues]] for r in readings]
     top = 1.5 * max(max(row) for row in moduli) or 1.0
@@ -564,10 +562,30 @@ def draw_eigenvalue_regimes(records: Sequence[dict[str, Any]], out: Path | Binar
                 ax.fill_between([left, right], low, high, color=REGIME_COLOURS[kind], lw=0)
     for j, column in enumerate(zip(*moduli)):
         ax.plot(epochs, column, color="black", lw=1.2, alpha=1.0 if j == 0 else 0.55)
-    handles = [Patch(color=c, label=k) for k, c in REGIME_COLOURS.items()]
-    ax.legend(handles=handles, loc="upper right", fontsize=9, frameon=True, facecolor="white")
     ax.set_ylim(0, top)
     ax.set_xlim(edges[0], edges[-1])
+
+
+def _regime_legend(target: Any, loc: str = "upper right") -> None:
+    from matplotlib.patches import Patch
+
+    target.legend(handles=[Patch(color=c, label=k) for k, c in REGIME_COLOURS.items()], loc=loc, fontsize=9,
+                  frameon=True, facecolor="white")
+
+
+def draw_eigenvalue_regimes(records: Sequence[dict[str, Any]], out: Path | BinaryIO, title: str = "",
+                            eigenvalues: int = 8) -> str | None:
+    """Bao 2023, Fig. 6 right: the moduli ``|p_j|`` of the largest ``eigenvalues`` predictor eigenvalues over the
+    readings of one run's ``regimes.jsonl`` (``epoch``, ``eigenvalues_signed``, ``intervals``), each reading's column
+    coloured by the intervals of ``p >= 0`` that diverge, collapse or converge (:data:`REGIME_COLOURS`); into ``out``
+    (a path or a binary file); the caption, or None when no record has eigenvalues."""
+    readings = _regime_readings(records)
+    if not readings:
+        return None
+    figure = _figure(CURVE_SIZE)
+    ax = figure.add_subplot()
+    _plot_regimes(ax, readings, eigenvalues)
+    _regime_legend(ax)
     ax.set_xlabel("epochs trained")
     ax.set_ylabel("|p_j|, eigenvalues of the predictor")
     ax.set_title(title or "predictor eigenvalues and their regimes", fontsize=12)
@@ -576,3 +594,34 @@ def draw_eigenvalue_regimes(records: Sequence[dict[str, Any]], out: Path | Binar
     else:
         figure.savefig(out, dpi=DPI, format="png")
     return f"{title}: |p_j| over epochs on the intervals where an eigenvalue diverges, collapses or converges."
+
+
+def draw_regimes(study: Study, points: Sequence[GridPoint], path: Path, eigenvalues: int = 8) -> str | None:
+    """A panel per grid point (:func:`draw_eigenvalue_regimes` of its first finished run with ``regimes.jsonl``:
+    the intervals belong to one run's norms, so runs are not averaged); the caption, or None without records."""
+    drawn = [(point, readings) for point in points
+             if (readings := next((r for run in point.finished
+                                   if (r := _regime_readings(read_jsonl(run / "regimes.jsonl")))), None))]
+    if not drawn:
+        return None
+    columns = min(len(drawn), REGIME_COLUMNS)
+    rows = math.ceil(len(drawn) / columns)
+    figure = _figure((REGIME_PANEL[0] * columns + 1.5, REGIME_PANEL[1] * rows + 0.8))
+    grid = figure.subplots(rows, columns, squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[len(drawn):]:
+        ax.set_visible(False)
+    for ax, (point, readings) in zip(axes, drawn):
+        _plot_regimes(ax, readings, eigenvalues)
+        ax.set_title(point.label or study.name, fontsize=9)
+        ax.tick_params(labelsize=8)
+    _regime_legend(figure, "outside right upper")
+    figure.supxlabel("epochs trained", fontsize=10)
+    figure.supylabel("|p_j|, eigenvalues of the predictor", fontsize=10)
+    figure.suptitle(f"{study.name}: predictor eigenvalues on their regimes (first finished run of each grid point)",
+                    fontsize=12)
+    _save(figure, path)
+    return (f"{study.name}: the moduli of the predictor's {eigenvalues} largest eigenvalues over epochs, on the "
+            "intervals of Bao 2023's eigenvalue dynamics (Eq. 7 or 8, at each reading's norms) where an eigenvalue "
+            "diverges (red), collapses to 0 (grey) or converges to a non-zero root (green); the first finished run "
+            "of each grid point.")

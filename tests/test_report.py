@@ -252,6 +252,23 @@ def test_final_metrics_against_a_numeric_axis(tmp_path, run_cli):
     assert "against encoder.width" in (tmp_path / "runs" / "report" / "report.md").read_text()
 
 
+def test_regime_panels_one_per_grid_point_with_regimes(tmp_path, run_cli):
+    """A panel per grid point whose finished runs recorded regimes.jsonl; a grid point without them is left out."""
+    record = {"epoch": 1, "eigenvalues_signed": [0.5, -0.2], "intervals": [["-inf", 0.1, "collapse"],
+                                                                           [0.1, "inf", "converge"]]}
+    for rho in ("0.1", "0.5"):
+        run = tmp_path / "runs" / f"rho{rho}"
+        write_run(run, f"hand/rho={rho}", "finished", [{"step": 1, "epoch": 0.0, "train/loss": 1.0}])
+        (run / "regimes.jsonl").write_text(json.dumps(record) + "\n" + json.dumps({**record, "epoch": 2}) + "\n")
+    write_run(tmp_path / "runs" / "none", "hand/rho=0.9", "finished", [{"step": 1, "epoch": 0.0, "train/loss": 1.0}])
+    code, _, err = run_cli("report", tmp_path / "runs", "--metrics", "train/loss")
+    assert code == 0, err
+    figure = (tmp_path / "runs" / "report" / "figures" / "hand-regimes.png").read_bytes()
+    width, height = png_size(figure)
+    assert width > 2 * 4 * 100 and height < 5 * 100  # two panels side by side, one row
+    assert "the predictor's 8 largest eigenvalues" in (tmp_path / "runs" / "report" / "report.md").read_text()
+
+
 # ---------------------------------------------------------------------------------------------------- bad input
 
 
