@@ -122,3 +122,13 @@ def test_cosine_loss_bifurcates_from_collapse_to_acute(run_cli, tmp_path):
 def test_regimes_need_norms_and_a_bao_loss(run_cli, tmp_path, override, message):
     code, _, err = run_cli("fit", "--config", "bao2023/linear", "logger=none", override, f"run_dir={tmp_path / 'r'}")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_regime_images_go_to_wandb(run_cli, tmp_path, monkeypatch):
+    """With a W&B logger (offline) every reading adds the image predictor/regimes to the run."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    code, _, err = run_cli("fit", "--config", "bao2023/linear", "trainer.progress=none", "~callbacks.spectrum",
+                           "trainer.max_epochs=3", f"run_dir={tmp_path / 'run'}")
+    assert code == 0, err[-2000:]
+    images = sorted((tmp_path / "run" / "wandb").glob("offline-run-*/files/media/images/predictor/regimes_*.png"))
+    assert len(images) == 3 and all(image.read_bytes()[:4] == b"\x89PNG" for image in images)
