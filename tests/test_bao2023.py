@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_bench.callbacks.predictor_dynamics import (eigenvalue_regime, predicted_eigenvalues, representation_norms,
-                                                    signed_eigenvalues)
+from ssl_bench.callbacks.predictor_dynamics import (eigenvalue_regime, isotropic_view_c, predicted_eigenvalues,
+                                                    representation_norms, signed_eigenvalues)
 from ssl_bench.eigen_dynamics import l2_equilibria
 from ssl_bench.losses import half_squared_distance
 from ssl_bench.nets.heads import LinearPredictor
@@ -53,6 +53,15 @@ def test_norms_and_commutator_on_hand_made_matrices():
     aligned = eigen.eigenvectors @ torch.diag(torch.tensor([0.3, -2.0, 1.0], dtype=torch.float64)) @ eigen.eigenvectors.T
     assert representation_norms(aligned, sigma)["commutator"] == pytest.approx(0.0, abs=1e-12)  # Assump. 5
     assert signed_eigenvalues(psi).tolist() == [2.0, -1.0, 0.5]
+
+
+def test_c_comes_from_isotropic_gaussian_views_only():
+    from datamodules.gaussian import GaussianDataModule
+    from datamodules.strong_weak import StrongWeakDataModule
+
+    assert isotropic_view_c(GaussianDataModule(GaussianDataModule.Config(dim=8, noise_std=0.5), 1)) == 1.25
+    assert isotropic_view_c(GaussianDataModule(GaussianDataModule.Config(dim=8, noise_from=4), 1)) is None
+    assert isotropic_view_c(StrongWeakDataModule(StrongWeakDataModule.Config(), 1)) is None
 
 
 def test_l2_regimes_and_prediction_follow_eq_8():
@@ -118,6 +127,8 @@ def test_cosine_loss_bifurcates_from_collapse_to_acute(run_cli, tmp_path):
     ("callbacks.predictor_dynamics.norms=false", "callbacks.predictor_dynamics.regimes=true needs "
                                                  "callbacks.predictor_dynamics.norms=true"),
     ("method.loss=mse_bn", "it needs method.loss=cosine or l2 (method.loss=mse_bn)"),
+    ("data.noise_from=32", "needs c = 1 + sigma^2 of isotropic Gaussian views, which this data does not define: "
+                           "set callbacks.predictor_dynamics.augmentation_c"),
 ])
 def test_regimes_need_norms_and_a_bao_loss(run_cli, tmp_path, override, message):
     code, _, err = run_cli("fit", "--config", "bao2023/linear", "logger=none", override, f"run_dir={tmp_path / 'r'}")

@@ -102,6 +102,19 @@ def predicted_eigenvalues(loss: str, p: Tensor, rho: float, c: float, norms: dic
     return torch.from_numpy(eigen_dynamics.integrate(rate, p.numpy(), time, steps)[-1])
 
 
+def isotropic_view_c(data: Any) -> float | None:
+    """Bao 2023's ``c = 1 + sigma^2`` for data whose views add isotropic Gaussian noise (its
+    ``augmentation_covariance`` is ``sigma^2 I``, e.g. ``data=gaussian`` with noise on every coordinate); None for
+    other data or noise on part of the coordinates."""
+    covariance = getattr(data, "augmentation_covariance", None)
+    if covariance is None:
+        return None
+    diagonal = torch.diagonal(covariance)
+    if not torch.equal(covariance, torch.diag(diagonal)) or not bool((diagonal == diagonal[0]).all()):
+        return None
+    return 1.0 + float(diagonal[0])
+
+
 def linear_head(method: Any) -> Tensor | None:
     """``method.predictor.weight`` when it is a square matrix (a linear head; its bias, if any, is not part of the
     dynamics), else None (no predictor, ``nn.Identity``, an MLP)."""
@@ -130,7 +143,7 @@ class PredictorDynamics(Callback):
     inputs on the first ``samples`` evaluation inputs (:func:`representation_norms`), ``predictor/n_phi``,
     ``predictor/n_psi``, ``predictor/n_t`` and ``predictor/commutator``. With ``regimes`` as well, the eigenvalue
     dynamics of ``method.loss`` (cosine: Eq. 7 with these norms; l2: Eq. 8), ``rho = optim.weight_decay`` and
-    ``c = 1 + sigma^2`` (``augmentation_c``, null: from ``data.noise_std``) give ``predictor/regime`` (0 collapse,
+    ``c = 1 + sigma^2`` (``augmentation_c``, null: :func:`isotropic_view_c` of the data) give ``predictor/regime`` (0 collapse,
     1 acute, 2 stable) and the intervals of ``p`` that diverge, collapse or converge; and the signed eigenvalues of
     the last reading, advanced along that ODE (its norms held) over the time elapsed since (the sum of the steps'
     ``lr / (1 - momentum)``, gradient flow's time), are compared with the trained ones: ``predictor/ode_error``
@@ -175,12 +188,12 @@ class PredictorDynamics(Callback):
             if self.loss not in ("cosine", "l2"):
                 raise ConfigError(f"callbacks.predictor_dynamics.regimes=true follows Bao 2023's cosine or L2 "
                                   f"dynamics: it needs method.loss=cosine or l2 (method.loss={self.loss})")
-            noise = getattr(trainer.datamodule, "noise_std", None)
-            if self.config.augmentation_c is None and noise is None:
-                raise ConfigError("callbacks.predictor_dynamics.regimes=true needs c = 1 + sigma^2: set "
-                                  "callbacks.predictor_dynamics.augmentation_c (data.name="
-                                  f"{type(trainer.datamodule).__name__} has no noise_std)")
-            self.c = self.config.augmentation_c or 1.0 + float(noise) ** 2
+            c = self.config.augmentation_c or isotropic_view_c(trainer.datamodule)
+            if c is None:
+                raise ConfigError("callbacks.predictor_dynamics.regimes=true needs c = 1 + sigma^2 of isotropic "
+                                  "Gaussian views, which this data does not define: set "
+                                  "callbacks.predictor_dynamics.augmentation_c")
+            self.c = c
             self.rho, self.momentum = module.optim.weight_decay, getattr(module.optim, "momentum", 0.0)
 
     def on_optimizer_step(self, trainer: Any, module: Any, step: Step) -> None:
