@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import Tensor
 
+from ssl_bench.views import Views
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The generator seed of ``epoch``: ``seed * 1_000_003 + epoch``."""
@@ -21,6 +23,13 @@ def shard(x: Tensor, rank: int, world_size: int) -> Tensor:
     of ``x``; with one process this is ``x`` itself.
     """
     return x[: len(x) - len(x) % world_size][rank::world_size]
+
+
+def mini_batches(view1: Tensor, view2: Tensor, batch_size: int, rank: int = 0, world_size: int = 1) -> list[Views]:
+    """Process ``rank``'s :func:`shard` of an epoch's two views, split into mini-batches of ``batch_size`` (the last
+    one possibly smaller): the epoch's training batch."""
+    view1, view2 = shard(view1, rank, world_size), shard(view2, rank, world_size)
+    return [Views(a, b) for a, b in zip(view1.split(batch_size), view2.split(batch_size))]
 
 
 class WholeEpochs:

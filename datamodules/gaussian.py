@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from datamodules.base import DataModule
-from datamodules.epochs import WholeEpochs, epoch_seed, shard
+from datamodules.epochs import WholeEpochs, epoch_seed, mini_batches
 from ssl_bench.config import ConfigError, DataConfig, check_non_negative, check_positive
 from ssl_bench.registry import register
 from ssl_bench.views import Views
@@ -107,9 +107,8 @@ class GaussianDataModule(DataModule):
             x = torch.randn(self.config.n, self.input_dim, generator=generator, device=device)
         else:
             x = self.samples[torch.randperm(len(self.samples), generator=generator, device=device)]
-        view1, view2 = (shard(v, rank, world_size) for v in noise_views(x, self.noise_std, self.noise_mask, generator))
-        size = self.config.batch_size
-        return [Views(a, b) for a, b in zip(view1.split(size), view2.split(size))]
+        view1, view2 = noise_views(x, self.noise_std, self.noise_mask, generator)
+        return mini_batches(view1, view2, self.config.batch_size, rank, world_size)
 
     def train_dataloader(self) -> WholeEpochs:
         return WholeEpochs(self)

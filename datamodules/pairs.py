@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
 from datamodules.base import DataModule
-from datamodules.epochs import WholeEpochs, shard
+from datamodules.epochs import WholeEpochs, mini_batches
 from ssl_bench.config import DataConfig, check_non_negative
 from ssl_bench.views import Views
 
@@ -148,9 +148,7 @@ class PairsDataModule(DataModule):
     def epoch_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[Views]:
         """The same for every ``epoch``: ``Views(anchor_batch, positive_batch)`` for the anchors and positives in
         their fixed order, split into mini-batches of ``batch_size``; process ``rank`` takes its :func:`shard`."""
-        size = self.config.batch_size
-        view1, view2 = shard(self.anchors, rank, world_size), shard(self.positives, rank, world_size)
-        return [Views(a, b) for a, b in zip(view1.split(size), view2.split(size))]
+        return mini_batches(self.anchors, self.positives, self.config.batch_size, rank, world_size)
 
     def train_dataloader(self) -> WholeEpochs:
         return WholeEpochs(self)

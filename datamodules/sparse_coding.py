@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
 from datamodules.base import DataModule
-from datamodules.epochs import WholeEpochs, epoch_seed, shard
+from datamodules.epochs import WholeEpochs, epoch_seed, mini_batches
 from ssl_bench.config import ConfigError, DataConfig, check_choice, check_positive, check_range
 from ssl_bench.registry import register
 from ssl_bench.views import Views
@@ -239,9 +239,9 @@ class SparseCodingDataModule(DataModule):
         generator.manual_seed(epoch_seed(self.seed, epoch))
         x = self.inputs[torch.randperm(len(self.inputs), generator=generator, device=self.inputs.device)]
         view1, view2 = mask_views(x, self.augmentation, self.mask_prob, generator)
-        view1, view2 = shard(view1, rank, world_size), shard(view2, rank, world_size)
-        batches = [Views(a, b) for a, b in zip(view1.split(self.batch_size), view2.split(self.batch_size))]
-        return batches[:-1] if self.drop_last and len(view1) % self.batch_size and len(batches) > 1 else batches
+        batches = mini_batches(view1, view2, self.batch_size, rank, world_size)
+        partial = len(batches[-1].view1) < self.batch_size
+        return batches[:-1] if self.drop_last and partial and len(batches) > 1 else batches
 
     def train_dataloader(self) -> WholeEpochs:
         return WholeEpochs(self)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from datamodules.base import DataModule
-from datamodules.epochs import WholeEpochs, epoch_seed, shard
+from datamodules.epochs import WholeEpochs, epoch_seed, mini_batches
 from datamodules.sparse_coding import make_dictionary
 from ssl_bench.config import ConfigError, DataConfig, check_non_negative, check_positive, check_range
 from ssl_bench.registry import register
@@ -141,9 +141,8 @@ class StrongWeakDataModule(DataModule):
             x = self.draw(self.config.n, generator)[0]
         else:
             x = self.samples[torch.randperm(len(self.samples), generator=generator, device=self.samples.device)]
-        view1, view2 = (shard(v.flatten(1), rank, world_size) for v in partition_views(x, generator))
-        size = self.config.batch_size
-        return [Views(a, b) for a, b in zip(view1.split(size), view2.split(size))]
+        view1, view2 = partition_views(x, generator)
+        return mini_batches(view1.flatten(1), view2.flatten(1), self.config.batch_size, rank, world_size)
 
     def train_dataloader(self) -> WholeEpochs:
         return WholeEpochs(self)
