@@ -169,8 +169,9 @@ class SSLModule(L.LightningModule):
         self._epoch_losses.append(loss)
         self.method.after_optimizer_step(index, progress)
         if self._step_hooks:
+            optimizer = self.method.optimizer_index(index)
             step = Step(index=self.trainer.global_step - 1, epoch=self.current_epoch, index_in_batch=index,
-                        optimizer=self.method.optimizer_index(index), loss=loss)
+                        optimizer=optimizer, loss=loss, lr=self.batch_optimizers[optimizer].param_groups[0]["lr"])
             for callback in self._step_hooks:
                 callback.on_optimizer_step(self.trainer, self, step)
 

@@ -29,10 +29,12 @@ class Views:
 class Step:
     """One optimizer step, as step hooks see it: ``index`` counts the run's optimizer steps from 0, ``epoch`` and
     ``index_in_batch`` place it (the position of its mini-batch in a multi-mini-batch batch), ``optimizer`` is the
-    index of the optimizer that stepped and ``loss`` the detached loss it minimised."""
+    index of the optimizer that stepped, ``loss`` the detached loss it minimised and ``lr`` the learning rate of that
+    optimizer's first parameter group for the step."""
 
     index: int
     epoch: int
     index_in_batch: int
     optimizer: int
     loss: Tensor
+    lr: float

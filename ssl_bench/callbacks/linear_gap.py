@@ -71,7 +71,7 @@ class LinearGap(Callback):
 
     def on_optimizer_step(self, trainer: Any, module: Any, step: Step) -> None:
         """One gradient step of the twin on ``tr(F C F^T)`` with the step's learning rate, then its projection."""
-        gradient_step(self.twin, self.inputs, self.c, module.batch_optimizers[step.optimizer].param_groups[0]["lr"])
+        gradient_step(self.twin, self.inputs, self.c, step.lr)
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
         if not self.due(trainer):

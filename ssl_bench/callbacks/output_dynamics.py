@@ -85,8 +85,7 @@ class OutputDynamics(Callback):
         if self.ode_outputs is None:
             return
         start = time.perf_counter()
-        lr = module.batch_optimizers[step.optimizer].param_groups[0]["lr"]
-        self.ode_outputs = euler_step(self.ode_outputs, self.projected, lr)
+        self.ode_outputs = euler_step(self.ode_outputs, self.projected, step.lr)
         self.ode_seconds += time.perf_counter() - start
         self.ode_steps += 1
 

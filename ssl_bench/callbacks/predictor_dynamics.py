@@ -198,7 +198,7 @@ class PredictorDynamics(Callback):
 
     def on_optimizer_step(self, trainer: Any, module: Any, step: Step) -> None:
         if self.config.regimes:
-            self.elapsed += module.batch_optimizers[step.optimizer].param_groups[0]["lr"] / (1.0 - self.momentum)
+            self.elapsed += step.lr / (1.0 - self.momentum)
         every = self.config.every_n_steps
         if self.linear and every and (step.index + 1) % every == 0 and trainer.is_global_zero:
             self.pending.append((step.epoch + 1, step.index + 1, linear_head(module.method).detach().clone()))
