@@ -40,12 +40,12 @@ def euler_step(f: Tensor, c: Tensor, lr: float) -> Tensor:
     return f + lr * output_velocity(f, c)
 
 
-def bottom_eigenspace_share(f: Tensor, c: Tensor, k: int | None = None) -> float:
+def bottom_eigenspace_share(f: Tensor, eigenvectors: Tensor, k: int | None = None) -> float:
     """The share of ``||F||_F^2`` in the span of the eigenvectors of the ``k`` (default: F's rows) smallest
-    eigenvalues of the symmetric ``c``: ``||F U_k||_F^2 / ||F||_F^2``, 1 when the outputs are the bottom eigenvectors
-    (Theorem 3 and Prop. 3's optimum), NaN for ``F = 0``."""
-    _, vectors = torch.linalg.eigh(c.double())
-    f = f.double()
+    eigenvalues of a symmetric ``C``, given ``eigenvectors`` as ``torch.linalg.eigh(C)`` returns them (columns, in
+    increasing order of their eigenvalues): ``||F U_k||_F^2 / ||F||_F^2``, 1 when the outputs are the bottom
+    eigenvectors (Theorem 3 and Prop. 3's optimum), NaN for ``F = 0``."""
+    vectors, f = eigenvectors.double(), f.double()
     return ((f @ vectors[:, : k or f.shape[0]]).pow(2).sum() / f.pow(2).sum()).item()
 
 

@@ -70,6 +70,7 @@ class OutputDynamics(Callback):
         data = trainer.datamodule
         self.c = data.trace_matrix(module.method.config.loss)
         self.projected = projected_trace_matrix(self.c, data.inputs)
+        self.eigenvectors = torch.linalg.eigh(self.projected).eigenvectors
         if self.config.ode and self.ode_outputs is None:
             self.ode_outputs = self.outputs(trainer, module)
         if self.ode_outputs is not None:
@@ -95,7 +96,7 @@ class OutputDynamics(Callback):
         f = self.outputs(trainer, module)
         scalars = {"dynamics/loss": trace_loss(f, self.c).item(), "dynamics/output_norm": f.norm().item(),
                    "dynamics/effective_rank": effective_rank(torch.linalg.svdvals(f)),
-                   "dynamics/bottom_share": bottom_eigenspace_share(f, self.projected)}
+                   "dynamics/bottom_share": bottom_eigenspace_share(f, self.eigenvectors)}
         if self.ode_outputs is not None:
             ode = self.ode_outputs
             scalars.update({"dynamics/ode_loss": trace_loss(ode, self.c).item(),
