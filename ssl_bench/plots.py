@@ -28,9 +28,10 @@ CURVE_SIZE = (10.0, 5.0)
 """Inches of a curve figure: 1000 x 500 pixels."""
 SPECTRA_SIZE = (14.0, 5.0)
 """Inches of a spectra figure (one panel per kind of spectrum): 1400 x 500 pixels."""
-R2_PANEL = (4.0, 3.0)
-"""Inches of one grid point's R^2 heatmap; the figure adds :data:`R2_MARGIN` for the title and the colour bar."""
-R2_MARGIN = (1.5, 0.8)
+PANEL = (4.0, 3.0)
+"""Inches of one grid point's panel in a figure of panels (R^2 heatmaps, eigenvalue regimes); the figure adds
+:data:`PANEL_MARGIN` for its title, legend or colour bar."""
+PANEL_MARGIN = (1.5, 0.8)
 R2_COLUMNS = 3
 """Heatmaps per row of an R^2 figure."""
 
@@ -151,18 +152,15 @@ def axis_bands(study: Study, points: Sequence[GridPoint], axis: str, metric: str
     """The final ``metric`` of the finished runs (their ``summary.json``) against the numeric ``axis``: a band per
     combination of the other axes' values (its label, e.g. ``tanh``; the study's name when there is no other axis)
     with the mean, min and max over the runs of each grid point; combinations without a finite value are left out."""
-    series: dict[str, dict[float, list[float]]] = {}
+    runs: dict[str, list[dict[float, float]]] = {}
     for point in points:
-        values = [v for run, summary, status in zip(point.runs, point.summaries, point.statuses)
-                  if status == "finished" and summary is not None and isinstance(summary.get("metrics"), dict)
-                  and (v := _float(summary["metrics"].get(metric))) is not None and math.isfinite(v)]
-        if values:
-            label = ", ".join(point.axes.get(a, "") for a in study.axes if a != axis) or study.name
-            series.setdefault(label, {})[_float(point.axes[axis])] = values
-    return {label: Band(sorted(by_x), [statistics.fmean(by_x[x]) for x in sorted(by_x)],
-                        [min(by_x[x]) for x in sorted(by_x)], [max(by_x[x]) for x in sorted(by_x)],
-                        sum(len(v) for v in by_x.values()))
-            for label, by_x in series.items()}
+        label = ", ".join(point.axes.get(a, "") for a in study.axes if a != axis) or study.name
+        x = _float(point.axes[axis])
+        runs.setdefault(label, []).extend(
+            {x: v} for summary, status in zip(point.summaries, point.statuses)
+            if status == "finished" and summary is not None and isinstance(summary.get("metrics"), dict)
+            and (v := _float(summary["metrics"].get(metric))) is not None)
+    return {label: b for label, series in runs.items() if (b := _band(series)) is not None}
 
 
 def band(run_dirs: Sequence[Path], metric: str) -> Band | None:
@@ -435,11 +433,16 @@ def draw_spectra(study: Study, points: Sequence[GridPoint], path: Path) -> str |
             "after rank r: the embedding spans about r dimensions (dimensional collapse).")
 
 
-def r2_size(panels: int) -> tuple[float, float]:
-    """Inches of an R^2 figure with ``panels`` heatmaps, :data:`R2_COLUMNS` per row."""
-    columns = min(panels, R2_COLUMNS)
-    rows = math.ceil(panels / columns)
-    return R2_PANEL[0] * columns + R2_MARGIN[0], R2_PANEL[1] * rows + R2_MARGIN[1]
+def _panels(count: int, columns: int) -> tuple[Any, list[Any]]:
+    """A figure of ``count`` panels of :data:`PANEL` inches, at most ``columns`` per row, and its ``count`` axes in
+    reading order (the grid's other cells hidden)."""
+    columns = min(count, columns)
+    rows = math.ceil(count / columns)
+    figure = _figure((PANEL[0] * columns + PANEL_MARGIN[0], PANEL[1] * rows + PANEL_MARGIN[1]))
+    axes = [ax for row in figure.subplots(rows, columns, squeeze=False) for ax in row]
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return figure, axes[:count]
 
 
 def _latent_label(groups: dict[str, list[int]]) -> str:
@@ -458,12 +461,7 @@ def draw_r2(study: Study, points: Sequence[GridPoint], path: Path) -> str | None
     drawn = [(point, matrix) for point in points if (matrix := r2_mean(point.finished)) is not None]
     if not drawn:
         return None
-    columns = min(len(drawn), R2_COLUMNS)
-    figure = _figure(r2_size(len(drawn)))
-    grid = figure.subplots(math.ceil(len(drawn) / columns), columns, squeeze=False)
-    axes = [ax for row in grid for ax in row]
-    for ax in axes[len(drawn):]:
-        ax.set_visible(False)
+    figure, axes = _panels(len(drawn), R2_COLUMNS)
     image = None
     for ax, (point, matrix) in zip(axes, drawn):
         layers, latents = len(matrix.values), len(matrix.values[0])
@@ -481,7 +479,7 @@ def draw_r2(study: Study, points: Sequence[GridPoint], path: Path) -> str | None
         ax.set_ylabel("encoder layer", fontsize=9)
         epochs = ",".join(map(str, matrix.epochs))
         ax.set_title(f"{point.label or study.name}\n{_runs(matrix.runs)}, epoch {epochs}", fontsize=9)
-    figure.colorbar(image, ax=axes[:len(drawn)], label="adjusted R² (colours clipped to 0-1)", shrink=0.9)
+    figure.colorbar(image, ax=axes, label="adjusted R² (colours clipped to 0-1)", shrink=0.9)
     figure.suptitle(f"{study.name}: adjusted R² of a linear probe, encoder layers x ground-truth latents",
                     fontsize=12)
     _footnote(figure, [f"{_name(study, p, False)} (runs {runs_cell(p.statuses)})" for p in points
@@ -536,8 +534,6 @@ def draw_r2_layers(study: Study, points: Sequence[GridPoint], path: Path) -> str
 
 REGIME_COLOURS = {"diverge": "#f4b6b6", "collapse": "#d9d9d9", "converge": "#bfe5bf"}
 """Background of :func:`draw_eigenvalue_regimes`: where an eigenvalue diverges, collapses to 0 or converges."""
-REGIME_PANEL = (4.0, 3.0)
-"""Inches of one grid point's panel in :func:`draw_regimes`."""
 REGIME_COLUMNS = 5
 
 
@@ -604,13 +600,7 @@ def draw_regimes(study: Study, points: Sequence[GridPoint], path: Path, eigenval
                                    if (r := _regime_readings(read_jsonl(run / "regimes.jsonl")))), None))]
     if not drawn:
         return None
-    columns = min(len(drawn), REGIME_COLUMNS)
-    rows = math.ceil(len(drawn) / columns)
-    figure = _figure((REGIME_PANEL[0] * columns + 1.5, REGIME_PANEL[1] * rows + 0.8))
-    grid = figure.subplots(rows, columns, squeeze=False)
-    axes = [ax for row in grid for ax in row]
-    for ax in axes[len(drawn):]:
-        ax.set_visible(False)
+    figure, axes = _panels(len(drawn), REGIME_COLUMNS)
     for ax, (point, readings) in zip(axes, drawn):
         _plot_regimes(ax, readings, eigenvalues)
         ax.set_title(point.label or study.name, fontsize=9)
