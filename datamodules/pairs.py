@@ -19,9 +19,9 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Tensor
 from datamodules.base import DataModule
 from datamodules.epochs import WholeEpochs, mini_batches
 from ssl_bench.config import DataConfig, check_non_negative
+from ssl_bench.losses import DOT_PRODUCT_LOSSES
 from ssl_bench.views import Views
 
-LOSSES = ("contrastive", "non_contrastive")
 RANK_TOLERANCE = 1e-6
 """Singular values at most ``RANK_TOLERANCE * S[0]`` count as zero in :func:`whiten`."""
 
@@ -132,8 +132,8 @@ class PairsDataModule(DataModule):
         ``C[i, j] += 1/2, C[j, i] += 1/2`` (entries accumulate, e.g. for n = 2 and n = 1);
         ``non_contrastive`` ``L_NC = -sum_i f(x_i)^T f(x_i^+)``: only the ``-1/2`` entries.
         """
-        if loss not in LOSSES:
-            raise ValueError(f"loss={loss!r}; choose one of {LOSSES}")
+        if loss not in DOT_PRODUCT_LOSSES:
+            raise ValueError(f"loss={loss!r}; choose one of {DOT_PRODUCT_LOSSES}")
         n = self.n
         c = torch.zeros(2 * n, 2 * n, dtype=torch.float64, device=self.inputs.device)
         i = torch.arange(n, device=c.device)

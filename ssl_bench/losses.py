@@ -200,6 +200,10 @@ def half_squared_distance(p: Tensor, z: Tensor) -> Tensor:
     return 0.5 * (p - z.detach()).pow(2).sum(dim=1).mean()
 
 
+DOT_PRODUCT_LOSSES = ("contrastive", "non_contrastive")
+"""Esser et al. 2023's losses: Eq. (1), :func:`contrastive_dot`, and Eq. (2), :func:`non_contrastive_dot`."""
+
+
 def contrastive_dot(anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
     """Esser et al. 2023, Eq. (1): ``L_C = sum_i f(x_i)^T (f(x_i^-) - f(x_i^+))``, rows of the (B x k) arguments the
     outputs of the anchors, their positives and their negatives; a sum over the batch, as the paper."""

@@ -50,7 +50,8 @@ def test_norms_and_commutator_on_hand_made_matrices():
     assert norms["n_t"] == pytest.approx(torch.trace(psi @ phi @ phi.T).item())
     assert norms["commutator"] > 0.05
     eigen = torch.linalg.eigh(sigma)
-    aligned = eigen.eigenvectors @ torch.diag(torch.tensor([0.3, -2.0, 1.0], dtype=torch.float64)) @ eigen.eigenvectors.T
+    values = torch.diag(torch.tensor([0.3, -2.0, 1.0], dtype=torch.float64))
+    aligned = eigen.eigenvectors @ values @ eigen.eigenvectors.T
     assert representation_norms(aligned, sigma)["commutator"] == pytest.approx(0.0, abs=1e-12)  # Assump. 5
     assert signed_eigenvalues(psi).tolist() == [2.0, -1.0, 0.5]
 

@@ -254,7 +254,8 @@ def test_config_error_exits_2_with_one_line_and_no_run_dir(cli_subprocess, tmp_p
                "trainer, logger, sweep, callbacks"),
     ("method.name=nope", f"method.name='nope' is not registered; choose one of: {METHODS}"),
     ("encoder=resnet18", "encoder.name=resnet18 needs image inputs, which data.name=sparse_coding with "
-                         "encoder.name=resnet18 does not provide; encoder names for vector inputs: mlp, sparse, two_layer"),
+                         "encoder.name=resnet18 does not provide; encoder names for vector inputs: mlp, sparse, "
+                         "two_layer"),
 ])
 def test_config_errors_are_one_line_naming_key_and_allowed(run_cli, tmp_path, overrides, message):
     run_dir = tmp_path / "run"

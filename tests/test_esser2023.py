@@ -203,8 +203,8 @@ def test_linear_twin_of_a_linear_network_stays_identical_and_tanh_approaches_it_
     gaps = {}
     for activation in ("tanh", "sigmoid"):
         for width in (10, 400):
-            summary, _ = fit_esser(run_cli, tmp_path / f"{activation}{width}", "esser2023/width", "trainer.max_epochs=5",
-                                   f"encoder.activation={activation}", f"encoder.width={width}")
+            summary, _ = fit_esser(run_cli, tmp_path / f"{activation}{width}", "esser2023/width",
+                                   "trainer.max_epochs=5", f"encoder.activation={activation}", f"encoder.width={width}")
             gaps[activation, width] = summary["metrics"]["linear_gap/init_relative"]
     assert gaps["tanh", 400] < gaps["tanh", 10] / 5 and gaps["sigmoid", 400] > gaps["sigmoid", 10]
 

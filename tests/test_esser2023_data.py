@@ -218,5 +218,6 @@ def test_mnist_pixels_scale_to_one(tmp_path):
     data = digits(source="mnist", root=str(tmp_path), classes=[2, 7], per_class=5, positive_std=0.0, whiten=False)
     assert data.input_dim == 784 and data.labels.bincount().tolist() == [5, 5]
     assert data.anchors.max() <= 1.0 and data.anchors.max() > 0.9
-    with pytest.raises(ConfigError, match=r"data.per_class=6 is more than the 5 images of digit 2 in data.source=mnist"):
+    with pytest.raises(ConfigError,
+                       match=r"data.per_class=6 is more than the 5 images of digit 2 in data.source=mnist"):
         digits(source="mnist", root=str(tmp_path), classes=[2, 7], per_class=6)

@@ -9,13 +9,10 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ssl_bench.config import MethodConfig, check_choice
-from ssl_bench.losses import contrastive_dot, non_contrastive_dot
+from ssl_bench.losses import DOT_PRODUCT_LOSSES, contrastive_dot, non_contrastive_dot
 from ssl_bench.methods.base import Method
 from ssl_bench.registry import register
 from ssl_bench.views import Views
-
-LOSSES = ("contrastive", "non_contrastive")
-
 
 @register("method", "dot_product")
 class DotProduct(Method):
@@ -33,7 +30,7 @@ class DotProduct(Method):
         loss: str = "contrastive"
 
         def validate(self, prefix: str) -> None:
-            check_choice(f"{prefix}.loss", self.loss, LOSSES)
+            check_choice(f"{prefix}.loss", self.loss, DOT_PRODUCT_LOSSES)
 
     def __init__(self, config: Config, make_encoder: Callable[[], nn.Module], width: int) -> None:
         super().__init__(config, make_encoder)
