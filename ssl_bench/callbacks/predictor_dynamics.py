@@ -145,10 +145,10 @@ class PredictorDynamics(Callback):
     dynamics of ``method.loss`` (cosine: Eq. 7 with these norms; l2: Eq. 8), ``rho = optim.weight_decay`` and
     ``c = 1 + sigma^2`` (``augmentation_c``, null: :func:`isotropic_view_c` of the data) give ``predictor/regime``
     (0 collapse, 1 acute, 2 stable) and the intervals of ``p`` that diverge, collapse or converge; and the signed
-    eigenvalues of the last reading, advanced along that ODE (its norms held) over the time elapsed since (the sum of the steps'
-    ``lr / (1 - momentum)``, gradient flow's time), are compared with the trained ones: ``predictor/ode_error``
-    ``= ||p_ode - p|| / ||p||``. These readings go to ``regimes.jsonl``, and to every W&B logger as the image
-    ``predictor/regimes``: the eigenvalues' moduli over the readings on the intervals as background.
+    eigenvalues of the last reading, advanced along that ODE (its norms held) over the time elapsed since (the sum
+    of the steps' ``lr / (1 - momentum)``, gradient flow's time), are compared with the trained ones:
+    ``predictor/ode_error = ||p_ode - p|| / ||p||``. These readings go to ``regimes.jsonl``, and to every W&B logger
+    as the image ``predictor/regimes``: the eigenvalues' moduli over the readings on the intervals as background.
     """
 
     @dataclass
