@@ -349,10 +349,10 @@ def train(members: list[Member], batching: str = "auto") -> list[dict[str, Any]]
                 for member in members:
                     member.trainer.current_epoch = epoch
                 active = train_epoch(ensemble, epoch, active, summaries)
+                completed = epoch + 1  # counted before its records, so no summary leaves out an epoch it logged
                 for k in active:
                     members[k].end_epoch()
                 release_free_heap()
-                completed = epoch + 1
                 bar.update(1)
                 if not active:
                     break

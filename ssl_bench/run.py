@@ -231,7 +231,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
         last = checkpoints / "last.ckpt"
         status, ending = "interrupted", {"signal": err.signal, "resume": str(last) if last.is_file() else None}
     finally:
-        summary = end_run(cfg, run_dir, loggers, status, trainer.current_epoch, ending)
+        # the epochs trained: Lightning counts an epoch processed before its end-of-epoch records are written
+        summary = end_run(cfg, run_dir, loggers, status, trainer.fit_loop.epoch_progress.current.processed, ending)
     return summary
 
 

@@ -15,9 +15,10 @@ import torch
 from conftest import REPO, TINY
 
 from ssl_bench.cli import load
+from ssl_bench.ensemble import fit_ensemble
 from ssl_bench.module import Diverged
-from ssl_bench.recorder import truncate_histories
-from ssl_bench.run import build_data, build_module, checkpoint_step
+from ssl_bench.recorder import RunRecorder, truncate_histories
+from ssl_bench.run import Interrupted, build_data, build_module, checkpoint_step, fit
 
 FOREVER = [*TINY[:5], "trainer.max_epochs=100000", "trainer.progress=none", "logger=none",
            "trainer.log_every_n_epochs=1", "trainer.checkpoint_every_n_epochs=5"]
@@ -51,6 +52,26 @@ def test_a_signal_stops_a_real_fit_as_interrupted_with_how_to_resume(tmp_path, s
     assert line.endswith(f"run_dir={run_dir} trainer.resume=auto")
     assert "Traceback" not in err
     assert all(isinstance(record["step"], int) for record in history(run_dir))  # the history stays valid JSON
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_a_signal_just_after_an_epoch_is_recorded_counts_that_epoch(tmp_path, monkeypatch, ensemble):
+    """SIGTERM's handler raises wherever the run is; raised right after epoch 1's record is written, the summary
+    counts epochs 0 and 1: no history holds an epoch its summary leaves out."""
+    write = RunRecorder.log_metrics
+
+    def interrupted_after_epoch_one(self, metrics, step=None):
+        write(self, metrics, step)
+        if metrics.get("epoch") == 1.0:
+            raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(RunRecorder, "log_metrics", interrupted_after_epoch_one)
+    overrides = [*TINY, "trainer.max_epochs=10", "trainer.log_every_n_epochs=1"]
+    cfgs = [load("quickstart", [*overrides, f"seed={seed}", f"run_dir={tmp_path / str(seed)}"]) for seed in (1, 2)]
+    summaries = fit_ensemble(cfgs) if ensemble else [fit(cfgs[0])]
+    for summary in summaries:
+        assert (summary["status"], summary["signal"], summary["epochs"]) == ("interrupted", "SIGTERM", 2)
+    assert max(record["epoch"] for record in history(tmp_path / "1")) == 1.0
 
 
 def test_a_non_finite_loss_stops_the_run_as_diverged(run_cli, tmp_path):
