@@ -153,7 +153,7 @@ def test_sweep_ensemble_table_equals_the_separate_sweep(run_cli, tmp_path):
     assert "4 runs as 1 ensemble" in out
     table = json.loads((tmp_path / "ens" / "ensembles" / "0.json").read_text())
     assert len(table["members"]) == 4 and table["batching"] == "vmap"
-    code, _, err = run_cli("sweep", "--config", "quickstart", *grid, "--sweep-dir", tmp_path / "sep")
+    code, _, err = run_cli("sweep", "--config", "quickstart", *grid, "--jobs", "2", "--sweep-dir", tmp_path / "sep")
     assert code == 0, err
     assert (tmp_path / "ens" / "table.md").read_text() == (tmp_path / "sep" / "table.md").read_text()
 

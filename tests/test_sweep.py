@@ -147,7 +147,7 @@ def test_a_diverged_run_in_a_sweep_is_counted_kept_and_printed_once_per_line(cli
     run (no carriage returns, no line twice)."""
     sweep_dir = tmp_path / "sweep"
     args = ["sweep", "--config", "quickstart", *TINY_SWEEP, "optim=adamw", "sweep.grid={optim.lr:[0.01,1e30]}",
-            "--sweep-dir", sweep_dir]
+            "--jobs", "2", "--sweep-dir", sweep_dir]
     proc = cli_subprocess(*args)
     assert proc.returncode == 0, proc.stderr  # every run ended for good
     assert "\r" not in proc.stdout
@@ -280,7 +280,7 @@ def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_the_interrupted_run(tmp_path
 def test_only_runs_the_chosen_grid_points_and_the_table_keeps_the_whole_grid(run_cli, tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = ["sweep", "--config", "quickstart", *TINY_SWEEP, "sweep.grid={data.sparsity:[0.2,0.3],optim.lr:[0.01,0.02]}",
-            "--sweep-dir", sweep_dir]
+            "--jobs", "2", "--sweep-dir", sweep_dir]
     code, out, err = run_cli(*args, "--only", "optim.lr=0.02", "--only", "data.sparsity=0.3,0.2")
     assert code == 0, err
     assert "4 points x 1 seed = 4 runs (--only: 2 points), 0 already finished; running 2" in out
