@@ -74,11 +74,11 @@ class MemberTrainer:
 
 
 class MemberModule:
-    """What a member's metric callbacks read of the module: its ``method`` and ``device``, and ``log``, which keeps
-    the value for the member's epoch record."""
+    """What a member's metric callbacks read of the module: its ``method``, ``optim`` settings and ``device``, and
+    ``log``, which keeps the value for the member's epoch record."""
 
     def __init__(self, module: SSLModule, device: torch.device) -> None:
-        self.method, self.device = module.method, device
+        self.method, self.optim, self.device = module.method, module.optim, device
         self.logged: dict[str, float] = {}
 
     def log(self, name: str, value: Tensor | float, **options: Any) -> None:
@@ -112,6 +112,7 @@ class Member:
         self.loggers.extend(run_loggers(self.cfg, self.run_dir, shared_process=True))
         self.optimizers = self.module.configure_optimizers()
         self.module.batch_optimizers = self.optimizers
+        self.module.use_step_hooks(self.callbacks)
         for callback in self.callbacks:
             callback.setup(self.trainer, self.view, "fit")
         for callback in self.callbacks:

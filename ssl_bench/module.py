@@ -4,6 +4,7 @@ datamodules and callbacks to Lightning."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -101,10 +102,14 @@ class SSLModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         """Collect the callbacks that implement the per-optimizer-step hook; choose how :meth:`update` steps."""
-        self._step_hooks = [adapter.callback for adapter in self.trainer.callbacks
-                            if isinstance(adapter, CallbackAdapter)
-                            and type(adapter.callback).on_optimizer_step is not Callback.on_optimizer_step]
+        self.use_step_hooks(adapter.callback for adapter in self.trainer.callbacks
+                            if isinstance(adapter, CallbackAdapter))
         self._wrapped = self._wrappers_needed()
+
+    def use_step_hooks(self, callbacks: Iterable[Callback]) -> None:
+        """Call, after every optimizer step, those of ``callbacks`` that implement ``on_optimizer_step``."""
+        self._step_hooks = [callback for callback in callbacks
+                            if type(callback).on_optimizer_step is not Callback.on_optimizer_step]
 
     def _wrappers_needed(self) -> bool:
         """Whether optimizer steps must go through Lightning's ``manual_backward`` and ``LightningOptimizer.step``:

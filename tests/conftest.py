@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny run settings, the CLI in-process and as a subprocess."""
+"""Shared fixtures: tiny run settings, the CLI in-process and as a subprocess; the check that two run directories
+hold the same run."""
 
 from __future__ import annotations
 
@@ -42,6 +43,35 @@ def error_line(code: int, err: str, out: str = "") -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("ssl-bench: error: "), lines[0]
     return lines[0].removeprefix("ssl-bench: error: ")
+
+
+def assert_same_run(ours: Path, theirs: Path, tolerance: float = 1e-5) -> None:
+    """Run directory ``ours`` holds the run of ``theirs``: the same histories (every ``*.jsonl``: the same records,
+    keys, steps and epochs, numbers within ``tolerance``, relative above 1) and the same ending."""
+    names = sorted(path.name for path in theirs.glob("*.jsonl"))
+    assert sorted(path.name for path in ours.glob("*.jsonl")) == names
+    for name in names:
+        records = [[json.loads(line) for line in (run / name).read_text().splitlines()] for run in (ours, theirs)]
+        assert_close(*records, tolerance, (name,))
+    endings = [json.loads((run / "summary.json").read_text()) for run in (ours, theirs)]
+    for key in ("status", "epochs", "seed", "group", "experiment", "diverged"):
+        assert endings[0].get(key) == endings[1].get(key), key
+
+
+def assert_close(ours: object, theirs: object, tolerance: float, where: tuple = ()) -> None:
+    """JSON values equal in structure and keys, numbers within ``tolerance`` (relative for magnitudes above 1)."""
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict) and sorted(ours) == sorted(theirs), where
+        for key, value in theirs.items():
+            assert_close(ours[key], value, tolerance, (*where, key))
+    elif isinstance(theirs, list):
+        assert isinstance(ours, list) and len(ours) == len(theirs), where
+        for index, (a, b) in enumerate(zip(ours, theirs)):
+            assert_close(a, b, tolerance, (*where, index))
+    elif isinstance(theirs, float) and not isinstance(ours, bool) and isinstance(ours, (int, float)):
+        assert abs(ours - theirs) <= tolerance * max(1.0, abs(theirs)), (where, ours, theirs)
+    else:
+        assert ours == theirs, (where, ours, theirs)
 
 
 @pytest.fixture(autouse=True)

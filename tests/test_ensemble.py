@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, error_line
+from conftest import REPO, TINY, assert_same_run, error_line
 from ssl_bench.cli import load
 from ssl_bench.ensemble import fit_ensemble
 from ssl_bench.run import fit
@@ -30,27 +30,6 @@ ONE_OPTIMIZER = [["seed=1"], ["seed=2", "data.sparsity=0.3", "data.mask_prob=0.2
 
 def history(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
     return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
-
-
-def assert_same_run(ensemble_dir: Path, separate_dir: Path, tolerance: float = 1e-5) -> None:
-    """The same records (keys, steps, epochs) with values within ``tolerance``, and the same ending."""
-    for name in ("metrics.jsonl", "spectra.jsonl"):
-        assert (ensemble_dir / name).is_file() == (separate_dir / name).is_file(), name
-        if not (separate_dir / name).is_file():
-            continue
-        ours, theirs = history(ensemble_dir, name), history(separate_dir, name)
-        assert [sorted(r) for r in ours] == [sorted(r) for r in theirs], name
-        for a, b in zip(ours, theirs):
-            assert (a["step"], a.get("epoch")) == (b["step"], b.get("epoch"))
-            for key, value in a.items():
-                expected = b[key]
-                if isinstance(value, list):
-                    assert max(abs(x - y) for x, y in zip(value, expected)) < tolerance, (name, key)
-                elif isinstance(value, float):
-                    assert abs(value - expected) < tolerance, (name, key, value, expected)
-    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (ensemble_dir, separate_dir))
-    for key in ("status", "epochs", "seed", "group", "experiment", "diverged"):
-        assert ours.get(key) == theirs.get(key), key
 
 
 @pytest.mark.parametrize(("batching", "members", "shared"), [("loop", MEMBERS, False), ("vmap", MEMBERS, False),
@@ -138,6 +117,19 @@ def test_bad_ensemble_input_is_one_line(run_cli, tmp_path, args, message):
     code, out, err = run_cli("fit", *args, f"run_dir={tmp_path}")
     assert error_line(code, err, out).startswith(message)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("experiment", ["esser2023/width", "bao2023/linear"])
+def test_callbacks_that_read_the_optimizer_settings_run_in_ensembles(tmp_path, experiment):
+    """Esser et al.'s output dynamics and Bao's regimes read the run's optim settings (and step hooks): members
+    write every history their separate runs write."""
+    tiny = ["trainer.max_epochs=3", "trainer.progress=none", "logger=none"]
+    cfgs = [load(experiment, [*tiny, f"seed={seed}", f"run_dir={tmp_path / 'ensemble' / str(seed)}"])
+            for seed in (1, 2)]
+    assert [summary["status"] for summary in fit_ensemble(cfgs)] == ["finished", "finished"]
+    for seed in (1, 2):
+        fit(load(experiment, [*tiny, f"seed={seed}", f"run_dir={tmp_path / 'separate' / str(seed)}"]))
+        assert_same_run(tmp_path / "ensemble" / str(seed), tmp_path / "separate" / str(seed))
 
 
 def test_sweep_ensemble_table_equals_the_separate_sweep(run_cli, tmp_path):

@@ -10,10 +10,12 @@ import torch
 
 from datamodules.strong_weak import StrongWeakDataModule, partition_views
 from ssl_bench.cli import load
+from ssl_bench.ensemble import fit_ensemble
 from ssl_bench.errors import ConfigError
 from ssl_bench.methods.simsiam import SimSiam, bn_squared_distance
 from ssl_bench.nets.patch_conv import PatchConv
-from tests.conftest import error_line
+from ssl_bench.run import fit
+from tests.conftest import assert_same_run, error_line
 
 SMALL = dict(n=4000, num_patches=6, patch_dim=5, feature_patches=2, strong_norm=2.0, weak_norm=0.5, strong_prob=0.7,
              noise_std=0.3, batch_size=1000)
@@ -180,3 +182,18 @@ def test_seed4_trained_head_learns_both_features_and_fixed_head_collapses(run_cl
             assert max(off) > 0.3 and off[-1] < 0.05, (max(off), off[-1])
     assert ends["wen2022/trained_head"]["detects"] == [1, 2], ends
     assert ends["wen2022/fixed_head"]["detects"] == [1, 1] and ends["wen2022/fixed_head"]["collapsed"], ends
+
+
+def test_an_ensemble_records_the_heads_every_step_readings_as_separate_runs_do(tmp_path):
+    """callbacks.predictor_dynamics.every_n_steps reads the head after optimizer steps: ensemble members call it as
+    a separate run does, so both write the same predictor.jsonl (and every other history)."""
+    overrides = ["data.n=64", "data.batch_size=16", "trainer.max_epochs=3", "trainer.progress=none", "logger=none",
+                 "callbacks.predictor_dynamics.every_n_steps=1", "~callbacks.spectrum"]
+    cfgs = [load("wen2022/trained_head", [*overrides, f"seed={seed}", f"run_dir={tmp_path / 'ensemble' / str(seed)}"])
+            for seed in (1, 2)]
+    assert [summary["status"] for summary in fit_ensemble(cfgs)] == ["finished", "finished"]
+    for seed in (1, 2):
+        fit(load("wen2022/trained_head", [*overrides, f"seed={seed}", f"run_dir={tmp_path / 'separate' / str(seed)}"]))
+        assert_same_run(tmp_path / "ensemble" / str(seed), tmp_path / "separate" / str(seed))
+        steps = [json.loads(line)["step"] for line in (tmp_path / "ensemble" / str(seed) / "predictor.jsonl").open()]
+        assert steps == list(range(1, 13))  # 4 mini-batches a epoch, 3 epochs
