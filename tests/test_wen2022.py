@@ -15,6 +15,7 @@ from ssl_bench.errors import ConfigError
 from ssl_bench.methods.simsiam import SimSiam, bn_squared_distance
 from ssl_bench.nets.patch_conv import PatchConv
 from ssl_bench.run import fit
+from ssl_bench.sweep import expand_grid
 from tests.conftest import assert_same_run, error_line
 
 SMALL = dict(n=4000, num_patches=6, patch_dim=5, feature_patches=2, strong_norm=2.0, weak_norm=0.5, strong_prob=0.7,
@@ -182,6 +183,23 @@ def test_seed4_trained_head_learns_both_features_and_fixed_head_collapses(run_cl
             assert max(off) > 0.3 and off[-1] < 0.05, (max(off), off[-1])
     assert ends["wen2022/trained_head"]["detects"] == [1, 2], ends
     assert ends["wen2022/fixed_head"]["detects"] == [1, 1] and ends["wen2022/fixed_head"]["collapsed"], ends
+
+
+def test_noise_study_pairs_both_heads_at_every_noise_level(run_cli, tmp_path):
+    """wen2022/noise: the trained head and E = I at four noise levels with the same 16 seeds, as two ensembles."""
+    cfg = load("wen2022/noise", [])
+    points = expand_grid(cfg.sweep.grid)
+    heads = {}
+    for point in points:
+        run = load("wen2022/noise", list(point.overrides))
+        axes = dict(point.axes)
+        assert run.data.noise_std == float(axes["data.noise_std"])
+        heads.setdefault(axes["head"], set()).add((run.method.predictor, run.method.predictor_lr))
+    assert heads == {"trained": {("identity_frozen_diagonal", 0.05)}, "fixed": {("none", None)}}
+    assert len(points) == 8 and cfg.sweep.seeds == list(range(1, 17))
+    code, out, err = run_cli("sweep", "--config", "wen2022/noise", "--ensemble", "--dry-run", "--sweep-dir", tmp_path)
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith("--ensemble: 128 runs to do as 2 ensembles of 64")
 
 
 def test_an_ensemble_records_the_heads_every_step_readings_as_separate_runs_do(tmp_path):
