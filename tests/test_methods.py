@@ -33,6 +33,7 @@ CIFAR_HEADS = {
     "rusak2022/table2_cifar10": ["encoder=resnet18", "method.projector_hidden_dim=32", "method.projector_dim=16",
                                  "method.temperatures=[1.0,0.7]"],
     "bao2023/cifar10_resnet18": [],
+    "wen2022/cifar10_simsiam": ["method.projector_hidden_dim=32", "method.projector_dim=16"],
 }
 CIFAR_METRICS = ["readout/online_acc", "readout/backbone_acc", "readout/projector_acc", "spectrum/effective_rank",
                  "spectrum/rank", "collapse/std_l2", "spectrum/effective_rank_backbone", "train/loss"]
@@ -57,6 +58,8 @@ def test_every_method_fits_on_cifar_format_data_and_reports_readout_and_spectrum
     for key in ("readout/online_acc", "readout/backbone_acc", "readout/projector_acc"):
         assert 0.0 <= summary["metrics"][key] <= 1.0
     assert (tmp_path / "run" / "spectra.jsonl").is_file()
+    if config == "wen2022/cifar10_simsiam":  # the 16 x 16 head starts at the identity; its off-diagonal moves
+        assert 0.0 < summary["metrics"]["predictor/offdiag_norm"] < 1.0
 
 
 @pytest.mark.parametrize("method", [["method=directclr", "method.directclr_dim=5"],
