@@ -48,13 +48,13 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory) -> Path:
-    """A real sweep: 2 learning rates x 2 seeds, 4 epochs, metrics every 2."""
+    """A real sweep: 2 learning rates x 2 seeds, 4 epochs, metrics every 2, trained as one ensemble."""
     root = tmp_path_factory.mktemp("report")
     config = root / "study.yaml"
     config.write_text(STUDY)
     sweep_dir = root / "sweep"
     args = ["sweep", "--config", str(config), *[o for o in TINY if not o.startswith("trainer.max_epochs")],
-            "trainer.max_epochs=4", "trainer.metrics_every_n_epochs=2", "--jobs", "2", "--sweep-dir", str(sweep_dir)]
+            "trainer.max_epochs=4", "trainer.metrics_every_n_epochs=2", "--ensemble", "--sweep-dir", str(sweep_dir)]
     with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
         code = main(args)
     assert code == 0, out.getvalue() + err.getvalue()
