@@ -321,9 +321,8 @@ def draw_study(study: Study, figures_dir: Path, stem: str, metrics: Sequence[str
     """Every figure of ``study`` as ``figures_dir/STEM-*.png``: the curves of ``metrics`` (default: the table's and
     ``train/loss``), each table metric's final value against a numeric grid axis (e.g. a width) when there is one,
     the spectra, the R^2 heatmaps, the R^2 of each latent group per layer and the predictor's eigenvalue regimes; a
-    note for each figure
-    that has nothing to show (one for R^2, which both of its figures need). The study's figures of an earlier report
-    into the same folder are removed first, so the folder holds only what the report shows."""
+    note for each figure that has nothing to show (one for R^2, which both of its figures need). The study's figures
+    of an earlier report into the same folder are removed first, so the folder holds only what the report shows."""
     from ssl_bench import plots
 
     for old in figures_dir.glob(f"{stem}-*.png"):

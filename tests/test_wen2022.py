@@ -214,4 +214,4 @@ def test_an_ensemble_records_the_heads_every_step_readings_as_separate_runs_do(t
         fit(load("wen2022/trained_head", [*overrides, f"seed={seed}", f"run_dir={tmp_path / 'separate' / str(seed)}"]))
         assert_same_run(tmp_path / "ensemble" / str(seed), tmp_path / "separate" / str(seed))
         steps = [json.loads(line)["step"] for line in (tmp_path / "ensemble" / str(seed) / "predictor.jsonl").open()]
-        assert steps == list(range(1, 13))  # 4 mini-batches a epoch, 3 epochs
+        assert steps == list(range(1, 13))  # 4 mini-batches an epoch, 3 epochs
