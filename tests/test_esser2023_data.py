@@ -15,7 +15,7 @@ from datamodules.epochs import WholeEpochs
 from datamodules.moons import MoonsDataModule
 from ssl_bench.cli import load
 from ssl_bench.errors import ConfigError
-from tests.conftest import error_line
+from conftest import error_line
 
 BASE = ["encoder=mlp", "~callbacks.max_cosine", "logger=none"]
 """Overrides that make ``--config base`` a run on vector data with labels."""

@@ -16,7 +16,7 @@ from ssl_bench.methods.simsiam import SimSiam, bn_squared_distance
 from ssl_bench.nets.patch_conv import PatchConv
 from ssl_bench.run import fit
 from ssl_bench.sweep import expand_grid
-from tests.conftest import assert_same_run, error_line
+from conftest import assert_same_run, error_line
 
 SMALL = dict(n=4000, num_patches=6, patch_dim=5, feature_patches=2, strong_norm=2.0, weak_norm=0.5, strong_prob=0.7,
              noise_std=0.3, batch_size=1000)
