@@ -19,8 +19,8 @@ import tempfile
 
 from speed_sparse import CLOCKS, TrainingClock
 
-from ssl_bench.cli import load
-from ssl_bench.run import fit
+from ssl_bench.config.compose import load
+from ssl_bench.train.fit import fit
 
 
 def evaluations(epochs: int, every: int) -> int:

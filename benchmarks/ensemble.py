@@ -4,8 +4,8 @@ The runs are Pokle et al.'s Table 2 setting (``pokle2022/table2``: n=3000, p=50,
 contrastive CL-basic and the alternating non-contrastive NCL-basic model, seeds 1..M, with the config's metric
 callbacks at their cadence and no logger. Each measurement is the wall time of whole fits of ``--epochs`` epochs
 minus that of fits of ``--base-epochs`` epochs, divided by the difference, so set-up (data, models, run directories)
-cancels and what remains is the cost of an epoch: M separate ``ssl_bench.run.fit`` calls (Lightning) against one
-``ssl_bench.ensemble.fit_ensemble`` of M members, batched with ``vmap`` and with ``loop`` (the members' objectives
+cancels and what remains is the cost of an epoch: M separate ``ssl_bench.train.fit.fit`` calls (Lightning) against one
+``ssl_bench.train.ensemble.fit_ensemble`` of M members, batched with ``vmap`` and with ``loop`` (the members' objectives
 one after another into one backward pass). Rounds alternate the measurements; medians are reported, with the
 extrapolated time of the whole ``pokle2022/table2`` sweep (270 runs x 8000 epochs) as ensembles of the largest size.
 ``--clock cpu`` times this thread's CPU time instead of the wall clock: the work, on a CPU shared with other work.
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from ssl_bench.cli import load
 from ssl_bench.config import RunConfig
-from ssl_bench.ensemble import fit_ensemble
-from ssl_bench.run import fit
+from ssl_bench.config.compose import load
+from ssl_bench.train.ensemble import fit_ensemble
+from ssl_bench.train.fit import fit
 
 MODELS = {
     "CL-basic": ["method=simclr", "encoder=basic_official", "data.augmentation=dependent", "data.drop_last=true"],

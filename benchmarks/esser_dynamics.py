@@ -23,7 +23,11 @@ import torch
 
 from datamodules.digits import DigitsDataModule
 from ssl_bench.nets.two_layer import TwoLayer
-from ssl_bench.trace_dynamics import euler_step, gradient_step, projected_trace_matrix
+from ssl_bench.ops.trace_dynamics import (
+    euler_step,
+    gradient_step,
+    projected_trace_matrix,
+)
 
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
 

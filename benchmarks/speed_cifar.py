@@ -61,15 +61,20 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, write_cifar10_batches
+from datamodules.cifar10 import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR10DataModule,
+    write_cifar10_batches,
+)
 from datamodules.gpu_augment import ViewRecipe
-from ssl_bench.cli import load
 from ssl_bench.config import RunConfig
-from ssl_bench.losses import nt_xent
-from ssl_bench.module import CallbackAdapter
+from ssl_bench.config.compose import load
 from ssl_bench.nets.resnet import ResNetBackbone
+from ssl_bench.ops.losses import nt_xent
 from ssl_bench.optim import LARS
-from ssl_bench.run import fit
+from ssl_bench.train.fit import fit
+from ssl_bench.train.lightning_module import CallbackAdapter
 
 AUTOCAST = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 RECIPE_IMAGES, RECIPE_TEST, RECIPE_EPOCHS, SPECTRUM_SAMPLES = 50_000, 10_000, 1000, 2048
@@ -252,7 +257,7 @@ def suite_loop(cfg: RunConfig, warmup: int, steps: int) -> float:
 @contextmanager
 def clocked_callbacks(device: torch.device) -> Iterator[dict[str, float]]:
     """Seconds spent in each metric callback's ``on_train_epoch_end`` and ``on_train_end`` (keys ``name.hook``),
-    clocked around the hooks of :class:`~ssl_bench.module.CallbackAdapter` while the context is open."""
+    clocked around the hooks of :class:`~ssl_bench.train.lightning_module.CallbackAdapter` while the context is open."""
     seconds: dict[str, float] = {}
     hooks = {name: getattr(CallbackAdapter, name) for name in ("on_train_epoch_end", "on_train_end")}
 

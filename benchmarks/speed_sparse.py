@@ -4,7 +4,7 @@ the share of ssl-bench's training time spent in metric callbacks, and the peak m
 Both loops run on the same data and the same math: the contrastive model (CL-basic: linear + BN + symmetric ReLU,
 NT-Xent, dependent masks) and the alternating non-contrastive model (NCL-basic: linear + symmetric ReLU, 2 - 2cos,
 independent masks, online and target SGD steps in turn). ssl-bench runs ``pokle2022/table2`` through
-``ssl_bench.run.fit`` (Lightning Trainer, SSLModule, the config's metric callbacks every
+``ssl_bench.train.fit.fit`` (Lightning Trainer, SSLModule, the config's metric callbacks every
 ``trainer.metrics_every_n_epochs`` epochs, a run directory in a temporary folder); each epoch is one training batch
 of its mini-batches (``list[Views]``). Rounds alternate between the two loops in this process and the median is
 reported, so background load affects both alike (``--clock cpu`` times the work, this thread's CPU time, instead of
@@ -32,9 +32,9 @@ import lightning as L
 import torch
 from torch.nn import functional as F
 
-from ssl_bench.cli import load
-from ssl_bench.module import CallbackAdapter
-from ssl_bench.run import fit
+from ssl_bench.config.compose import load
+from ssl_bench.train.fit import fit
+from ssl_bench.train.lightning_module import CallbackAdapter
 
 SETTINGS = {
     "CL-basic": ["method=simclr", "encoder=basic_official", "data.augmentation=dependent", "data.drop_last=true"],

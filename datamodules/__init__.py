@@ -2,7 +2,14 @@
 ground truth to metric callbacks."""
 
 from datamodules import (  # noqa: F401 (registration)
-    cifar10, digits, gaussian, invertible_mlp, moons, sparse_coding, strong_weak)
+    cifar10,
+    digits,
+    gaussian,
+    invertible_mlp,
+    moons,
+    sparse_coding,
+    strong_weak,
+)
 from datamodules.base import DataModule
 
 __all__ = ["DataModule"]

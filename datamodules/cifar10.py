@@ -30,10 +30,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from datamodules.base import DataModule, collate_views
 from datamodules.epochs import epoch_seed, shard
 from datamodules.gpu_augment import BatchedViews, ViewParams, ViewRecipe
+from ssl_bench.batch import Views
 from ssl_bench.config import DataConfig, check_choice, check_non_negative, check_range
 from ssl_bench.errors import DataError
 from ssl_bench.registry import register
-from ssl_bench.views import Views
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)

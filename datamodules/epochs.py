@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ssl_bench.views import Views
+from ssl_bench.batch import Views
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

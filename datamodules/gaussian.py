@@ -20,9 +20,9 @@ from torch import Tensor
 
 from datamodules.base import DataModule
 from datamodules.epochs import WholeEpochs, epoch_seed, mini_batches
+from ssl_bench.batch import Views
 from ssl_bench.config import ConfigError, DataConfig, check_non_negative, check_positive
 from ssl_bench.registry import register
-from ssl_bench.views import Views
 
 
 def noise_views(x: Tensor, noise_std: float, mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:

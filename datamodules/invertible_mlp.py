@@ -28,10 +28,16 @@ from torch import Tensor
 
 from datamodules.base import DataModule
 from datamodules.epochs import WholeEpochs, epoch_seed, shard
-from ssl_bench.config import ConfigError, DataConfig, check_choice, check_positive, check_range
+from ssl_bench.batch import Views
+from ssl_bench.config import (
+    ConfigError,
+    DataConfig,
+    check_choice,
+    check_positive,
+    check_range,
+)
 from ssl_bench.errors import DataError
 from ssl_bench.registry import register
-from ssl_bench.views import Views
 
 SPACES = ("box", "sphere", "real")
 MARGINALS = {"box": ("uniform", "normal", "laplace", "generalized_normal"), "sphere": ("uniform",),

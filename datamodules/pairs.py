@@ -18,9 +18,9 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Tensor
 
 from datamodules.base import DataModule
 from datamodules.epochs import WholeEpochs, mini_batches
+from ssl_bench.batch import Views
 from ssl_bench.config import DataConfig, check_non_negative
-from ssl_bench.losses import DOT_PRODUCT_LOSSES
-from ssl_bench.views import Views
+from ssl_bench.ops.losses import DOT_PRODUCT_LOSSES
 
 RANK_TOLERANCE = 1e-6
 """Singular values at most ``RANK_TOLERANCE * S[0]`` count as zero in :func:`whiten`."""

@@ -20,9 +20,15 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Tensor
 
 from datamodules.base import DataModule
 from datamodules.epochs import WholeEpochs, epoch_seed, mini_batches
-from ssl_bench.config import ConfigError, DataConfig, check_choice, check_positive, check_range
+from ssl_bench.batch import Views
+from ssl_bench.config import (
+    ConfigError,
+    DataConfig,
+    check_choice,
+    check_positive,
+    check_range,
+)
 from ssl_bench.registry import register
-from ssl_bench.views import Views
 
 
 def make_dictionary(p: int, d: int, kind: str, generator: torch.Generator) -> Tensor:

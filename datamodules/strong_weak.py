@@ -21,9 +21,15 @@ from torch import Tensor
 from datamodules.base import DataModule
 from datamodules.epochs import WholeEpochs, epoch_seed, mini_batches
 from datamodules.sparse_coding import make_dictionary
-from ssl_bench.config import ConfigError, DataConfig, check_non_negative, check_positive, check_range
+from ssl_bench.batch import Views
+from ssl_bench.config import (
+    ConfigError,
+    DataConfig,
+    check_non_negative,
+    check_positive,
+    check_range,
+)
 from ssl_bench.registry import register
-from ssl_bench.views import Views
 
 
 def sample_patches(n: int, features: Tensor, strengths: tuple[float, float], strong_prob: float,

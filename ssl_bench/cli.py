@@ -10,265 +10,17 @@ import argparse
 import contextlib
 import io
 import os
-import re
 import shlex
 import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ssl_bench.errors import ConfigError, UserError
+from ssl_bench.config.compose import configs_help, load
+from ssl_bench.errors import UserError
 
 if TYPE_CHECKING:
     from ssl_bench.config import RunConfig
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ("data", "encoder", "method", "optim", "trainer", "callbacks", "logger")
-SECTIONS = (*GROUPS, "sweep")
-
-
-def available_configs() -> tuple[list[str], dict[str, list[str]]]:
-    """Experiment configs (everything outside the groups, but ``base``) and the options of each group."""
-    if not CONFIG_DIR.is_dir():
-        raise ConfigError(f"no config directory at {CONFIG_DIR}; install ssl-bench from a clone with "
-                          "`pip install -e .`")
-    experiments = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml")
-                         if p.parts[len(CONFIG_DIR.parts)] not in GROUPS and p.stem != "base")
-    groups = {g: sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml")) for g in GROUPS}
-    return experiments, groups
-
-
-def configs_help() -> str:
-    experiments, groups = available_configs()
-    lines = ["experiment configs (--config NAME):", *(f"  {name}" for name in experiments), "",
-             "config groups (override with GROUP=OPTION, keys with GROUP.KEY=VALUE):"]
-    lines += [f"  {group}: {', '.join(options)}" for group, options in groups.items()]
-    return "\n".join(lines)
-
-
-def section_override(override: str) -> str:
-    """``section.key=value`` becomes ``++section.key=value`` (set or add), so keys that a YAML file leaves at their
-    default can be set too; the chosen part's schema then refuses keys it does not have. Anything else is passed to
-    Hydra unchanged."""
-    key, sep, _ = override.partition("=")
-    if not sep or "." not in key or key.startswith(("+", "~")) or key.split(".")[0] not in SECTIONS:
-        return override
-    return f"++{override}"
-
-
-PATH_KEYS = ("run_dir", "trainer.resume", "data.root")
-"""Keys whose values are paths."""
-
-
-def hydra_quoted(value: str) -> str:
-    """A Hydra override value that may hold ``=``, ``,``, brackets or spaces, in single quotes."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def quote_paths(overrides: list[str]) -> list[str]:
-    """The overrides with each path (:data:`PATH_KEYS`) that Hydra's grammar cannot read as it stands quoted for it,
-    so that a sweep's run directory such as ``run_dir=runs/t1/tau=equal/seed1`` needs no quotes on the command
-    line; every other override unchanged."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser, quoted = OverridesParser.create(), []
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if sep and key.lstrip("+") in PATH_KEYS:
-            try:
-                parser.parse_override(override)
-            except HydraException:
-                override = f"{key}={hydra_quoted(value)}"
-        quoted.append(override)
-    return quoted
-
-
-def check_overrides(overrides: list[str]) -> None:
-    """Each override is ``KEY=VALUE`` (or ``~KEY``) in Hydra's grammar, and one that picks a config group names an
-    option; raise a one-line :class:`ConfigError` naming the first that is not."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        key = key.lstrip("+~")
-        if not sep and not override.startswith("~"):
-            raise ConfigError(f"override '{override}' has no '='; write KEY=VALUE, e.g. {key}=VALUE")
-        if not key:
-            raise ConfigError(f"override '{override}' has no key; write KEY=VALUE, e.g. seed={value or 1}")
-        try:
-            parsed = parser.parse_override(override)
-        except HydraException as err:
-            detail = str(err).strip().splitlines()[0]
-            raise ConfigError(f"cannot read the override '{override}' ({detail}); write KEY=VALUE with a dotted KEY "
-                              "such as data.n, and quote a VALUE that holds = , [ ] { } or spaces: KEY='...'") from None
-        group, option = parsed.key_or_group, parsed.value()
-        names = option if isinstance(option, list) else [option]
-        if group in GROUPS and not parsed.is_delete() and not all(isinstance(n, str) and n for n in names):
-            options = ", ".join(available_configs()[1][group])
-            raise ConfigError(f"{override} does not name a config of group {group}; choose one of: {options}")
-
-
-def yaml_error(err: Exception) -> ConfigError:
-    """A YAML parser's error as one line: the file, line and column, the problem and the fix."""
-    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
-    if mark is None or problem is None:
-        return ConfigError(f"invalid YAML: {str(err).strip().splitlines()[0]}; fix the file")
-    where = f"{mark.name} at line {mark.line + 1}, column {mark.column + 1}"
-    context, at = getattr(err, "context", None), getattr(err, "context_mark", None)
-    if context and at is not None and (at.line, at.column) != (mark.line, mark.column):
-        problem += f" ({context} at line {at.line + 1}, column {at.column + 1})"
-    try:
-        line = Path(mark.name).read_text(encoding="utf-8").splitlines()[mark.line]
-    except (OSError, IndexError, UnicodeDecodeError):
-        line = ""
-    tab = "\\t" in problem or "\t" in line[: len(line) - len(line.lstrip())]
-    fix = "indent with spaces, YAML does not allow tabs there" if tab else "fix the file there"
-    return ConfigError(f"invalid YAML in {where}: {problem}; {fix}")
-
-
-def read_yaml_file(path: Path) -> dict[str, Any]:
-    """The mapping in the user's YAML file ``path`` (``--config path.yaml``); one line for a file that is not one."""
-    import yaml
-
-    if path.is_dir():
-        raise ConfigError(f"--config {path} is a directory; give a .yaml file or an experiment name "
-                          "(`ssl-bench --help` lists them)")
-    if not path.is_file():
-        raise ConfigError(f"--config {path} does not exist; give the path of a .yaml file or an experiment name "
-                          "(`ssl-bench --help` lists them)")
-    if path.suffix != ".yaml":
-        raise ConfigError(f"--config {path} is not a .yaml file (Hydra reads only that suffix); rename it to "
-                          f"{path.with_suffix('.yaml').name}")
-    try:
-        with path.open(encoding="utf-8") as stream:
-            content = yaml.safe_load(stream)
-    except yaml.YAMLError as err:
-        raise yaml_error(err) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--config {path} is not a UTF-8 text file; give a YAML file") from None
-    except OSError as err:
-        raise ConfigError(f"--config {path} cannot be read ({err.strerror}); give a YAML file you can read") from None
-    if content is not None and not isinstance(content, dict):
-        raise ConfigError(f"--config {path} holds a {type(content).__name__}, not a mapping of keys; start it with "
-                          "`defaults: [base, _self_]` and set keys below it, e.g. `seed: 3`")
-    if content is not None and not isinstance(content.get("defaults", []), list):
-        raise ConfigError(f"defaults in {path} must be a list; write `defaults: [base, _self_]`")
-    return content or {}
-
-
-def has_base(content: dict[str, Any]) -> bool:
-    """Whether a YAML file's defaults list starts from ``base`` (and so has every config group)."""
-    defaults = content.get("defaults")
-    return isinstance(defaults, list) and any(item in ("base", "/base") for item in defaults)
-
-
-NEEDS_BASE = "needs a defaults list starting with base: begin {path} with `defaults: [base, _self_]`"
-
-
-def composition_error(err: Exception, overrides: list[str], user_yaml: Path | None) -> ConfigError:
-    """Hydra's or OmegaConf's error while composing, as one line that names what the user typed and the fix."""
-    message = str(err).strip().splitlines()[0]
-    typed = {o.partition("=")[0].lstrip("+~"): o for o in overrides}
-    missing = re.search(r"Could not find '([^/']+)/([^']*)'", message)
-    if missing and missing[1] in GROUPS:
-        group, option = missing[1], missing[2]
-        options = ", ".join(available_configs()[1][group])
-        return ConfigError(f"{group}={option} is not a config of group {group}; choose one of: {options}")
-    if missing:
-        return ConfigError(f"{message} (no config group {missing[1]}); the config groups are: {', '.join(GROUPS)}")
-    if re.search(r"Could not load '[^']+'", message):
-        return ConfigError(f"{message.rstrip('.')}: no such config; a defaults list names base and GROUP: OPTION "
-                           "entries, e.g. `defaults: [base, _self_]`")
-    unknown = re.match(r"Could not override '([^'.]+)'", message)
-    if unknown:
-        key = unknown[1]
-        if user_yaml is not None and not has_base(read_yaml_file(user_yaml)):
-            if key in GROUPS:
-                what = f"{typed.get(key, key)} selects a config of group {key}, which"
-            else:
-                what = f"{typed.get(key, key)} sets a key of base, so {user_yaml.name}"
-            return ConfigError(f"{what} {NEEDS_BASE.format(path=user_yaml)}")
-        from ssl_bench.config import unknown_top_level_key
-
-        return unknown_top_level_key(key)
-    dotted = re.match(r"Could not override '([^']+)'", message)
-    if dotted:
-        return ConfigError(f"{typed.get(dotted[1], dotted[1])} sets {dotted[1]}, which is not a key of the config; "
-                           "drop the override")
-    present = re.search(r"An item is already at '([^']+)'", message)
-    if present:
-        key = present[1]
-        return ConfigError(f"{typed.get(key, '+' + key)} adds a key that is already set; drop the '+': "
-                           f"{typed.get(key, key).lstrip('+')}")
-    absent = re.search(r"Could not delete from config\. '([^']+)' does not exist", message)
-    if absent:
-        return ConfigError(f"~{absent[1]} deletes a key that is not in the config; drop the override")
-    key = getattr(err, "full_key", None)
-    if key and "nterpolation" in type(err).__name__:
-        reason = re.sub(r"^\w+ raised while resolving interpolation: ", "", message).strip('"')
-        return ConfigError(f"{typed.get(key, key)} cannot be resolved: {reason}; refer to a key that exists, e.g. "
-                           f"{key}=${{seed}}, or give a plain value")
-    return ConfigError(f"{key}: {message}" if key else message)
-
-
-def compose_config(config: str, overrides: list[str]) -> dict[str, Any]:
-    """Compose ``config`` (a name under configs/ or a path to a YAML file) with Hydra ``overrides``; the result as
-    plain dicts and lists."""
-    import yaml
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    path, user_yaml = Path(config), None
-    experiment = (CONFIG_DIR / f"{config}.yaml").is_file()
-    if config and (path.suffix in (".yaml", ".yml") or (path.exists() and not experiment)):
-        user_yaml, content = path, read_yaml_file(path)
-        config_dir, name = path.resolve().parent, path.stem
-    elif experiment and config.split("/")[0] not in GROUPS:
-        config_dir, name = CONFIG_DIR, config
-    else:
-        experiments, _ = available_configs()
-        raise ConfigError(f"unknown config '{config}'; choose one of: {', '.join(experiments)} (or a path to a .yaml)")
-    overrides = quote_paths(overrides)
-    check_overrides(overrides)
-    hydra_overrides = [section_override(o) for o in overrides]
-    if user_yaml is not None:
-        hydra_overrides.insert(0, f"hydra.searchpath=[file://{CONFIG_DIR}]")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(config_name=name, overrides=hydra_overrides)
-        plain = OmegaConf.to_container(cfg, resolve=True)
-    except yaml.YAMLError as err:
-        raise yaml_error(err) from None
-    except (HydraException, OmegaConfBaseException) as err:
-        raise composition_error(err, overrides, user_yaml) from None
-    except ValueError as err:  # Hydra's checks of a defaults list
-        raise ConfigError(f"{str(err).strip().splitlines()[0]}; write the defaults list as names, e.g. "
-                          "`defaults: [base, {override /method: byol}, _self_]`") from None
-    finally:
-        GlobalHydra.instance().clear()
-    if user_yaml is not None and not has_base(content):
-        unset = [section for section in ("data", "encoder", "method", "optim") if section not in plain]
-        if unset:
-            raise ConfigError(f"{user_yaml} sets no {unset[0]}: it {NEEDS_BASE.format(path=user_yaml)}, or set "
-                              f"{', '.join(f'{s}.name' for s in unset)} in it")
-    if plain.get("experiment", "adhoc") == "adhoc":
-        plain["experiment"] = name
-    return plain
-
-
-def load(config: str, overrides: list[str]) -> RunConfig:
-    """The validated :class:`ssl_bench.config.RunConfig` of ``config`` with ``overrides``."""
-    from ssl_bench.config import to_run_config
-
-    return to_run_config(compose_config(config, overrides))
-
 
 SLURM_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--partition", "P", str, "partition"),
@@ -419,9 +171,9 @@ def fit_seeds(config: str, overrides: list[str], seeds: list[int], run_dir: str 
 
 
 def train_together(cfgs: list[RunConfig], config: str, overrides: list[str], batching: str) -> int:
-    """Train ``cfgs`` with :func:`ssl_bench.ensemble.fit_ensemble`, print every run's ending, return the largest
+    """Train ``cfgs`` with :func:`ssl_bench.train.ensemble.fit_ensemble`, print every run's ending, return the largest
     exit code."""
-    from ssl_bench.ensemble import fit_ensemble
+    from ssl_bench.train.ensemble import fit_ensemble
 
     return max(report_ending(summary, config, overrides) for summary in fit_ensemble(cfgs, batching))
 
@@ -478,24 +230,24 @@ def command(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         if args.command == "dashboard":
-            from ssl_bench.dashboard import dashboard
+            from ssl_bench.study.dashboard import dashboard
 
             return dashboard(args.sweep, args.project, entity=args.entity, dry_run=args.dry_run)
         if args.command == "report":
-            from ssl_bench.report import report_command
+            from ssl_bench.study.report import report_command
 
             metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
             return report_command(args.dirs, args.out, metrics, args.point)
         if args.command == "fit-ensemble":
             return fit_table(args.table)
         if args.command == "sweep-task":
-            from ssl_bench.slurm import run_task
+            from ssl_bench.study.slurm import run_task
 
             if args.overrides:
                 raise UserError(f"sweep-task takes no overrides ({' '.join(args.overrides)}); they are in its table")
             return run_task(args.table, args.task)
         if args.command == "sweep" and args.status is not None:
-            from ssl_bench.slurm import print_status
+            from ssl_bench.study.slurm import print_status
 
             return print_status(args.status)
         if args.command == "sweep" and not args.config:
@@ -504,7 +256,7 @@ def command(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             import json
 
-            from ssl_bench.evaluate import evaluate, table_line
+            from ssl_bench.train.evaluate import evaluate, table_line
 
             result = evaluate(cfg, samples=args.samples)
             print(json.dumps(result))
@@ -518,15 +270,14 @@ def command(argv: list[str] | None = None) -> int:
                 return 0
             if args.seeds is not None:
                 return fit_seeds(args.config, args.overrides, seed_list(args.seeds), cfg.run_dir, args.batching)
-            from ssl_bench.run import fit
+            from ssl_bench.train.fit import fit
 
             summary = fit(cfg)
             if summary is None:  # a DDP process other than global rank 0, which writes and prints the summary
                 return 0
             return report_ending(summary, args.config, args.overrides)
-        from ssl_bench.sweep import run_sweep
-
-        from ssl_bench.slurm import slurm_options
+        from ssl_bench.study.slurm import slurm_options
+        from ssl_bench.study.sweep import run_sweep
 
         return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
                          dry_run=args.print_config, force=args.force, only=args.only, slurm=slurm_options(args),

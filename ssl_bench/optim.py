@@ -11,7 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl_bench.config import ConfigError, OptimConfig, check_non_negative, check_positive
+from ssl_bench.config import (
+    ConfigError,
+    OptimConfig,
+    check_non_negative,
+    check_positive,
+)
 from ssl_bench.registry import lookup, register
 
 

@@ -54,7 +54,7 @@ CIFAR_IMAGES = (8, 8)
 
 def experiments() -> list[str]:
     """Every experiment config under ``configs/``."""
-    from ssl_bench.cli import available_configs
+    from ssl_bench.config.compose import available_configs
 
     return available_configs()[0]
 
@@ -65,8 +65,8 @@ CIFAR_ROOT = "@CIFAR_ROOT"
 
 def case_overrides(name: str) -> list[str]:
     """The overrides of experiment ``name``'s trace: its first grid point, then the tiny settings."""
-    from ssl_bench.cli import load
-    from ssl_bench.sweep import expand_grid
+    from ssl_bench.config.compose import load
+    from ssl_bench.study.grid import expand_grid
 
     points = expand_grid(load(name, []).sweep.grid)
     point = list(points[0].overrides) if points else []

@@ -13,9 +13,15 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY, error_line
 
-from datamodules.cifar10 import FOLDER, CIFAR10DataModule, DatasetFileError, DatasetNotFoundError, write_cifar10_batches
+from datamodules.cifar10 import (
+    FOLDER,
+    CIFAR10DataModule,
+    DatasetFileError,
+    DatasetNotFoundError,
+    write_cifar10_batches,
+)
 from ssl_bench import registry
-from ssl_bench.cli import available_configs
+from ssl_bench.config.compose import available_configs
 
 NEEDS_BASE = "needs a defaults list starting with base: begin {tmp}/plain.yaml with `defaults: [base, _self_]`"
 FIX_OVERRIDE = ("write KEY=VALUE with a dotted KEY such as data.n, and quote a VALUE that holds = , [ ] { } or spaces: "

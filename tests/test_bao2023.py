@@ -9,12 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_bench.callbacks.predictor_dynamics import (eigenvalue_regime, isotropic_view_c, predicted_eigenvalues,
-                                                    representation_norms, signed_eigenvalues)
-from ssl_bench.eigen_dynamics import l2_equilibria
-from ssl_bench.losses import half_squared_distance
+from ssl_bench.callbacks.predictor_dynamics import (
+    eigenvalue_regime,
+    isotropic_view_c,
+    predicted_eigenvalues,
+    representation_norms,
+    signed_eigenvalues,
+)
+from ssl_bench.figures import CURVE_SIZE, DPI, draw_eigenvalue_regimes
 from ssl_bench.nets.heads import LinearPredictor
-from ssl_bench.plots import CURVE_SIZE, DPI, draw_eigenvalue_regimes
+from ssl_bench.ops.eigen_dynamics import l2_equilibria
+from ssl_bench.ops.losses import half_squared_distance
 
 
 def test_half_squared_distance_is_eq_1_with_a_stop_gradient():

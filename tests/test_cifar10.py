@@ -24,10 +24,10 @@ from datamodules.cifar10 import (
     view_recipes,
     write_cifar10_batches,
 )
+from ssl_bench.batch import Views
 from ssl_bench.errors import DataError
-from ssl_bench.module import DataModuleAdapter
 from ssl_bench.nets import ResNetBackbone
-from ssl_bench.views import Views
+from ssl_bench.train.lightning_module import DataModuleAdapter
 
 N_TRAIN, N_TEST = 40, 20
 
@@ -282,8 +282,8 @@ def test_unknown_resnet_name():
 
 
 def test_config_builds_the_datamodule_and_a_resnet_with_the_online_probe(root):
-    from ssl_bench.cli import load
-    from ssl_bench.run import build_data, build_module
+    from ssl_bench.config.compose import load
+    from ssl_bench.train.fit import build_data, build_module
 
     cfg = load("cifar10/simclr", [f"data.root={root}", "data.verify_checksums=false", "data.batch_size=4",
                                   "data.num_workers=0", "data.views=byol", "encoder.cifar_stem=false"])

@@ -23,12 +23,13 @@ from conftest import REPO, TINY, error_line
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.sparse_coding import SparseCodingDataModule
 from ssl_bench import registry
-from ssl_bench.cli import available_configs, load, quote_paths
 from ssl_bench.config import ConfigError
+from ssl_bench.config.compose import available_configs, load, quote_paths
 from ssl_bench.methods.simclr import SimCLR
-from ssl_bench.metrics import max_cosine
-from ssl_bench.run import build_data, build_module
-from ssl_bench.sweep import expand_grid, report
+from ssl_bench.ops.metrics import max_cosine
+from ssl_bench.study.grid import expand_grid
+from ssl_bench.study.report import sweep_table_markdown
+from ssl_bench.train.fit import build_data, build_module
 
 MAXCOS = ("maxcos/max", "maxcos/median", "maxcos/min")
 METHODS = "adaptive_infonce, byol, directclr, dot_product, simclr, simsiam"
@@ -516,7 +517,7 @@ def test_report_aggregates_and_shows_reference(tmp_path):
         run_dir.mkdir(parents=True)
         (run_dir / "summary.json").write_text(json.dumps({
             "status": status, "group": f"exp/model={model},data.sparsity=0.1", "metrics": {"maxcos/max": value}}))
-    table = report(tmp_path).splitlines()
+    table = sweep_table_markdown(tmp_path).splitlines()
     rows = [line for line in table if line.startswith("| A") or line.startswith("| B")]
     assert [r.split("|")[1].strip() for r in rows] == ["B", "A"]  # the spec's group order
     a_row = [c.strip() for c in rows[1].strip("|").split("|")]
@@ -553,7 +554,7 @@ def test_every_sweep_reference_names_real_grid_axes_values_and_metrics():
 def test_adaptive_infonce_table_shows_the_paper_column(run_cli, tmp_path, monkeypatch):
     """The sweep of Rusak et al.'s table with each run replaced by a summary with fixed metrics: every row of the
     report shows the paper's value beside the metrics it reports."""
-    import ssl_bench.sweep
+    import ssl_bench.study.sweep
 
     configs = {name: load(name, []) for name in available_configs()[0]}
     name, cfg = next((n, c) for n, c in configs.items() if c.method.name == "adaptive_infonce" and c.sweep.reference)
@@ -566,14 +567,14 @@ def test_adaptive_infonce_table_shows_the_paper_column(run_cli, tmp_path, monkey
             "status": "finished", "group": values["group"].strip("'"), "seed": int(values["seed"]), "metrics": fake}))
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(ssl_bench.sweep.subprocess, "run", run)
+    monkeypatch.setattr(ssl_bench.study.sweep.subprocess, "run", run)
     sweep_dir = tmp_path / "sweep"
     code, out, err = run_cli("sweep", "--config", name, "--sweep-dir", sweep_dir)
     assert code == 0, err
     spec = json.loads((sweep_dir / "sweep.json").read_text())
     assert isinstance(spec["reference"], list) and len(spec["reference"]) == len(cfg.sweep.reference)
 
-    table = report(sweep_dir).splitlines()
+    table = sweep_table_markdown(sweep_dir).splitlines()
     assert "paper's value in parentheses" in table[0]
     header = [c.strip() for c in table[2].strip("|").split("|")]
     axes = header[:header.index("runs")]

@@ -20,8 +20,8 @@ import wandb_workspaces.reports.v2 as wr
 from conftest import REPO, TINY, error_line
 from wandb.proto import wandb_internal_pb2
 
-from ssl_bench.dashboard import build_workspace
-from ssl_bench.sweep import report
+from ssl_bench.study.dashboard import build_workspace
+from ssl_bench.study.report import sweep_table_markdown
 
 GRID = "sweep.grid={data.sparsity:[0.2]}"
 SPECTRUM = ["spectrum/effective_rank", "spectrum/rank", "collapse/std_l2", "spectrum/effective_rank_backbone",
@@ -95,7 +95,7 @@ def test_workspace_sections_panels_and_grouping(sweep_dir):
     assert [s.name for s in workspace.sections] == ["Table", "Final values", "Curves", "Spectra"]
 
     (table,) = panels(workspace, "Table")
-    assert isinstance(table, wr.MarkdownPanel) and table.markdown.startswith(report(sweep_dir))
+    assert isinstance(table, wr.MarkdownPanel) and table.markdown.startswith(sweep_table_markdown(sweep_dir))
     bars = panels(workspace, "Final values")
     assert [b.metrics for b in bars] == [[m] for m in metrics]
     curves = panels(workspace, "Curves")
@@ -205,7 +205,7 @@ def test_dry_run_prints_the_workspace_without_credentials(run_cli, sweep_dir, tm
     assert "  LinePlot: x=epoch y=maxcos/min groupby=Group agg=mean range=minmax" in lines
     assert "  BarPlot: y=maxcos/min groupby=Group agg=mean range=minmax" in lines
     assert "  LinePlot: x=epoch y=collapse/std_l2_backbone groupby=Group agg=mean range=minmax" in lines
-    assert all(f"    {line}" in lines for line in report(sweep_dir).splitlines() if line)
+    assert all(f"    {line}" in lines for line in sweep_table_markdown(sweep_dir).splitlines() if line)
 
 
 def test_saving_without_credentials_is_one_line(run_cli, sweep_dir, tmp_path, monkeypatch):

@@ -9,11 +9,16 @@ import pytest
 import torch
 from conftest import TINY
 
-from datamodules.sparse_coding import SparseCodingDataModule, make_dictionary, mask_views, sample_latents
-from ssl_bench.cli import load
+from datamodules.sparse_coding import (
+    SparseCodingDataModule,
+    make_dictionary,
+    mask_views,
+    sample_latents,
+)
+from ssl_bench.batch import Views
 from ssl_bench.config import ConfigError
-from ssl_bench.run import build_data
-from ssl_bench.views import Views
+from ssl_bench.config.compose import load
+from ssl_bench.train.fit import build_data
 
 SparseConfig = SparseCodingDataModule.Config
 

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from conftest import REPO, TINY
 from torch import Tensor
 
-from ssl_bench.losses import info_nce, nt_xent, standardize
+from ssl_bench.ops.losses import info_nce, nt_xent, standardize
 
 WORLD = 2
 DIM = 5
@@ -125,8 +125,8 @@ def initial_weights(*overrides: str) -> dict[str, Tensor]:
     """The state dict ``fit`` starts from (imports here keep the spawned loss workers light)."""
     import lightning as L
 
-    from ssl_bench.cli import load
-    from ssl_bench.run import build_data, build_module
+    from ssl_bench.config.compose import load
+    from ssl_bench.train.fit import build_data, build_module
 
     cfg = load("quickstart", [*TINY, *overrides])
     L.seed_everything(cfg.seed, verbose=False)

@@ -12,17 +12,27 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import error_line
 from lightning.pytorch.loggers import WandbLogger
 
-from conftest import error_line
 from datamodules.sparse_coding import SparseCodingDataModule
-from ssl_bench.callbacks.feature_alignment import (FeatureAlignment, alignment, collapsed, detected_features,
-                                                   history_pixels)
-from ssl_bench.callbacks.predictor_dynamics import PredictorDynamics, linear_head, predictor_metrics, scalars
+from ssl_bench.batch import Step
+from ssl_bench.callbacks.feature_alignment import (
+    FeatureAlignment,
+    alignment,
+    collapsed,
+    detected_features,
+    history_pixels,
+)
+from ssl_bench.callbacks.predictor_dynamics import (
+    PredictorDynamics,
+    linear_head,
+    predictor_metrics,
+    scalars,
+)
 from ssl_bench.config import CAPABILITIES
 from ssl_bench.nets.heads import LinearPredictor
 from ssl_bench.registry import register
-from ssl_bench.views import Step
 
 V = torch.eye(3)[:2]  # v1 = e1, v2 = e2 in R^3
 

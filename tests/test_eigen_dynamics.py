@@ -9,8 +9,18 @@ import pytest
 import torch
 from scipy.optimize import approx_fprime
 
-from ssl_bench.eigen_dynamics import (cosine_equilibria, cosine_ps_rate, cosine_rate, integrate, intervals,
-                                      l2_equilibria, l2_intervals, l2_rate, l2_regime, regime)
+from ssl_bench.ops.eigen_dynamics import (
+    cosine_equilibria,
+    cosine_ps_rate,
+    cosine_rate,
+    integrate,
+    intervals,
+    l2_equilibria,
+    l2_intervals,
+    l2_rate,
+    l2_regime,
+    regime,
+)
 
 # (rho, c, N_Phi, N_Psi, N_T): strong decay with large norms, then the same decay once the norms have shrunk.
 COLLAPSE = (0.1, 1.2, 3.0, 3.0, 5.0)

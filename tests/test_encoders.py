@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from datamodules.sparse_coding import make_dictionary
-from ssl_bench.cli import load
+from ssl_bench.batch import Views
 from ssl_bench.config import RunConfig
-from ssl_bench.losses import negative_cosine, normalized_mse, nt_xent
-from ssl_bench.module import DataModuleAdapter, SSLModule
+from ssl_bench.config.compose import load
 from ssl_bench.nets.sparse import SparseEncoder, SparseLayer, warm_start_noise
-from ssl_bench.run import build_data, build_module
-from ssl_bench.views import Views
+from ssl_bench.ops.losses import negative_cosine, normalized_mse, nt_xent
+from ssl_bench.train.fit import build_data, build_module
+from ssl_bench.train.lightning_module import DataModuleAdapter, SSLModule
 
 
 def relu(x):

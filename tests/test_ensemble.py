@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY, assert_same_run, error_line
-from ssl_bench.cli import load
-from ssl_bench.ensemble import fit_ensemble
-from ssl_bench.run import fit
+
+from ssl_bench.config.compose import load
+from ssl_bench.train.ensemble import fit_ensemble
+from ssl_bench.train.fit import fit
 
 EPOCHS = ["trainer.max_epochs=4", "trainer.log_every_n_epochs=1", "trainer.metrics_every_n_epochs=2"]
 MODELS = {
@@ -40,7 +40,7 @@ def test_an_ensemble_of_three_ends_within_1e5_of_three_separate_runs(tmp_path, m
     """Members differ in seed, sparsity, masking probability and (but in ONE_OPTIMIZER) learning rate; each writes
     its own run directory, and every logged value, spectrum and ending equals its separate run's. Under vmap,
     members with one optimizer setting step as one optimizer over the stacked parameters."""
-    from ssl_bench import ensemble
+    from ssl_bench.train import ensemble
 
     built = []
     shared_optimizers = ensemble.Ensemble._shared_optimizers
@@ -77,7 +77,7 @@ def test_a_diverging_member_is_marked_diverged_and_the_others_go_on(tmp_path):
 def test_members_whose_shapes_differ_train_in_separate_ensembles(tmp_path, monkeypatch, batching):
     """Encoder widths 8 and 6 go to separate ensembles; temperatures 0.05 and 0.2 share one (under vmap too: SimCLR
     holds its temperature in a buffer, stacked like the others)."""
-    from ssl_bench import ensemble
+    from ssl_bench.train import ensemble
 
     sizes = []
     train = ensemble.train

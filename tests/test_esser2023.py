@@ -8,17 +8,27 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import assert_same_run
+
 from datamodules.digits import DigitsDataModule
 from datamodules.moons import MoonsDataModule
+from ssl_bench.batch import Views
 from ssl_bench.callbacks.linear_gap import output_gap
 from ssl_bench.callbacks.output_dynamics import svm_accuracy
-from ssl_bench.losses import contrastive_dot, non_contrastive_dot, trace_loss
-from ssl_bench.nets.two_layer import TwoLayer, horizontal, nearest_semi_orthogonal, semi_orthogonal
-from ssl_bench.trace_dynamics import (bottom_eigenspace_share, euler_step, gradient_step, output_velocity,
-                                      projected_trace_matrix)
-from ssl_bench.views import Views
+from ssl_bench.nets.two_layer import (
+    TwoLayer,
+    horizontal,
+    nearest_semi_orthogonal,
+    semi_orthogonal,
+)
+from ssl_bench.ops.losses import contrastive_dot, non_contrastive_dot, trace_loss
+from ssl_bench.ops.trace_dynamics import (
+    bottom_eigenspace_share,
+    euler_step,
+    gradient_step,
+    output_velocity,
+    projected_trace_matrix,
+)
 
 
 def network(input_dim: int, width: int, output_dim: int, activation: str = "linear",
@@ -224,9 +234,9 @@ def test_following_the_dynamics_needs_gradient_descent(run_cli, tmp_path, overri
 def test_an_ensemble_of_constrained_networks_equals_their_separate_runs(tmp_path, batching):
     """The Grassmann gradient (a reparametrisation) and the SVD projections after every step work on an ensemble's
     stacked weights as on one network's: seeds and learning rates in one process end as their separate runs."""
-    from ssl_bench.cli import load
-    from ssl_bench.ensemble import fit_ensemble
-    from ssl_bench.run import fit
+    from ssl_bench.config.compose import load
+    from ssl_bench.train.ensemble import fit_ensemble
+    from ssl_bench.train.fit import fit
 
     members = [["seed=1", "optim.lr=0.01"], ["seed=2", "optim.lr=0.02"]]
     base = ["encoder.constraint=orthogonal", "trainer.max_epochs=30", "logger=none", "trainer.progress=none"]

@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import error_line
 from sklearn.datasets import load_digits
 
 from datamodules.digits import DigitsDataModule
 from datamodules.epochs import WholeEpochs
 from datamodules.moons import MoonsDataModule
-from ssl_bench.cli import load
+from ssl_bench.config.compose import load
 from ssl_bench.errors import ConfigError
-from conftest import error_line
 
 BASE = ["encoder=mlp", "~callbacks.max_cosine", "logger=none"]
 """Overrides that make ``--config base`` a run on vector data with labels."""

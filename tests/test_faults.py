@@ -14,11 +14,18 @@ import pytest
 import torch
 from conftest import REPO, TINY
 
-from ssl_bench.cli import load
-from ssl_bench.ensemble import fit_ensemble
-from ssl_bench.module import Diverged
-from ssl_bench.recorder import RunRecorder, truncate_histories
-from ssl_bench.run import Interrupted, build_data, build_module, checkpoint_step, fit
+from ssl_bench.config.compose import load
+from ssl_bench.rundir import truncate_histories
+from ssl_bench.train.ensemble import fit_ensemble
+from ssl_bench.train.fit import (
+    Interrupted,
+    build_data,
+    build_module,
+    checkpoint_step,
+    fit,
+)
+from ssl_bench.train.lightning_module import Diverged
+from ssl_bench.train.recorder import RunRecorder
 
 FOREVER = [*TINY[:5], "trainer.max_epochs=100000", "trainer.progress=none", "logger=none",
            "trainer.log_every_n_epochs=1", "trainer.checkpoint_every_n_epochs=5"]
@@ -97,7 +104,7 @@ def test_diverged_is_raised_before_the_step_is_taken():
     module = build_module(cfg, data)
     from lightning import Trainer
 
-    from ssl_bench.module import DataModuleAdapter
+    from ssl_bench.train.lightning_module import DataModuleAdapter
 
     trainer = Trainer(max_epochs=50, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, accelerator="cpu")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from datamodules.gaussian import GaussianDataModule
-from ssl_bench.cli import load
+from ssl_bench.config.compose import load
 from ssl_bench.errors import ConfigError
 
 GAUSSIAN = ["data=gaussian", "encoder=linear", "method=simsiam", "~callbacks.max_cosine", "logger=none"]

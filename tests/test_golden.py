@@ -8,8 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
-
-from golden import cifar_root, differences, experiments, fit_trace, trace_path, with_data_root
+from golden import (
+    cifar_root,
+    differences,
+    experiments,
+    fit_trace,
+    trace_path,
+    with_data_root,
+)
 
 NAMES = experiments()
 

@@ -14,10 +14,16 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from datamodules.cifar10 import CIFAR10DataModule, KeyBatch, augmentation, view_recipes, write_cifar10_batches
+from datamodules.cifar10 import (
+    CIFAR10DataModule,
+    KeyBatch,
+    augmentation,
+    view_recipes,
+    write_cifar10_batches,
+)
 from datamodules.gpu_augment import ViewParams, ViewRecipe, augment, color_jitter
 from ssl_bench.config import ConfigError
-from ssl_bench.module import DataModuleAdapter
+from ssl_bench.train.lightning_module import DataModuleAdapter
 
 N_CPU, N_BATCHED = 2000, 20000
 KS_C = 1.95  # two-sample Kolmogorov-Smirnov critical value at alpha = 0.001

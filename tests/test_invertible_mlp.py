@@ -10,8 +10,12 @@ import pytest
 import torch
 from scipy import special
 
-from datamodules.invertible_mlp import InvertibleMLPDataModule, condition_numbers, sample_vmf
-from ssl_bench.cli import load
+from datamodules.invertible_mlp import (
+    InvertibleMLPDataModule,
+    condition_numbers,
+    sample_vmf,
+)
+from ssl_bench.config.compose import load
 from ssl_bench.errors import ConfigError
 
 Config = InvertibleMLPDataModule.Config

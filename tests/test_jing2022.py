@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ssl_bench.cli import load
-from ssl_bench.sweep import expand_grid
+from ssl_bench.config.compose import load
+from ssl_bench.study.grid import expand_grid
 
 QUIET = ["trainer.progress=none", "logger=none"]
 

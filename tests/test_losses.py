@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_bench.losses import info_nce, negative_cosine, normalized_mse, nt_xent, standardize
+from ssl_bench.ops.losses import (
+    info_nce,
+    negative_cosine,
+    normalized_mse,
+    nt_xent,
+    standardize,
+)
 
 
 def nt_xent_reference(z1: np.ndarray, z2: np.ndarray, tau, normalize: bool = True) -> float:

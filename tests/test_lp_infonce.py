@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import TINY, error_line
 
-from ssl_bench.losses import cosine_info_nce, lp_info_nce, nt_xent, nt_xent_terms
+from ssl_bench.ops.losses import cosine_info_nce, lp_info_nce, nt_xent, nt_xent_terms
 
 
 def numpy_terms(z1: np.ndarray, z2: np.ndarray, tau: np.ndarray, p: float, similarity: str = "lp",
@@ -154,8 +154,10 @@ def test_gathered_negatives_give_the_terms_and_gradients_of_the_global_batch(tmp
 
 
 def method_and_batch(*overrides: str):
-    from ssl_bench.cli import load  # imported here to keep the spawned workers light
-    from ssl_bench.run import build_data, build_module
+    from ssl_bench.config.compose import (
+        load,  # imported here to keep the spawned workers light
+    )
+    from ssl_bench.train.fit import build_data, build_module
 
     cfg = load("quickstart", [*TINY, "method=adaptive_infonce", "method.projector=none", *overrides])
     data = build_data(cfg)

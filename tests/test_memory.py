@@ -1,5 +1,5 @@
 """The heap of a contrastive run stays bounded: the free pages of its step-sized similarity matrices go back to the
-system at the end of an epoch (ssl_bench.memory), where glibc alone keeps them."""
+system at the end of an epoch (ssl_bench.train.memory), where glibc alone keeps them."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 STEPS = textwrap.dedent("""
     import torch
-    from ssl_bench.losses import nt_xent_terms
-    from ssl_bench.memory import TRIM_FREE_BYTES, free_heap_bytes, release_free_heap
+    from ssl_bench.ops.losses import nt_xent_terms
+    from ssl_bench.train.memory import TRIM_FREE_BYTES, free_heap_bytes, release_free_heap
 
     def rss_mib():
         for line in open("/proc/self/status"):
@@ -51,7 +51,7 @@ def test_epoch_end_returns_the_steps_freed_matrices():
 def test_heap_is_looked_at_once_per_interval():
     """Asking glibc for the free heap walks its free lists (about 90 us in a training process, 1 % of a small
     model's epoch), so a second call within ``interval`` seconds of the last look does nothing."""
-    from ssl_bench.memory import release_free_heap
+    from ssl_bench.train.memory import release_free_heap
 
     assert release_free_heap(at_least=0, interval=0)
     assert not release_free_heap(at_least=0, interval=60)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from datamodules.sparse_coding import make_dictionary
-from ssl_bench.metrics import max_cosine
+from ssl_bench.ops.metrics import max_cosine
 
 
 def reference(weight: np.ndarray, dictionary: np.ndarray, absolute: bool = True) -> dict[str, float]:

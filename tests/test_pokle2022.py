@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from ssl_bench.cli import load
-from ssl_bench.sweep import expand_grid
+from ssl_bench.config.compose import load
+from ssl_bench.study.grid import expand_grid
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Held-out R^2 of the latents from every layer (``ssl_bench.metrics.r2_scores``), the encoders' ``layer_outputs``,
+"""Held-out R^2 of the latents from every layer (``ssl_bench.ops.metrics.r2_scores``), the encoders' ``layer_outputs``,
 the MLP encoder and the ``r2_probe`` callback through the CLI."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import types
 import numpy as np
 import pytest
 import torch
-
 from conftest import error_line
+
 from datamodules.sparse_coding import SparseCodingDataModule
 from ssl_bench.callbacks.r2_probe import R2Probe, heatmap_pixels
-from ssl_bench.metrics import r2_scores
 from ssl_bench.nets.mlp import MLPEncoder
 from ssl_bench.nets.resnet import ResNetBackbone
 from ssl_bench.nets.sparse import SparseEncoder
+from ssl_bench.ops.metrics import r2_scores
 
 
 def gaussian(*shape: int, seed: int) -> torch.Tensor:

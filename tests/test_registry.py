@@ -15,11 +15,11 @@ import yaml
 from torch import Tensor, nn
 
 from ssl_bench import registry
+from ssl_bench.batch import Step, Views
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import CallbackConfig, ConfigError, MethodConfig, check_positive
-from ssl_bench.losses import nt_xent
 from ssl_bench.methods.base import Method
-from ssl_bench.views import Step, Views
+from ssl_bench.ops.losses import nt_xent
 
 BUILT: list[Any] = []
 """Every toy method and callback that a run built, in order."""

@@ -17,9 +17,15 @@ from conftest import TINY, error_line
 
 from ssl_bench.cli import main
 from ssl_bench.errors import ConfigError
-from ssl_bench.plots import axis_bands, band, numeric_axis, r2_layer_bands, r2_mean, spectrum_bands
-from ssl_bench.report import curves, load_study
-from ssl_bench.sweep import report
+from ssl_bench.study.plots import (
+    axis_bands,
+    band,
+    numeric_axis,
+    r2_layer_bands,
+    r2_mean,
+    spectrum_bands,
+)
+from ssl_bench.study.report import curves, load_study, sweep_table_markdown
 
 STUDY = """\
 defaults: [quickstart, _self_]
@@ -37,7 +43,7 @@ sweep:
 CURVE_PX, SPECTRA_PX = (1000, 500), (1400, 500)
 R2_PX = (950, 380)
 """Pixel sizes: a curve figure 10 x 5 in, spectra 14 x 5 in, R^2 of two grid points 2 x 4 + 1.5 by 3 + 0.8 in, all at
-100 dpi (ssl_bench.plots)."""
+100 dpi (ssl_bench.study.plots)."""
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -64,7 +70,7 @@ def sweep_dir(tmp_path_factory) -> Path:
 def test_report_writes_markdown_html_and_figures_of_a_sweep(sweep_dir, run_cli):
     code, out, err = run_cli("report", sweep_dir)
     assert code == 0, err
-    assert out.strip() == report(sweep_dir)  # stdout is the table, as before
+    assert out.strip() == sweep_table_markdown(sweep_dir)  # stdout is the table, as before
     out_dir = sweep_dir / "report"
     assert err.strip().splitlines() == [f"report: {out_dir / 'report.md'} and {out_dir / 'report.html'} (7 figures "
                                         f"in {out_dir / 'figures'})"]

@@ -11,12 +11,12 @@ import torch
 from conftest import error_line
 
 from datamodules.invertible_mlp import InvertibleMLPDataModule
-from ssl_bench.cli import available_configs, load
 from ssl_bench.config import ConfigError
-from ssl_bench.evaluate import EVALUATION_STREAM, evaluate, info_nce_terms
-from ssl_bench.losses import cosine_info_nce, lp_info_nce
+from ssl_bench.config.compose import available_configs, load
 from ssl_bench.nets.inverse import InverseEncoder
-from ssl_bench.sweep import expand_grid
+from ssl_bench.ops.losses import cosine_info_nce, lp_info_nce
+from ssl_bench.study.grid import expand_grid
+from ssl_bench.train.evaluate import EVALUATION_STREAM, evaluate, info_nce_terms
 
 SMALL = ["data.condition_draws=200"]  # g's condition-number pool: 200 draws instead of 25,000
 

@@ -20,8 +20,8 @@ import pytest
 from conftest import REPO, TINY, error_line
 from slurm_cluster import missing_binaries, slurm_cluster
 
-from ssl_bench.slurm import SlurmOptions, array_tasks, render, requeue
-from ssl_bench.sweep import Point, Run
+from ssl_bench.study.grid import Point, Run
+from ssl_bench.study.slurm import SlurmOptions, array_tasks, render, requeue
 
 SLURM_TINY = [o for o in TINY if o != "trainer.max_epochs=3"]
 
@@ -176,8 +176,8 @@ class SignalAtEpoch(L.Callback):
 
 
 def fit_tiny(run_dir: Path, *extra: str, signal_at: int | None = None) -> dict:
-    from ssl_bench.cli import load
-    from ssl_bench.run import fit
+    from ssl_bench.config.compose import load
+    from ssl_bench.train.fit import fit
 
     cfg = load("quickstart", [*SLURM_TINY, "trainer.max_epochs=30", f"run_dir={run_dir}", *extra])
     return fit(cfg, [] if signal_at is None else [SignalAtEpoch(signal_at)])

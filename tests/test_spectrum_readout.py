@@ -14,12 +14,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.sparse_coding import SparseCodingDataModule
+from ssl_bench.batch import Views
 from ssl_bench.callbacks.readout import LinearReadout
 from ssl_bench.callbacks.spectrum import EigenSpectrum, frozen_representations
-from ssl_bench.metrics import effective_rank, embedding_spectrum, fit_linear_readout, numerical_rank, std_l2
-from ssl_bench.module import CallbackAdapter, DataModuleAdapter
-from ssl_bench.recorder import RunRecorder
-from ssl_bench.views import Views
+from ssl_bench.ops.metrics import (
+    effective_rank,
+    embedding_spectrum,
+    fit_linear_readout,
+    numerical_rank,
+    std_l2,
+)
+from ssl_bench.train.lightning_module import CallbackAdapter, DataModuleAdapter
+from ssl_bench.train.recorder import RunRecorder
 
 SPECTRUM_KEYS = [f"{name}{suffix}" for suffix in ("", "_backbone")
                  for name in ("spectrum/effective_rank", "spectrum/rank", "collapse/std_l2")]

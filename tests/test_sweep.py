@@ -16,9 +16,10 @@ import pytest
 import yaml
 from conftest import REPO, TINY, error_line
 
-from ssl_bench.cli import load
 from ssl_bench.config import to_yaml
-from ssl_bench.sweep import expand_grid, report, select_points
+from ssl_bench.config.compose import load
+from ssl_bench.study.grid import expand_grid, select_points
+from ssl_bench.study.report import sweep_table_markdown
 
 TINY_SWEEP = [*TINY, "sweep.seeds=[1]"]
 
@@ -223,7 +224,7 @@ def test_report_counts_runs_by_status_and_lists_points_without_runs(run_cli, tmp
         ["C", "2/3 (1 missing)", "inf ± nan", "nan ± nan"],
         ["D", "0/3 (3 missing)", "-", "-"],
     ]
-    assert table == report(sweep_dir)
+    assert table == sweep_table_markdown(sweep_dir)
 
 
 def test_report_help_has_a_description(run_cli):
@@ -286,7 +287,7 @@ def test_only_runs_the_chosen_grid_points_and_the_table_keeps_the_whole_grid(run
     assert "4 points x 1 seed = 4 runs (--only: 2 points), 0 already finished; running 2" in out
     ran = sorted(p.parent.parent.name for p in sweep_dir.rglob("summary.json"))
     assert ran == ["data.sparsity=0.2,optim.lr=0.02", "data.sparsity=0.3,optim.lr=0.02"]
-    assert [row[:3] for row in table_rows(report(sweep_dir))] == [
+    assert [row[:3] for row in table_rows(sweep_table_markdown(sweep_dir))] == [
         ["0.2", "0.01", "0/1 (1 missing)"], ["0.2", "0.02", "1/1"], ["0.3", "0.01", "0/1 (1 missing)"],
         ["0.3", "0.02", "1/1"]]
     assert len(json.loads((sweep_dir / "sweep.json").read_text())["points"]) == 4

@@ -5,11 +5,11 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-
 from conftest import TINY
+
 from datamodules.cifar10 import write_cifar10_batches
-from ssl_bench.cli import load
-from ssl_bench.run import fit
+from ssl_bench.config.compose import load
+from ssl_bench.train.fit import fit
 
 
 class Seen(L.Callback):

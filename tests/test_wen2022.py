@@ -7,16 +7,16 @@ import json
 
 import pytest
 import torch
+from conftest import assert_same_run, error_line
 
 from datamodules.strong_weak import StrongWeakDataModule, partition_views
-from ssl_bench.cli import load
-from ssl_bench.ensemble import fit_ensemble
+from ssl_bench.config.compose import load
 from ssl_bench.errors import ConfigError
 from ssl_bench.methods.simsiam import SimSiam, bn_squared_distance
 from ssl_bench.nets.patch_conv import PatchConv
-from ssl_bench.run import fit
-from ssl_bench.sweep import expand_grid
-from conftest import assert_same_run, error_line
+from ssl_bench.study.grid import expand_grid
+from ssl_bench.train.ensemble import fit_ensemble
+from ssl_bench.train.fit import fit
 
 SMALL = dict(n=4000, num_patches=6, patch_dim=5, feature_patches=2, strong_norm=2.0, weak_norm=0.5, strong_prob=0.7,
              noise_std=0.3, batch_size=1000)

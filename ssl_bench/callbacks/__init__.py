@@ -2,7 +2,15 @@
 truth and a small model interface, never a method's class."""
 
 from ssl_bench.callbacks import (  # noqa: F401  (each registers its callback)
-    feature_alignment, linear_gap, max_cosine, output_dynamics, predictor_dynamics, r2_probe, readout, spectrum)
+    feature_alignment,
+    linear_gap,
+    max_cosine,
+    output_dynamics,
+    predictor_dynamics,
+    r2_probe,
+    readout,
+    spectrum,
+)
 from ssl_bench.callbacks.base import Callback
 
 __all__ = ["Callback"]

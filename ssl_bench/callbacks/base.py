@@ -1,7 +1,7 @@
 """The base of ssl-bench's metric callbacks: Lightning's hook names and arguments, plus a per-optimizer-step hook.
 
 A callback is a plain class (no Lightning import), registered by name with its ``Config``; the runner wraps each in
-a Lightning callback (:class:`ssl_bench.module.CallbackAdapter`) that forwards the hooks below.
+a Lightning callback (:class:`ssl_bench.train.lightning_module.CallbackAdapter`) that forwards the hooks below.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ssl_bench.batch import Step
 from ssl_bench.config import CallbackConfig, check_positive
-from ssl_bench.views import Step
 
 
 @dataclass
@@ -27,7 +27,7 @@ class CadenceConfig(CallbackConfig):
 
 class Callback:
     """Override the hooks you need. ``trainer`` is the Lightning trainer; ``module`` the
-    :class:`ssl_bench.module.SSLModule` (``module.method`` the method, ``module.method.encoder`` its encoder);
+    :class:`ssl_bench.train.lightning_module.SSLModule` (``module.method`` the method, ``module.method.encoder`` its encoder);
     ``trainer.datamodule`` the datamodule with its ground truth. ``every_n_epochs`` is
     ``trainer.metrics_every_n_epochs``; :meth:`due` says whether an epoch-end evaluation is due."""
 
@@ -43,10 +43,10 @@ class Callback:
 
     @staticmethod
     def wandb_runs(trainer: Any) -> list[Any]:
-        """The W&B runs among ``trainer.loggers``, for what only W&B can show (images, plots)."""
-        from lightning.pytorch.loggers import WandbLogger
-
-        return [logger.experiment for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        """The W&B runs among ``trainer.loggers`` (Lightning's ``WandbLogger`` and its subclasses, recognised by
+        name so that callbacks need not import Lightning), for what only W&B can show (images, plots)."""
+        return [logger.experiment for logger in trainer.loggers
+                if any(kind.__name__ == "WandbLogger" for kind in type(logger).__mro__)]
 
     def due(self, trainer: Any) -> bool:
         """Whether the epoch that just ended is a multiple of ``every_n_epochs`` or the last one."""

@@ -12,8 +12,8 @@ from torch.nn import functional as F
 from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.callbacks.r2_probe import heatmap_pixels
 from ssl_bench.config import check_range
-from ssl_bench.jsonl import append_records, json_value
 from ssl_bench.registry import register
+from ssl_bench.rundir import append_records, json_value
 
 
 def alignment(weight: Tensor, features: Tensor) -> Tensor:

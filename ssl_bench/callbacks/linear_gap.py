@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ssl_bench.batch import Step
 from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.config import ConfigError
-from ssl_bench.losses import trace_loss
+from ssl_bench.ops.losses import trace_loss
+from ssl_bench.ops.trace_dynamics import check_gradient_descent, gradient_step
 from ssl_bench.registry import register
-from ssl_bench.trace_dynamics import check_gradient_descent, gradient_step
-from ssl_bench.views import Step
 
 
 def output_gap(nonlinear: Tensor, linear: Tensor) -> tuple[float, float]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import CallbackConfig
-from ssl_bench.metrics import max_cosine
+from ssl_bench.ops.metrics import max_cosine
 from ssl_bench.registry import register
 
 

@@ -9,14 +9,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ssl_bench.batch import Step
 from ssl_bench.callbacks.base import CadenceConfig, Callback
-from ssl_bench.jsonl import append_records, json_value
-from ssl_bench.losses import trace_loss
-from ssl_bench.metrics import effective_rank
+from ssl_bench.ops.losses import trace_loss
+from ssl_bench.ops.metrics import effective_rank
+from ssl_bench.ops.trace_dynamics import (
+    bottom_eigenspace_share,
+    check_gradient_descent,
+    euler_step,
+    projected_trace_matrix,
+)
 from ssl_bench.registry import register
-from ssl_bench.trace_dynamics import (bottom_eigenspace_share, check_gradient_descent, euler_step,
-                                      projected_trace_matrix)
-from ssl_bench.views import Step
+from ssl_bench.rundir import append_records, json_value
 
 
 def svm_accuracy(embeddings: Tensor, labels: Tensor, train: int) -> float:
@@ -48,7 +52,7 @@ class OutputDynamics(Callback):
     training it logs the linear-SVM test accuracy of the anchors' embeddings (the data's readout split),
     ``dynamics/svm_acc``, and with ``ode`` that of the dynamics' outputs, ``dynamics/ode_svm_acc``. The comparison
     needs gradient descent on the whole set
-    (:func:`~ssl_bench.trace_dynamics.check_gradient_descent`); Theorem 2 holds for ``encoder.activation=linear``
+    (:func:`~ssl_bench.ops.trace_dynamics.check_gradient_descent`); Theorem 2 holds for ``encoder.activation=linear``
     with ``encoder.constraint=orthogonal`` and whitened data. Every evaluation is also a line of ``dynamics.jsonl``.
     """
 

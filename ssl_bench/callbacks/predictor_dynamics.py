@@ -4,19 +4,20 @@ asymmetry (Wen & Li 2022; Bao 2023), and Bao's norms, commutator and eigenvalue 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from ssl_bench import eigen_dynamics
+from ssl_bench.batch import Step
 from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.callbacks.spectrum import frozen_representations
 from ssl_bench.config import ConfigError, check_positive
-from ssl_bench.jsonl import append_records, json_value
+from ssl_bench.ops import eigen_dynamics
 from ssl_bench.registry import register
-from ssl_bench.views import Step
+from ssl_bench.rundir import append_records, json_value
 
 ENTRIES_UP_TO = 4
 """Heads of at most this width log (and record) every entry of W."""
@@ -82,7 +83,7 @@ def signed_eigenvalues(psi: Tensor) -> Tensor:
 
 def eigenvalue_regime(loss: str, rho: float, c: float, norms: dict[str, float]
                       ) -> tuple[str, list[tuple[float, float, str]]]:
-    """The regime and the intervals of ``p`` that diverge, collapse or converge (:mod:`ssl_bench.eigen_dynamics`)
+    """The regime and the intervals of ``p`` that diverge, collapse or converge (:mod:`ssl_bench.ops.eigen_dynamics`)
     of Eq. (7) (``loss=cosine``, with the current norms) or Eq. (8) (``loss=l2``)."""
     if loss == "l2":
         return eigen_dynamics.l2_regime(rho, c), eigen_dynamics.l2_intervals(rho, c)
@@ -179,10 +180,8 @@ class PredictorDynamics(Callback):
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
         self.linear = linear_head(module.method) is not None
         if not self.linear:
-            from lightning.pytorch.utilities import rank_zero_warn
-
-            rank_zero_warn(f"callbacks.predictor_dynamics: method.name={module.method.config.name} has no linear "
-                           "predictor (module.method.predictor.weight, m x m); it logs nothing")
+            warnings.warn(f"callbacks.predictor_dynamics: method.name={module.method.config.name} has no linear "
+                          "predictor (module.method.predictor.weight, m x m); it logs nothing", stacklevel=2)
         if self.config.regimes:
             self.loss = getattr(module.method.config, "loss", None)
             if self.loss not in ("cosine", "l2"):
@@ -259,7 +258,7 @@ class PredictorDynamics(Callback):
         import wandb
         from PIL import Image
 
-        from ssl_bench.plots import draw_eigenvalue_regimes
+        from ssl_bench.figures import draw_eigenvalue_regimes
 
         buffer = io.BytesIO()
         draw_eigenvalue_regimes(self.regime_history, buffer, title=f"Bao 2023, {self.loss} loss")

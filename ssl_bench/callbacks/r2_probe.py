@@ -11,9 +11,9 @@ from torch import Tensor, nn
 
 from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.config import check_positive
-from ssl_bench.jsonl import append_records, json_value
-from ssl_bench.metrics import r2_scores
+from ssl_bench.ops.metrics import r2_scores
 from ssl_bench.registry import register
+from ssl_bench.rundir import append_records, json_value
 
 
 def frozen_layer_outputs(encoder: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> list[Tensor]:
@@ -48,7 +48,7 @@ def heatmap_pixels(matrix: Tensor, cell: int = 16) -> Tensor:
 @register("callback", "r2_probe")
 class R2Probe(Callback):
     """Fits a linear map with intercept from every layer's activations to every ground-truth latent on ``samples``
-    training points and scores R^2 on as many held-out points (:func:`ssl_bench.metrics.r2_scores`), every
+    training points and scores R^2 on as many held-out points (:func:`ssl_bench.ops.metrics.r2_scores`), every
     ``every_n_epochs`` epochs (null: the run's ``trainer.metrics_every_n_epochs``) and at the last one.
 
     Reads ``trainer.datamodule.latent_probe_data(samples)`` (once; ``((x, z), (x_test, z_test))``),

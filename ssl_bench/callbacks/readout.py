@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.callbacks.spectrum import KINDS, frozen_representations
 from ssl_bench.config import CallbackConfig, check_positive
-from ssl_bench.metrics import fit_linear_readout
+from ssl_bench.ops.metrics import fit_linear_readout
 from ssl_bench.registry import register
 
 
@@ -32,7 +32,7 @@ def _features(method: nn.Module, loader: DataLoader, device: torch.device) -> tu
 @register("callback", "readout")
 class LinearReadout(Callback):
     """Records ``readout/backbone_acc`` and ``readout/projector_acc``: top-1 test accuracy of a linear classifier
-    (:func:`ssl_bench.metrics.fit_linear_readout`, ``epochs`` epochs of Adam) on frozen features of the datamodule's
+    (:func:`ssl_bench.ops.metrics.fit_linear_readout`, ``epochs`` epochs of Adam) on frozen features of the datamodule's
     labelled train split, at the end of training.
 
     Reads ``trainer.datamodule.readout_dataloaders`` and ``num_classes`` and ``module.method.representations``;

@@ -12,9 +12,14 @@ from torch import Tensor, nn
 
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import CallbackConfig, check_positive
-from ssl_bench.jsonl import append_records
-from ssl_bench.metrics import effective_rank, embedding_spectrum, numerical_rank, std_l2
+from ssl_bench.ops.metrics import (
+    effective_rank,
+    embedding_spectrum,
+    numerical_rank,
+    std_l2,
+)
 from ssl_bench.registry import register
+from ssl_bench.rundir import append_records
 
 KINDS = ("backbone", "projector")
 
@@ -49,7 +54,7 @@ class EigenSpectrum(Callback):
     and ``collapse/std_l2`` for the projector embedding, the same with a ``_backbone`` suffix for the backbone. The
     log singular values against their rank go to every W&B logger as a line series, and the singular values are
     appended to ``spectra.jsonl`` in the trainer's ``default_root_dir``. Under complete collapse (``std_l2`` near 0)
-    the covariance is rounding noise, below :data:`ssl_bench.metrics.NOISE_FLOOR`, and both ranks read 0. Non-finite
+    the covariance is rounding noise, below :data:`ssl_bench.ops.metrics.NOISE_FLOOR`, and both ranks read 0. Non-finite
     embeddings (a diverging model) log every scalar as NaN and record no spectrum. Reads
     ``module.method.representations`` and ``trainer.datamodule.evaluation_inputs``; nothing else.
 

@@ -1,7 +1,13 @@
 """Self-supervised methods; importing this package registers them (one file each)."""
 
 from ssl_bench.methods import (  # noqa: F401  (registers them)
-    adaptive_infonce, byol, directclr, dot_product, simclr, simsiam)
+    adaptive_infonce,
+    byol,
+    directclr,
+    dot_product,
+    simclr,
+    simsiam,
+)
 from ssl_bench.methods.base import Method
 
 __all__ = ["Method"]

@@ -9,12 +9,12 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from ssl_bench.batch import Views
 from ssl_bench.config import ConfigError, MethodConfig, check_choice, check_positive
-from ssl_bench.losses import InfoNCETerms, lp_info_nce, nt_xent_terms, standardize
 from ssl_bench.methods.base import Method
 from ssl_bench.nets.heads import ProjectorKeys
+from ssl_bench.ops.losses import InfoNCETerms, lp_info_nce, nt_xent_terms, standardize
 from ssl_bench.registry import register
-from ssl_bench.views import Views
 
 
 @register("method", "adaptive_infonce")
@@ -25,10 +25,10 @@ class AdaptiveInfoNCE(Method):
     ``temperatures`` holds one value per group; ``groups`` their sizes (None: equal contiguous groups). With
     ``learn_temperature`` the groups' ``log tau`` are trained with the network. ``u`` is ``n(z)`` (l2-normalized) when
     ``normalize``, else ``z``; ``standardize`` first maps every dimension to zero mean and unit variance over the
-    batch (:func:`ssl_bench.losses.standardize`), the "w/o normalization" rows of Rusak et al.'s Table 2.
+    batch (:func:`ssl_bench.ops.losses.standardize`), the "w/o normalization" rows of Rusak et al.'s Table 2.
     ``temperatures=null`` uses the single ``temperature``.
 
-    ``similarity=lp`` uses the l_p InfoNCE of the box and R^d latents instead (:func:`ssl_bench.losses.lp_info_nce`,
+    ``similarity=lp`` uses the l_p InfoNCE of the box and R^d latents instead (:func:`ssl_bench.ops.losses.lp_info_nce`,
     Rusak et al. 2022, Eq. 4; Zimmermann et al. 2021): ``s(a, b) = -sum_k |a_k - b_k|^p / tau_k``, anchors ``view1``,
     positives ``view2``, negatives the other anchors; ``p`` is read only by lp. ``normalize=null`` means true for
     cosine and false for lp; an explicit ``normalize=true`` with lp measures l_p distances between l2-normalized
@@ -37,7 +37,7 @@ class AdaptiveInfoNCE(Method):
     ``temperatures=[tau_c, tau_s]``, ``temperature_groups=[n_content, m - n_content]``.
 
     Logged per epoch (means over the steps since the last log): ``train/alignment`` and ``train/uniformity``, the
-    summands of the loss (:class:`ssl_bench.losses.InfoNCETerms`), and the temperatures.
+    summands of the loss (:class:`ssl_bench.ops.losses.InfoNCETerms`), and the temperatures.
     """
 
     @dataclass

@@ -1,6 +1,6 @@
 """The shared base of every method: an objective over an encoder that one optimizer step minimises.
 
-A method is a plain ``nn.Module`` (torch only); :class:`ssl_bench.module.SSLModule` is the one LightningModule that
+A method is a plain ``nn.Module`` (torch only); :class:`ssl_bench.train.lightning_module.SSLModule` is the one LightningModule that
 trains any of them: it owns the optimizers, the learning-rate schedule, the online probe and the update loop.
 """
 
@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ssl_bench.batch import Views
 from ssl_bench.config import MethodConfig
-from ssl_bench.views import Views
 
 
 class Method(nn.Module):

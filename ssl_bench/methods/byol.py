@@ -11,13 +11,13 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from ssl_bench.batch import Views
 from ssl_bench.config import ConfigError, MethodConfig, check_choice, check_range
-from ssl_bench.losses import normalized_mse
 from ssl_bench.methods.base import Method
 from ssl_bench.nets.heads import PredictorKeys, ProjectorKeys
+from ssl_bench.ops.losses import normalized_mse
 from ssl_bench.optim import cosine_momentum
 from ssl_bench.registry import register
-from ssl_bench.views import Views
 
 
 @register("method", "byol")

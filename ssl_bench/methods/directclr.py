@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ssl_bench.batch import Views
 from ssl_bench.config import ConfigError, MethodConfig, check_positive
-from ssl_bench.losses import info_nce
 from ssl_bench.methods.base import Method
+from ssl_bench.ops.losses import info_nce
 from ssl_bench.registry import register
-from ssl_bench.views import Views
 
 
 @register("method", "directclr")

@@ -8,11 +8,16 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ssl_bench.batch import Views
 from ssl_bench.config import MethodConfig, check_choice
-from ssl_bench.losses import DOT_PRODUCT_LOSSES, contrastive_dot, non_contrastive_dot
 from ssl_bench.methods.base import Method
+from ssl_bench.ops.losses import (
+    DOT_PRODUCT_LOSSES,
+    contrastive_dot,
+    non_contrastive_dot,
+)
 from ssl_bench.registry import register
-from ssl_bench.views import Views
+
 
 @register("method", "dot_product")
 class DotProduct(Method):

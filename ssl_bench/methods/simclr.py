@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ssl_bench.batch import Views
 from ssl_bench.config import MethodConfig, check_positive
-from ssl_bench.losses import nt_xent
 from ssl_bench.methods.base import Method
 from ssl_bench.nets.heads import ProjectorKeys
+from ssl_bench.ops.losses import nt_xent
 from ssl_bench.registry import register
-from ssl_bench.views import Views
 
 
 @register("method", "simclr")

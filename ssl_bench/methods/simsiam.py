@@ -10,13 +10,12 @@ from typing import Any, Optional
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ssl_bench.batch import Views
 from ssl_bench.config import MethodConfig, check_choice, check_positive
-from ssl_bench.losses import half_squared_distance, negative_cosine
 from ssl_bench.methods.base import Method
 from ssl_bench.nets.heads import PredictorKeys, ProjectorKeys
+from ssl_bench.ops.losses import half_squared_distance, negative_cosine
 from ssl_bench.registry import register
-from ssl_bench.views import Views
-
 
 BN_EPS = 1e-12
 """The ``eps`` of :func:`batch_norm`: BN's usual 1e-5 would let weights that shrink until ``var << eps`` drive both

@@ -10,7 +10,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ssl_bench.config import EncoderConfig, check_choice, check_non_negative, check_positive
+from ssl_bench.config import (
+    EncoderConfig,
+    check_choice,
+    check_non_negative,
+    check_positive,
+)
 from ssl_bench.registry import register
 
 ACTIVATIONS = ("leaky_relu", "relu", "none")

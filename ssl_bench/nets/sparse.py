@@ -11,7 +11,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ssl_bench.config import ConfigError, EncoderConfig, check_choice, check_non_negative, check_positive
+from ssl_bench.config import (
+    ConfigError,
+    EncoderConfig,
+    check_choice,
+    check_non_negative,
+    check_positive,
+)
 from ssl_bench.registry import register
 
 ACTIVATIONS = ("none", "relu", "symmetric_relu", "symmetric_relu_official")

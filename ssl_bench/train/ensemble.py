@@ -1,6 +1,6 @@
 """Many runs as one model: the members of an ensemble train together, each exactly as its own run would.
 
-A member is a whole run (its config, datamodule, :class:`~ssl_bench.module.SSLModule`, optimizers, run directory,
+A member is a whole run (its config, datamodule, :class:`~ssl_bench.train.lightning_module.SSLModule`, optimizers, run directory,
 loggers and metric callbacks), built by the code that builds a separate run. The members' parameters and buffers are
 stacked into tensors with a leading member dimension, and every member's own tensors become views of its slice. A
 mini-batch is then one backward pass for all members, of either ``torch.func.vmap`` of :meth:`SSLModule.objective`
@@ -12,7 +12,7 @@ method's post-step work (weight normalisation, a target network's EMA) runs per 
 epochs from its datamodule (its seed, sparsity, masking) and logs to its own run directory and W&B run, so tables,
 reports and dashboards read an ensemble's runs like any others.
 
-Which runs train together: :func:`ensemble_key` and :func:`shape_signature`. A member whose loss stops being finite
+Which runs train together: :func:`ssl_bench.config.ensemble_key` and :func:`shape_signature`. A member whose loss stops being finite
 is marked ``diverged`` at that step and stops stepping; the others go on.
 """
 
@@ -33,15 +33,25 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
-from ssl_bench.config import ConfigError, RunConfig
-from ssl_bench.module import SSLModule, logged_value
+from ssl_bench.batch import Views
+from ssl_bench.config import ConfigError, RunConfig, ensemble_key
 from ssl_bench.optim import build_optimizer
-from ssl_bench.jsonl import json_value
-from ssl_bench.memory import release_free_heap
 from ssl_bench.registry import lookup
-from ssl_bench.run import (Interrupted, build_callbacks, build_data, build_module, check_environment,
-                           end_run, resolve_run_dir, run_loggers, start_run_dir, stop_on_signals)
-from ssl_bench.views import Views
+from ssl_bench.rundir import json_value
+from ssl_bench.train.fit import (
+    Interrupted,
+    build_callbacks,
+    build_data,
+    build_module,
+    check_environment,
+    end_run,
+    resolve_run_dir,
+    run_loggers,
+    start_run_dir,
+    stop_on_signals,
+)
+from ssl_bench.train.lightning_module import SSLModule, logged_value
+from ssl_bench.train.memory import release_free_heap
 
 
 class MemberStrategy:
@@ -86,7 +96,7 @@ class MemberModule:
 
 
 class Member:
-    """One run of an ensemble: built exactly as :func:`ssl_bench.run.fit` builds it (seeded the same way), with
+    """One run of an ensemble: built exactly as :func:`ssl_bench.train.fit.fit` builds it (seeded the same way), with
     its config (``cfg``, and ``plain``: as plain dicts), run directory, loggers and callbacks."""
 
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
@@ -138,16 +148,6 @@ class Member:
             for callback in self.callbacks:
                 callback.on_train_end(self.trainer, self.view)
         return end_run(self.cfg, self.run_dir, self.loggers, status, epochs, ending)
-
-
-def ensemble_key(plain: dict[str, Any]) -> str:
-    """What runs of one ensemble share, from a run's config as plain dicts: the method (but its real-valued
-    settings, e.g. a temperature), the encoder, the trainer's settings (but ``resume``), the kind of data and its
-    batch size. The other settings (data values, seed, optimizer, callbacks, logger) are each member's own."""
-    method = {k: v for k, v in plain["method"].items() if not isinstance(v, float)}
-    trainer = {k: v for k, v in plain["trainer"].items() if k != "resume"}
-    return json.dumps([method, plain["encoder"], trainer, plain["data"]["name"], plain["data"].get("batch_size")],
-                      sort_keys=True, default=str)
 
 
 def shape_signature(member: Member) -> tuple[Any, ...]:
@@ -302,11 +302,11 @@ def uses_vmap(batching: str, member: Member) -> bool:
 
 
 def fit_ensemble(cfgs: list[RunConfig], batching: str = "auto") -> list[dict[str, Any]]:
-    """Train the runs ``cfgs`` as ensembles, grouped by :func:`ensemble_key` and :func:`shape_signature` (and with
+    """Train the runs ``cfgs`` as ensembles, grouped by :func:`ssl_bench.config.ensemble_key` and :func:`shape_signature` (and with
     vmap by the method's config but the values it holds in buffers, such as SimCLR's temperature, since vmap runs
     the first member's code for all), one ensemble after another; return their summaries in the order of ``cfgs``.
 
-    Every member's run directory ends as :func:`ssl_bench.run.fit` would leave it, without checkpoints: its summary
+    Every member's run directory ends as :func:`ssl_bench.train.fit.fit` would leave it, without checkpoints: its summary
     says ``finished``, ``diverged`` (at the step where its loss stopped being finite) or ``interrupted`` (SIGINT,
     SIGTERM, or SIGUSR1 at the end of an epoch; ``resume`` is None: the run starts again from scratch) or
     ``failed``. ``batching``: ``vmap``, ``loop`` or ``auto`` (vmap on a GPU, loop on a CPU; see :class:`Ensemble`)."""

@@ -10,19 +10,7 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from ssl_bench.jsonl import HISTORIES, json_value
-
-def truncate_histories(run_dir: Path, last_step: int | None) -> None:
-    """Keep the records of every history in ``run_dir`` up to ``last_step`` (all of them go when it is None): a run
-    resumed from a checkpoint of step S writes again everything after S, so no line is doubled or lost."""
-    for name in HISTORIES:
-        path = run_dir / name
-        if not path.is_file():
-            continue
-        kept = [] if last_step is None else [
-            line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
-        path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+from ssl_bench.rundir import json_value
 
 
 class RunRecorder(Logger):

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ssl_bench.errors import ConfigError
-from ssl_bench.losses import trace_loss
+from ssl_bench.ops.losses import trace_loss
 
 
 def projected_trace_matrix(c: Tensor, inputs: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ what is allowed (exit code 2). Rules that span parts are capabilities (:data:`CA
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import typing
@@ -21,7 +22,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from ssl_bench import registry
 from ssl_bench.errors import ConfigError
 
-__all__ = ["CAPABILITIES", "CallbackConfig", "ConfigError", "DataConfig", "EncoderConfig", "LoggerConfig",
+__all__ = ["CAPABILITIES", "ensemble_key", "CallbackConfig", "ConfigError", "DataConfig", "EncoderConfig", "LoggerConfig",
            "MethodConfig", "OptimConfig", "PartConfig", "ReferenceRow", "RunConfig", "SweepConfig", "TrainerConfig",
            "check_choice", "check_non_negative", "check_positive", "check_range", "to_run_config", "to_yaml"]
 
@@ -219,7 +220,7 @@ class ReferenceRow:
 @dataclass
 class SweepConfig:
     """A grid of named override sets x seeds, the metrics of its table and the paper's values (``reference``);
-    see ``ssl_bench.sweep``."""
+    see ``ssl_bench.study.sweep``."""
 
     seeds: list[int] = field(default_factory=lambda: [1])
     grid: Any = None
@@ -438,3 +439,13 @@ def to_run_config(plain: dict[str, Any]) -> RunConfig:
 
 def to_yaml(run: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(run.to_container()))
+
+
+def ensemble_key(plain: dict[str, Any]) -> str:
+    """What runs of one ensemble share, from a run's config as plain dicts: the method (but its real-valued
+    settings, e.g. a temperature), the encoder, the trainer's settings (but ``resume``), the kind of data and its
+    batch size. The other settings (data values, seed, optimizer, callbacks, logger) are each member's own."""
+    method = {k: v for k, v in plain["method"].items() if not isinstance(v, float)}
+    trainer = {k: v for k, v in plain["trainer"].items() if k != "resume"}
+    return json.dumps([method, plain["encoder"], trainer, plain["data"]["name"], plain["data"].get("batch_size")],
+                      sort_keys=True, default=str)

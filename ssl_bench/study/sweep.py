@@ -21,99 +21,35 @@ Grid points and seeds may be added to a sweep directory; dropping one counts as 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from ssl_bench.cli import hydra_quoted
-from ssl_bench.config import ConfigError, RunConfig
-
-if TYPE_CHECKING:
-    from ssl_bench.slurm import SlurmOptions
-
-PER_RUN = {
-    "seed": ("every run would get the same seed", "give the sweep's seeds with sweep.seeds=[{value}]", "1,2,3"),
-    "run_dir": ("every run would write to the same directory",
-                "choose where the sweep's runs go with --sweep-dir {value}", "DIR"),
-    "group": ("the sweep groups its runs as EXPERIMENT/GRID_POINT", "name the groups with experiment={value}", "NAME"),
-    "trainer.resume": ("every run would start from the same checkpoint",
-                       "a sweep run again resumes its interrupted runs from their own last checkpoints", ""),
-}
-"""Keys that the sweep sets for each run: why an override of one is refused, the fix, and a value for the fix."""
-
-RUN_OVERRIDES = ("trainer.progress=none",)
-"""What every run of a sweep gets besides its grid point's overrides and the user's (a log file has no use for a
-progress bar)."""
-
-ENDED = ("finished", "diverged")
-"""How a run that is kept when the sweep runs again ended."""
-
-STATUS_ORDER = ("finished", "diverged", "failed", "interrupted", "missing")
-"""The order of the statuses in messages and in the table's ``runs`` cells."""
-
-
-@dataclass(frozen=True)
-class Point:
-    """One grid point: its axis values (for the table) and the Hydra overrides that produce it."""
-
-    axes: tuple[tuple[str, str], ...]
-    overrides: tuple[str, ...]
-
-    @property
-    def label(self) -> str:
-        return ",".join(f"{axis}={value}" for axis, value in self.axes)
-
-    def group(self, experiment: str) -> str:
-        """The runs' W&B group: ``EXPERIMENT/LABEL``, or the experiment alone for a sweep without a grid."""
-        return f"{experiment}/{self.label}" if self.axes else experiment
-
-    @property
-    def dirname(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", self.label) or "default"
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run of a sweep: a grid point with a seed, in its own run directory."""
-
-    point: Point
-    seed: int
-    dir: Path
-
-
-def _axis_options(axis: str, values: Any) -> list[tuple[str, tuple[str, ...]]]:
-    if isinstance(values, dict):
-        return [(str(name), tuple(str(o) for o in (ovr if isinstance(ovr, list) else [ovr])))
-                for name, ovr in values.items()]
-    if isinstance(values, list):
-        return [(str(v), (f"{axis}={json.dumps(v) if isinstance(v, (list, dict)) else v}",)) for v in values]
-    raise ConfigError(f"sweep.grid axis '{axis}' must be a list of values or a mapping of named override lists")
-
-
-def expand_grid(grid: Any) -> list[Point]:
-    """All grid points, in the order the blocks and axes are written."""
-    blocks = grid if isinstance(grid, list) else [grid or {}]
-    points: list[Point] = []
-    for block in blocks:
-        if not isinstance(block, dict):
-            raise ConfigError("sweep.grid must be a mapping of axes, or a list of such mappings")
-        axes = [(axis, _axis_options(axis, values)) for axis, values in block.items()]
-        for combo in itertools.product(*(options for _, options in axes)):
-            points.append(Point(tuple((axis, name) for (axis, _), (name, _) in zip(axes, combo)),
-                                tuple(o for _, ovr in combo for o in ovr)))
-    return points or [Point((), ())]
+from ssl_bench.config import ConfigError, RunConfig, ensemble_key
+from ssl_bench.rundir import ENDED, prepare_run_dir, read_summary, run_status
+from ssl_bench.study import slurm as arrays
+from ssl_bench.study.grid import (
+    PER_RUN,
+    RUN_OVERRIDES,
+    Point,
+    Run,
+    expand_grid,
+    fit_arguments,
+    run_overrides,
+    select_points,
+)
+from ssl_bench.study.record import read_spec, recorded_points
+from ssl_bench.study.report import sweep_table_markdown
+from ssl_bench.study.table import plural
 
 
 def _override_key(override: str) -> str:
@@ -148,7 +84,7 @@ def settings_of(plain: dict[str, Any]) -> dict[str, Any]:
 
 def point_settings(config: str, points: list[Point], overrides: list[str]) -> dict[str, dict[str, Any]]:
     """The resolved settings of every grid point (by label); a config error names the grid point it is in."""
-    from ssl_bench.cli import load
+    from ssl_bench.config.compose import load
 
     settings = {}
     for point in points:
@@ -184,50 +120,6 @@ def setting_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             for key in dict.fromkeys([*before, *after]) if before.get(key, unset) != after.get(key, unset)]
 
 
-def read_spec(sweep_dir: Path) -> dict[str, Any]:
-    """``sweep_dir/sweep.json``; a one-line :class:`ConfigError` when there is none or it is not one."""
-    spec_file = sweep_dir / "sweep.json"
-    if not spec_file.is_file():
-        raise ConfigError(f"{sweep_dir} is not a sweep directory (no sweep.json); run `ssl-bench sweep` first")
-    try:
-        spec = json.loads(spec_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{spec_file} cannot be read ({err}); run `ssl-bench sweep` again with --force and the same "
-                          "--sweep-dir to rewrite it") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("metrics"), list) or "experiment" not in spec:
-        raise ConfigError(f"{spec_file} is not the record of a sweep (no experiment and metrics); run `ssl-bench "
-                          "sweep` again with --force and the same --sweep-dir to rewrite it")
-    return spec
-
-
-def _recorded_points(spec: dict[str, Any], spec_file: Path) -> list[dict[str, Any]] | None:
-    """The grid points that ``sweep.json`` records with their settings, or None for a record without them."""
-    points = spec.get("points")
-    if points is None:
-        return None
-    if not (isinstance(points, list) and isinstance(spec.get("seeds"), list) and all(
-            isinstance(p, dict) and isinstance(p.get("settings"), dict) and {"label", "dir", "axes"} <= p.keys()
-            for p in points)):
-        raise ConfigError(f"{spec_file}: 'points' must be a list of grid points with their label, dir, axes and "
-                          "settings; run `ssl-bench sweep` again with --force and the same --sweep-dir to rewrite it")
-    return points
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The run's ``summary.json``, or None when it has none (not started, still running, or killed) or a broken one."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
-
-
-def run_status(run_dir: Path) -> str:
-    """How the run in ``run_dir`` ended: its summary's status, or ``missing`` without a summary."""
-    summary = read_summary(run_dir)
-    return "missing" if summary is None else str(summary.get("status", "failed"))
-
-
 def _inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
@@ -241,7 +133,7 @@ def _previous_runs(sweep_dir: Path, runs: list[Run]) -> tuple[dict[str, dict[str
         return {}, [], []
     spec_file = sweep_dir / "sweep.json"
     spec = read_spec(sweep_dir) if spec_file.is_file() else {}
-    points = _recorded_points(spec, spec_file)
+    points = recorded_points(spec, spec_file)
     if points is not None:
         seeds = spec["seeds"]
         dirs = [sweep_dir / str(p["dir"]) / f"seed{s}" for p in points for s in seeds]
@@ -273,10 +165,6 @@ def _changes(previous: dict[str, dict[str, Any]], old_seeds: list[int], settings
     return changes
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
 def _remove_run(run_dir: Path) -> None:
     """Delete a run directory of the sweep and its grid point's directory when that is left empty."""
     if run_dir.is_dir():
@@ -287,38 +175,9 @@ def _remove_run(run_dir: Path) -> None:
         pass
 
 
-def prepare_run_dir(run_dir: Path, fresh: bool = False, restarted: bool = False) -> bool:
-    """Make ``run_dir`` ready for its run and say whether the run resumes from its ``last.ckpt``: it does when it
-    was interrupted with a checkpoint to continue from, or, for a job that the scheduler ``restarted`` (requeued
-    after a node failure, say), when it left a checkpoint and no summary. Otherwise (or when ``fresh``) a failed or
-    broken run starts again from scratch in an emptied directory."""
-    summary = None if fresh else read_summary(run_dir)
-    resume = summary is not None and summary.get("status") == "interrupted" and bool(summary.get("resume"))
-    resume = resume or (not fresh and restarted and summary is None
-                        and (run_dir / "checkpoints" / "last.ckpt").is_file())
-    if not resume and run_dir.is_dir():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return resume
-
-
-def run_overrides(run: Run, experiment: str, overrides: list[str]) -> list[str]:
-    """The overrides that make ``run`` of a sweep: its grid point's, its seed, run directory and group, and the
-    sweep's own."""
-    return [*run.point.overrides, f"seed={run.seed}", f"run_dir={hydra_quoted(str(run.dir))}",
-            f"group={hydra_quoted(run.point.group(experiment))}", *RUN_OVERRIDES, *overrides]
-
-
-def fit_arguments(config: str, run: Run, experiment: str, overrides: list[str]) -> list[str]:
-    """The ``ssl-bench`` arguments that train ``run`` of a sweep of ``config`` (add ``trainer.resume=auto`` to
-    continue it from its last checkpoint)."""
-    return ["fit", "--config", config, *run_overrides(run, experiment, overrides)]
-
-
 def ensemble_tasks(runs: list[Run], settings: dict[str, dict[str, Any]], jobs: int) -> list[list[Run]]:
-    """``runs`` as ensembles (:func:`ssl_bench.ensemble.ensemble_key` of their grid point's settings), each cut
+    """``runs`` as ensembles (:func:`ssl_bench.config.ensemble_key` of their grid point's settings), each cut
     into pieces of at most ``ceil(len(runs) / jobs)`` members so that ``jobs`` processes share the work."""
-    from ssl_bench.ensemble import ensemble_key
 
     groups: dict[str, list[Run]] = {}
     for run in runs:
@@ -327,45 +186,17 @@ def ensemble_tasks(runs: list[Run], settings: dict[str, dict[str, Any]], jobs: i
     return [group[start:start + size] for group in groups.values() for start in range(0, len(group), size)]
 
 
-def select_points(points: list[Point], only: list[str]) -> list[Point]:
-    """The grid points whose axes take one of the given values: each entry of ``only`` is ``AXIS=V1,V2,...``, and a
-    point is selected when it matches every entry (a point of a grid block without that axis matches none). An
-    unknown axis or value is a one-line error listing the valid ones."""
-    values: dict[str, list[str]] = {}
-    for point in points:
-        for axis, value in point.axes:
-            values.setdefault(axis, [])
-            if value not in values[axis]:
-                values[axis].append(value)
-    wanted: dict[str, set[str]] = {}
-    for entry in only:
-        axis, sep, listed = entry.partition("=")
-        if not sep or not listed:
-            raise ConfigError(f"--only {entry!r} must be AXIS=VALUE[,VALUE...], e.g. --only "
-                              f"{next(iter(values), 'model')}=...")
-        if axis not in values:
-            raise ConfigError(f"--only {entry}: '{axis}' is not an axis of the grid; its axes: "
-                              f"{', '.join(values) or 'none (a sweep without a grid)'}")
-        chosen = {v.strip() for v in listed.split(",")}
-        unknown = sorted(chosen - set(values[axis]))
-        if unknown:
-            raise ConfigError(f"--only {entry}: {', '.join(unknown)} not a value of {axis}; its values: "
-                              f"{', '.join(values[axis])}")
-        wanted.setdefault(axis, set()).update(chosen)
-    return [p for p in points if all(dict(p.axes).get(axis) in chosen for axis, chosen in wanted.items())]
-
-
 def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, sweep_dir: Path | None = None,
               dry_run: bool = False, force: bool = False, only: list[str] | None = None,
-              slurm: SlurmOptions | None = None, ensemble: str | None = None) -> int:
+              slurm: arrays.SlurmOptions | None = None, ensemble: str | None = None) -> int:
     """Run every grid point x seed that has not ended for good (``jobs`` at a time, one thread each), then print
     and save the table. ``force`` replaces every run, whatever settings the directory's runs were made with.
     ``only`` (``AXIS=V1,V2`` entries, see :func:`select_points`) runs just the matching grid points; the record and
     the table keep the whole grid, whose other rows count their runs as missing until they are run.
 
-    With ``slurm``, the runs to do are submitted as one SLURM array instead (:mod:`ssl_bench.slurm`), or with
+    With ``slurm``, the runs to do are submitted as one SLURM array instead (:mod:`ssl_bench.study.slurm`), or with
     ``dry_run`` its script and task table are printed. With ``ensemble`` (the batching: ``auto``, ``vmap`` or
-    ``loop``), runs that differ only in their seed and data values train together as ensembles (:mod:`ssl_bench.ensemble`; :func:`ensemble_tasks`), one process each,
+    ``loop``), runs that differ only in their seed and data values train together as ensembles (:mod:`ssl_bench.train.ensemble`; :func:`ensemble_tasks`), one process each,
     ``jobs`` at a time; an interrupted run then starts again from scratch.
 
     Returns 0 when every run ended for good (finished or diverged), 1 when some failed, were interrupted or are
@@ -376,7 +207,6 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
         raise ConfigError("--ensemble trains a local sweep's runs together; with --slurm each run is its own task, so "
                           "drop one of the two")
     if slurm is not None:
-        from ssl_bench import slurm as arrays
 
         if jobs != 1:
             raise ConfigError(f"--jobs={jobs} runs a local sweep; with --slurm use --max-parallel {jobs}")
@@ -414,7 +244,7 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
             print(f"{run.dir}: {' '.join([*run.point.overrides, f'seed={run.seed}'])}{state}")
         if ensemble:
             sizes = [len(members) for members in ensemble_tasks(todo, settings, jobs)]
-            print(f"--ensemble: {_count(len(todo), 'run')} to do as {_count(len(sizes), 'ensemble')} of "
+            print(f"--ensemble: {plural(len(todo), 'run')} to do as {plural(len(sizes), 'ensemble')} of "
                   f"{', '.join(map(str, sizes)) or 0} members, {jobs} at a time")
         return 0
 
@@ -439,9 +269,9 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     counts = Counter(status[run] for run in runs if run.point in selected)
     kept = "all to run again (--force)" if force else f"{counts['finished']} already finished" + (
         f", {counts['diverged']} diverged (kept)" if counts["diverged"] else "")
-    subset = f" (--only: {_count(len(selected), 'point')})" if len(selected) < len(points) else ""
-    print(f"sweep {cfg.experiment}: {_count(len(points), 'point')} x {_count(len(seeds), 'seed')} = "
-          f"{_count(len(runs), 'run')}{subset}, {kept}; running {len(todo)}; writing to {sweep_dir}", flush=True)
+    subset = f" (--only: {plural(len(selected), 'point')})" if len(selected) < len(points) else ""
+    print(f"sweep {cfg.experiment}: {plural(len(points), 'point')} x {plural(len(seeds), 'seed')} = "
+          f"{plural(len(runs), 'run')}{subset}, {kept}; running {len(todo)}; writing to {sweep_dir}", flush=True)
     if slurm is not None:
         return arrays.submit_array(sweep_dir, cfg.experiment, tasks, slurm, dry_run=False) if tasks else 0
 
@@ -471,7 +301,7 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
         tasks = ensemble_tasks(todo, settings, jobs)
         logs = {run: sweep_dir / "ensembles" / f"{i}.log" for i, members in enumerate(tasks) for run in members}
         futures = {pool.submit(launch_ensemble, i, members): members for i, members in enumerate(tasks)}
-        print(f"sweep: {_count(len(todo), 'run')} as {_count(len(tasks), 'ensemble')} (logs in "
+        print(f"sweep: {plural(len(todo), 'run')} as {plural(len(tasks), 'ensemble')} (logs in "
               f"{sweep_dir / 'ensembles'})", flush=True)
     else:
         futures = {pool.submit(launch, run): [run] for run in todo}
@@ -500,7 +330,7 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
         bar.close()
     pool.shutdown()
 
-    table = report(sweep_dir)
+    table = sweep_table_markdown(sweep_dir)
     (sweep_dir / "table.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     unfinished = 0
@@ -518,10 +348,3 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     return 1 if unfinished else 0
 
 
-def report(sweep_dir: Path) -> str:
-    """A markdown table with one row per grid point: how many of its runs finished (the others counted by status:
-    diverged, failed, interrupted, missing) and the mean ± std over its finished runs of each final metric, with the
-    paper's value beside it. A grid point without a finished run has ``-`` cells."""
-    from ssl_bench.report import markdown_table, sweep_study
-
-    return markdown_table(sweep_study(sweep_dir))

@@ -17,13 +17,12 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.base import DataModule
+from ssl_bench.batch import Step, Views
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import OptimConfig
-from ssl_bench.memory import release_free_heap
 from ssl_bench.methods.base import Method
 from ssl_bench.optim import build_optimizer, probe_group, warmup_cosine
-from ssl_bench.views import Step, Views
-
+from ssl_bench.train.memory import release_free_heap
 
 # The Lightning hooks that only the wrapped backward and optimizer step call.
 _WRAPPER_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")

@@ -16,16 +16,24 @@ import statistics
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from ssl_bench.report import runs_cell
+from ssl_bench.figures import (
+    CURVE_SIZE,
+    REGIME_COLUMNS,
+    colours,
+    new_figure,
+    plot_regimes,
+    regime_legend,
+    regime_readings,
+    save_figure,
+)
+from ssl_bench.rundir import as_number
+from ssl_bench.study.table import runs_cell
 
 if TYPE_CHECKING:
-    from ssl_bench.report import GridPoint, Study
+    from ssl_bench.study.table import GridPoint, Study
 
-DPI = 100
-CURVE_SIZE = (10.0, 5.0)
-"""Inches of a curve figure: 1000 x 500 pixels."""
 SPECTRA_SIZE = (14.0, 5.0)
 """Inches of a spectra figure (one panel per kind of spectrum): 1400 x 500 pixels."""
 PANEL = (4.0, 3.0)
@@ -93,23 +101,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _float(value: Any) -> float | None:
-    """A logged value as a float ("nan", "inf" included), None for anything else."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
-
-
 def history(run_dir: Path, metric: str) -> dict[int, float]:
     """``metric`` in the run's ``metrics.jsonl`` by epochs trained: the record's ``epoch`` (Lightning's 0-based
     epoch index) + 1, as ``spectra.jsonl``, ``r2.jsonl`` and ``summary.json`` count them; the last value logged in an
     epoch wins. Non-finite values stay (as float NaN or inf)."""
     series: dict[int, float] = {}
     for record in read_jsonl(run_dir / "metrics.jsonl"):
-        epoch, value = _float(record.get("epoch")), _float(record.get(metric))
+        epoch, value = as_number(record.get("epoch")), as_number(record.get(metric))
         if epoch is not None and math.isfinite(epoch) and value is not None:
             series[int(epoch) + 1] = value
     return series
@@ -142,7 +140,7 @@ def numeric_axis(study: Study) -> str | None:
     """The last of the study's axes whose values are all numbers, at least three distinct ones (e.g. a width); None
     when there is none."""
     for axis in reversed(study.axes):
-        values = [_float(point.axes.get(axis)) for point in study.points]
+        values = [as_number(point.axes.get(axis)) for point in study.points]
         if None not in values and len(set(values)) >= 3:
             return axis
     return None
@@ -155,11 +153,11 @@ def axis_bands(study: Study, points: Sequence[GridPoint], axis: str, metric: str
     runs: dict[str, list[dict[float, float]]] = {}
     for point in points:
         label = ", ".join(point.axes.get(a, "") for a in study.axes if a != axis) or study.name
-        x = _float(point.axes[axis])
+        x = as_number(point.axes[axis])
         runs.setdefault(label, []).extend(
             {x: v} for summary, status in zip(point.summaries, point.statuses)
             if status == "finished" and summary is not None and isinstance(summary.get("metrics"), dict)
-            and (v := _float(summary["metrics"].get(metric))) is not None)
+            and (v := as_number(summary["metrics"].get(metric))) is not None)
     return {label: b for label, series in runs.items() if (b := _band(series)) is not None}
 
 
@@ -185,13 +183,13 @@ def spectrum_bands(run_dirs: Sequence[Path]) -> tuple[dict[str, Band], list[int]
     for kind in SPECTRUM_KINDS:
         logs = []
         for record in records:
-            values = [_float(v) for v in record.get(kind, [])] if isinstance(record.get(kind), list) else []
+            values = [as_number(v) for v in record.get(kind, [])] if isinstance(record.get(kind), list) else []
             logs.append({k: math.log10(v) for k, v in enumerate(values, 1) if v is not None and 0 < v < math.inf})
         kind_band = _band(logs)
         if kind_band is not None:
             bands[kind] = Band(kind_band.x, *([10 ** v for v in vs] for vs in
                                               (kind_band.mean, kind_band.low, kind_band.high)), kind_band.runs)
-    epochs = sorted({int(e) for r in records if (e := _float(r.get("epoch"))) is not None and math.isfinite(e)})
+    epochs = sorted({int(e) for r in records if (e := as_number(r.get("epoch"))) is not None and math.isfinite(e)})
     return bands, epochs
 
 
@@ -212,7 +210,7 @@ def _adjusted_r2(record: dict[str, Any] | None) -> list[list[float]] | None:
     matrix = record.get("adjusted_r2") if record else None
     if not (isinstance(matrix, list) and matrix and all(isinstance(row, list) for row in matrix)):
         return None
-    return [[v if (v := _float(x)) is not None else math.nan for x in row] for row in matrix]
+    return [[v if (v := as_number(x)) is not None else math.nan for x in row] for row in matrix]
 
 
 def r2_mean(run_dirs: Sequence[Path]) -> R2Matrix | None:
@@ -228,7 +226,7 @@ def r2_mean(run_dirs: Sequence[Path]) -> R2Matrix | None:
             continue
         matrices.append(rows)
         groups = groups or (record.get("groups") if isinstance(record.get("groups"), dict) else {})
-        if (epoch := _float(record.get("epoch"))) is not None and math.isfinite(epoch):
+        if (epoch := as_number(record.get("epoch"))) is not None and math.isfinite(epoch):
             epochs.append(int(epoch))
     if not matrices:
         return None
@@ -261,28 +259,6 @@ def r2_layer_bands(run_dirs: Sequence[Path]) -> dict[str, Band]:
 # -------------------------------------------------------------------------------------------------------- drawing
 
 
-def _figure(size: tuple[float, float]) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=size, dpi=DPI, layout="constrained")
-
-
-def _save(figure: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, format="png")
-
-
-def _colours(count: int) -> list[Any]:
-    """A distinct colour per grid point: tab10 up to 10, tab20 up to 20, then samples of viridis."""
-    from matplotlib import colormaps
-
-    if count <= 10:
-        return [colormaps["tab10"](i) for i in range(count)]
-    if count <= 20:
-        return [colormaps["tab20"](i) for i in range(count)]
-    return [colormaps["viridis"](i / (count - 1)) for i in range(count)]
-
-
 def _name(study: Study, point: GridPoint, several: bool) -> str:
     """A grid point in a legend: its axis values (the legend's title names the axes), the study's name first when
     the figure shows several studies."""
@@ -310,7 +286,7 @@ def _colour_of(selection: Sequence[tuple[Study, Sequence[GridPoint]]]) -> dict[t
     """A colour for each grid point of the studies by its place in its study, so that a grid point keeps its colour
     whichever points a figure shows."""
     keys = [(i, point.label) for i, (study, _) in enumerate(selection) for point in study.points]
-    return dict(zip(keys, _colours(len(keys))))
+    return dict(zip(keys, colours(len(keys))))
 
 
 def _footnote(figure: Any, missing: list[str], what: str) -> None:
@@ -333,7 +309,7 @@ def draw_curves(selection: Sequence[tuple[Study, Sequence[GridPoint]]], metric: 
         return None
     colour = _colour_of(selection)
     index = {id(study): i for i, (study, _) in enumerate(selection)}
-    figure = _figure(CURVE_SIZE)
+    figure = new_figure(CURVE_SIZE)
     ax = figure.add_subplot()
     for study, point, b in drawn:
         c = colour[index[id(study)], point.label]
@@ -357,7 +333,7 @@ def draw_curves(selection: Sequence[tuple[Study, Sequence[GridPoint]]], metric: 
     _footnote(figure, [f"{_name(study, point, several)} (runs {runs_cell(point.statuses)})"
                        for study, points in selection for point in points if (id(study), point.label) not in shown],
               f"no finished run logged {metric}")
-    _save(figure, path)
+    save_figure(figure, path)
     return f"{names}: {metric}" + (f", {description}," if description else "") + " over epochs trained."
 
 
@@ -368,9 +344,9 @@ def draw_against_axis(study: Study, points: Sequence[GridPoint], axis: str, metr
     bands = axis_bands(study, points, axis, metric)
     if not bands:
         return None
-    figure = _figure(CURVE_SIZE)
+    figure = new_figure(CURVE_SIZE)
     ax = figure.add_subplot()
-    for c, (label, b) in zip(_colours(len(bands)), bands.items()):
+    for c, (label, b) in zip(colours(len(bands)), bands.items()):
         ax.plot(b.x, b.mean, color=c, lw=1.8, marker="o", label=f"{label} ({_runs(b.runs)})")
         ax.fill_between(b.x, b.low, b.high, color=c, alpha=0.18, lw=0)
     xs = [x for b in bands.values() for x in b.x]
@@ -386,7 +362,7 @@ def draw_against_axis(study: Study, points: Sequence[GridPoint], axis: str, metr
     ax.set_ylabel(f"final {metric}" + (" (log scale)" if ax.get_yscale() == "log" else ""))
     ax.grid(True, alpha=0.3)
     _legend(figure, ", ".join(a for a in study.axes if a != axis), len(bands))
-    _save(figure, path)
+    save_figure(figure, path)
     return f"{study.name}: final {metric}" + (f", {description}," if description else "") + f" against {axis}."
 
 
@@ -402,7 +378,7 @@ def draw_spectra(study: Study, points: Sequence[GridPoint], path: Path) -> str |
         return None
     kinds = [kind for kind in SPECTRUM_KINDS if any(kind in bands for _, bands, _ in drawn)]
     colour = _colour_of([(study, points)])
-    figure = _figure(SPECTRA_SIZE)
+    figure = new_figure(SPECTRA_SIZE)
     axes = figure.subplots(1, len(kinds), squeeze=False)[0]
     for ax, kind in zip(axes, kinds):
         for point, bands, _ in drawn:
@@ -425,7 +401,7 @@ def draw_spectra(study: Study, points: Sequence[GridPoint], path: Path) -> str |
     _footnote(figure, [f"{_name(study, p, False)} (runs {runs_cell(p.statuses)})" for p in points
                        if all(p is not d for d, _, _ in drawn)],
               "no finished run recorded a spectrum")
-    _save(figure, path)
+    save_figure(figure, path)
     weight = " and of the first-layer weight (divided by the largest)" if "weight" in kinds else ""
     return (f"{study.name}: singular values against their rank (log scale) of the covariance of the l2-normalised "
             f"embeddings before and after the projector{weight}, at {at}; per grid point the geometric mean over its "
@@ -438,7 +414,7 @@ def _panels(count: int, columns: int) -> tuple[Any, list[Any]]:
     reading order (the grid's other cells hidden)."""
     columns = min(count, columns)
     rows = math.ceil(count / columns)
-    figure = _figure((PANEL[0] * columns + PANEL_MARGIN[0], PANEL[1] * rows + PANEL_MARGIN[1]))
+    figure = new_figure((PANEL[0] * columns + PANEL_MARGIN[0], PANEL[1] * rows + PANEL_MARGIN[1]))
     axes = [ax for row in figure.subplots(rows, columns, squeeze=False) for ax in row]
     for ax in axes[count:]:
         ax.set_visible(False)
@@ -484,7 +460,7 @@ def draw_r2(study: Study, points: Sequence[GridPoint], path: Path) -> str | None
                     fontsize=12)
     _footnote(figure, [f"{_name(study, p, False)} (runs {runs_cell(p.statuses)})" for p in points
                        if all(p is not d for d, _ in drawn)], "no finished run recorded R²")
-    _save(figure, path)
+    save_figure(figure, path)
     return (f"{study.name}: adjusted R² of a linear map from each encoder layer (rows, the last one the output) to "
             "each ground-truth latent (columns), held out, at the last record; the mean over each grid point's "
             "finished runs. Bright: the latent can be read linearly from that layer.")
@@ -506,7 +482,7 @@ def draw_r2_layers(study: Study, points: Sequence[GridPoint], path: Path) -> str
         return None
     colour = _colour_of([(study, points)])
     groups = list(dict.fromkeys(name for _, bands in drawn for name in bands))
-    figure = _figure(CURVE_SIZE)
+    figure = new_figure(CURVE_SIZE)
     ax = figure.add_subplot()
     for point, bands in drawn:
         c = colour[0, point.label]
@@ -525,71 +501,11 @@ def draw_r2_layers(study: Study, points: Sequence[GridPoint], path: Path) -> str
     _legend(figure, _legend_title([study]), sum(len(bands) for _, bands in drawn))
     _footnote(figure, [f"{_name(study, p, False)} (runs {runs_cell(p.statuses)})" for p in points
                        if all(p is not d for d, _ in drawn)], "no finished run recorded R²")
-    _save(figure, path)
+    save_figure(figure, path)
     return (f"{study.name}: adjusted R² of a held-out linear probe from each encoder layer (the last is the output) "
             f"to the latents, averaged over each group ({', '.join(groups)}), at the last record; per grid point the "
             "mean over its finished runs (line) and the min-max range (band). A group whose R² drops at a layer is "
             "lost there (collapse).")
-
-
-REGIME_COLOURS = {"diverge": "#f4b6b6", "collapse": "#d9d9d9", "converge": "#bfe5bf"}
-"""Background of :func:`draw_eigenvalue_regimes`: where an eigenvalue diverges, collapses to 0 or converges."""
-REGIME_COLUMNS = 5
-
-
-def _regime_readings(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The readings of ``regimes.jsonl`` that carry eigenvalues and intervals (``predictor_dynamics.regimes``)."""
-    return [r for r in records if r.get("eigenvalues_signed") and r.get("intervals") is not None]
-
-
-def _plot_regimes(ax: Any, readings: Sequence[dict[str, Any]], eigenvalues: int) -> None:
-    """``|p_j|`` of the largest ``eigenvalues`` over the readings, each reading's column coloured by its intervals of
-    ``p >= 0`` (:data:`REGIME_COLOURS`)."""
-    epochs = [float(r["epoch"]) for r in readings]
-    moduli = [[abs(_float(v) or 0.0) for v in r["eigenvalues_signed"][:eigenvalues]] for r in readings]
-    top = 1.5 * max(max(row) for row in moduli) or 1.0
-    edges = [epochs[0] - 0.5 * (epochs[1] - epochs[0]) if len(epochs) > 1 else epochs[0] - 0.5]
-    edges += [(a + b) / 2 for a, b in zip(epochs, epochs[1:])]
-    edges.append(epochs[-1] + (epochs[-1] - edges[-1]) if len(epochs) > 1 else epochs[0] + 0.5)
-    for left, right, reading in zip(edges, edges[1:], readings):
-        for low, high, kind in reading["intervals"]:
-            low, high = max(0.0, _float(low) or 0.0), min(top, _float(high) if _float(high) is not None else top)
-            if high > low:
-                ax.fill_between([left, right], low, high, color=REGIME_COLOURS[kind], lw=0)
-    for j, column in enumerate(zip(*moduli)):
-        ax.plot(epochs, column, color="black", lw=1.2, alpha=1.0 if j == 0 else 0.55)
-    ax.set_ylim(0, top)
-    ax.set_xlim(edges[0], edges[-1])
-
-
-def _regime_legend(target: Any, loc: str = "upper right") -> None:
-    from matplotlib.patches import Patch
-
-    target.legend(handles=[Patch(color=c, label=k) for k, c in REGIME_COLOURS.items()], loc=loc, fontsize=9,
-                  frameon=True, facecolor="white")
-
-
-def draw_eigenvalue_regimes(records: Sequence[dict[str, Any]], out: Path | BinaryIO, title: str = "",
-                            eigenvalues: int = 8) -> str | None:
-    """Bao 2023, Fig. 6 right: the moduli ``|p_j|`` of the largest ``eigenvalues`` predictor eigenvalues over the
-    readings of one run's ``regimes.jsonl`` (``epoch``, ``eigenvalues_signed``, ``intervals``), each reading's column
-    coloured by the intervals of ``p >= 0`` that diverge, collapse or converge (:data:`REGIME_COLOURS`); into ``out``
-    (a path or a binary file); the caption, or None when no record has eigenvalues."""
-    readings = _regime_readings(records)
-    if not readings:
-        return None
-    figure = _figure(CURVE_SIZE)
-    ax = figure.add_subplot()
-    _plot_regimes(ax, readings, eigenvalues)
-    _regime_legend(ax)
-    ax.set_xlabel("epochs trained")
-    ax.set_ylabel("|p_j|, eigenvalues of the predictor")
-    ax.set_title(title or "predictor eigenvalues and their regimes", fontsize=12)
-    if isinstance(out, Path):
-        _save(figure, out)
-    else:
-        figure.savefig(out, dpi=DPI, format="png")
-    return f"{title}: |p_j| over epochs on the intervals where an eigenvalue diverges, collapses or converges."
 
 
 def draw_regimes(study: Study, points: Sequence[GridPoint], path: Path, eigenvalues: int = 8) -> str | None:
@@ -597,20 +513,20 @@ def draw_regimes(study: Study, points: Sequence[GridPoint], path: Path, eigenval
     the intervals belong to one run's norms, so runs are not averaged); the caption, or None without records."""
     drawn = [(point, readings) for point in points
              if (readings := next((r for run in point.finished
-                                   if (r := _regime_readings(read_jsonl(run / "regimes.jsonl")))), None))]
+                                   if (r := regime_readings(read_jsonl(run / "regimes.jsonl")))), None))]
     if not drawn:
         return None
     figure, axes = _panels(len(drawn), REGIME_COLUMNS)
     for ax, (point, readings) in zip(axes, drawn):
-        _plot_regimes(ax, readings, eigenvalues)
+        plot_regimes(ax, readings, eigenvalues)
         ax.set_title(point.label or study.name, fontsize=9)
         ax.tick_params(labelsize=8)
-    _regime_legend(figure, "outside right upper")
+    regime_legend(figure, "outside right upper")
     figure.supxlabel("epochs trained", fontsize=10)
     figure.supylabel("|p_j|, eigenvalues of the predictor", fontsize=10)
     figure.suptitle(f"{study.name}: predictor eigenvalues on their regimes (first finished run of each grid point)",
                     fontsize=12)
-    _save(figure, path)
+    save_figure(figure, path)
     return (f"{study.name}: the moduli of the predictor's {eigenvalues} largest eigenvalues over epochs, on the "
             "intervals of Bao 2023's eigenvalue dynamics (Eq. 7 or 8, at each reading's norms) where an eigenvalue "
             "diverges (red), collapses to 0 (grey) or converges to a non-zero root (green); the first finished run "

@@ -17,14 +17,19 @@ import lightning as L
 import torch
 
 from datamodules.base import DataModule
-from ssl_bench.checkpoint import read_checkpoint
 from ssl_bench.config import ConfigError, RunConfig, to_yaml
-from ssl_bench.module import CallbackAdapter, DataModuleAdapter, Diverged, SSLModule
-from ssl_bench.progress import progress_bar
-from ssl_bench.jsonl import json_value
-from ssl_bench.recorder import RunRecorder, truncate_histories
 from ssl_bench.registry import lookup
-from ssl_bench.wandb_logging import make_wandb_logger
+from ssl_bench.rundir import json_value, truncate_histories
+from ssl_bench.train.checkpoint import read_checkpoint
+from ssl_bench.train.lightning_module import (
+    CallbackAdapter,
+    DataModuleAdapter,
+    Diverged,
+    SSLModule,
+)
+from ssl_bench.train.progress import progress_bar
+from ssl_bench.train.recorder import RunRecorder
+from ssl_bench.train.wandb_logging import make_wandb_logger
 
 
 def build_data(cfg: RunConfig) -> DataModule:

@@ -10,7 +10,7 @@ Each task runs ``ssl-bench sweep-task TABLE`` in the batch step. It prepares the
 does (resume an interrupted run from ``last.ckpt``, else start from scratch), starts the run's processes with
 ``srun`` (one per GPU, through Lightning's ``SLURMEnvironment``), appends their output to the run's ``log.txt``, and
 forwards SIGUSR1 to them. SIGUSR1 (``#SBATCH --signal=USR1@90``: the warning before the time limit; or ``scancel
---signal=USR1``) makes the run stop at the end of its epoch with a checkpoint (``ssl_bench.run.StopAtEpochEnd``);
+--signal=USR1``) makes the run stop at the end of its epoch with a checkpoint (``ssl_bench.train.fit.StopAtEpochEnd``);
 the task then requeues itself with ``scontrol requeue ARRAYJOB_TASK`` and records ``requeued: true`` in the run's
 ``summary.json``, whose status stays ``interrupted`` until the requeued task resumes and finishes the run.
 """
@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from ssl_bench.errors import ConfigError
+from ssl_bench.rundir import ENDED, prepare_run_dir, read_summary, run_status
+from ssl_bench.study.grid import Run, fit_arguments
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "array.sbatch"
+TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "array.sbatch"
 """The sbatch template: ``{{NAME}}`` placeholders, filled by :func:`render`."""
 
 PLACEHOLDERS = ("JOB_NAME", "ARRAY", "LOG", "NODES", "TASKS_PER_NODE", "CPUS_PER_TASK", "RESOURCES", "WORKDIR",
@@ -142,9 +144,8 @@ def render(values: dict[str, str], template: Path = TEMPLATE) -> str:
 
 def array_tasks(config: str, runs: list[Any], experiment: str, overrides: list[str], options: SlurmOptions
                 ) -> list[dict[str, Any]]:
-    """The task table of ``runs`` (:class:`ssl_bench.sweep.Run`): task id, absolute run dir (the same on every
+    """The task table of ``runs`` (:class:`ssl_bench.study.sweep.Run`): task id, absolute run dir (the same on every
     launch of the task), the grid point's overrides and seed (for a person), and the ``ssl-bench`` arguments."""
-    from ssl_bench.sweep import Run, fit_arguments
 
     tasks = []
     for task_id, run in enumerate(runs):
@@ -252,7 +253,6 @@ def run_task(table: Path, task_id: int | None = None) -> int:
     (finished or diverged): prepare its run directory, train it (resuming from ``last.ckpt`` when it was
     interrupted with one, e.g. after a requeue), and requeue the task when the run stopped on SIGUSR1. Returns the
     run's exit code (0 after a requeue)."""
-    from ssl_bench.sweep import ENDED, prepare_run_dir, read_summary, run_status
 
     record = read_table(table)
     if task_id is None:
@@ -351,7 +351,6 @@ def task_states(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every run that an array of ``sweep_dir`` ran or runs, by its latest submission: task id, job, run dir, and
     its state: pending or running (squeue), else how the run ended (summary.json: finished, diverged, failed,
     interrupted; ``missing`` without one, with sacct's state when accounting is on)."""
-    from ssl_bench.sweep import read_summary
 
     latest: dict[str, dict[str, Any]] = {}
     tables = sorted((sweep_dir / "slurm").glob("tasks-*.json"), key=lambda p: int(p.stem.split("-")[1]))

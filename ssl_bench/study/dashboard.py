@@ -1,6 +1,6 @@
 """``ssl-bench dashboard``: a saved W&B workspace that shows a sweep's study as the paper's figures.
 
-A sweep's runs log to W&B (:mod:`ssl_bench.wandb_logging`) with the group ``EXPERIMENT/GRID_POINT`` (the experiment
+A sweep's runs log to W&B (:mod:`ssl_bench.train.wandb_logging`) with the group ``EXPERIMENT/GRID_POINT`` (the experiment
 alone for a sweep without a grid), the name ``GROUP/seedS``, the tags experiment, method, data and ``logger.tags``,
 and the run's config, which holds ``experiment``. The workspace selects the runs whose ``config.experiment`` is the
 sweep's experiment and whose name is ``GROUP/seedS`` for one of its grid points' groups (a regular-expression run
@@ -10,7 +10,7 @@ with the min-max band across seeds, as the paper figures do.
 
 Its sections, in order:
 
-- ``Table``: the sweep's table (:func:`ssl_bench.sweep.report`: mean ± std over seeds, the paper's values beside
+- ``Table``: the sweep's table (:func:`ssl_bench.study.sweep.report`: mean ± std over seeds, the paper's values beside
   ours, finished/failed/diverged counts) as read from the sweep directory when the workspace was built;
 - ``Final values``: the last value of each of the sweep's metrics per grid point, as bars with the min-max range;
 - ``Curves``: the sweep's metrics and ``train/loss`` against the epoch (spectrum and R^2 metrics go to their own
@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from ssl_bench.errors import ConfigError, UserError
-from ssl_bench.sweep import read_spec, report
+from ssl_bench.study.record import read_spec
+from ssl_bench.study.report import sweep_table_markdown
 
 X_AXIS = "epoch"
 """The x axis of every curve: Lightning logs the epoch with each metric."""
@@ -96,7 +97,7 @@ def build_workspace(sweep_dir: Path, project: str, entity: str = "") -> Any:
     from wandb_workspaces import expr
 
     spec = read_spec(sweep_dir)
-    table = report(sweep_dir)
+    table = sweep_table_markdown(sweep_dir)
     experiment, groups = str(spec["experiment"]), _groups(spec)
     if re.search(r"[=<>]", experiment):  # wandb-workspaces reads = < > inside a filter's value as operators
         raise ConfigError(f"the experiment name '{experiment}' holds = < or >, which a W&B workspace filter cannot "
@@ -221,7 +222,7 @@ def dashboard(sweep_dir: Path, project: str, entity: str | None = None, dry_run:
         return 0
     import wandb
 
-    from ssl_bench.wandb_logging import wandb_answers, wandb_has_credentials
+    from ssl_bench.wandb_server import wandb_answers, wandb_has_credentials
 
     base_url = wandb.setup().settings.base_url
     if not wandb_has_credentials(base_url):

@@ -11,8 +11,8 @@ embeddings ``a_i = h(f(g(z_i)))``, ``a_i+ = h(f(g(z~_i)))`` (``h``: the method's
     L_uniform = mean_i log( exp s(a_i, a_i+) + sum_{j != i} exp s(a_i, a_j) )
     L_CL      = L_align + L_uniform
 
-with ``s(a, b) = -sum_k |a_k - b_k|^p / tau_k`` (``similarity=lp``, :func:`ssl_bench.losses.lp_info_nce`) or
-``s(a, b) = sum_k n(a)_k n(b)_k / tau_k`` (``cosine``, :func:`ssl_bench.losses.cosine_info_nce`). Large ``N`` is
+with ``s(a, b) = -sum_k |a_k - b_k|^p / tau_k`` (``similarity=lp``, :func:`ssl_bench.ops.losses.lp_info_nce`) or
+``s(a, b) = sum_k n(a)_k n(b)_k / tau_k`` (``cosine``, :func:`ssl_bench.ops.losses.cosine_info_nce`). Large ``N`` is
 computed in blocks of anchors, with the same value as the single call.
 """
 
@@ -24,10 +24,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssl_bench.checkpoint import read_checkpoint
 from ssl_bench.config import ConfigError, RunConfig
-from ssl_bench.losses import InfoNCETerms, cosine_info_nce, lp_distances, lp_info_nce, scale_embedding, standardize
+from ssl_bench.ops.losses import (
+    InfoNCETerms,
+    cosine_info_nce,
+    lp_distances,
+    lp_info_nce,
+    scale_embedding,
+    standardize,
+)
 from ssl_bench.registry import lookup
+from ssl_bench.train.checkpoint import read_checkpoint
 
 EVALUATION_STREAM = 2**61
 """Pairs are drawn by a generator seeded ``2**61 + seed``, a stream no training epoch or probe uses."""

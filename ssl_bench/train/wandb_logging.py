@@ -21,73 +21,22 @@ set: both would otherwise make the process wait for the unanswering server at ex
 from __future__ import annotations
 
 import contextlib
-import netrc
 import os
 import secrets
 import shutil
-import ssl
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from ssl_bench.config import LoggerConfig, RunConfig
+from ssl_bench.wandb_server import wandb_answers, wandb_has_credentials
 
-__all__ = ["BoundedWandbLogger", "make_wandb_logger", "start_wandb_run", "wandb_answers", "wandb_has_credentials",
+__all__ = ["BoundedWandbLogger", "make_wandb_logger", "start_wandb_run",
            "wandb_run_id"]
-
-
-def wandb_has_credentials(base_url: str) -> bool:
-    """Whether W&B would find credentials for ``base_url`` without prompting: an API key or identity token in the
-    environment, or an entry for the server's host in the netrc file (``NETRC``, else ``~/.netrc``)."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
-    try:
-        entry = netrc.netrc(str(path)).authenticators(urlsplit(base_url).netloc)
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return entry is not None and bool(entry[2])
-
-
-def wandb_answers(base_url: str, timeout: float) -> str | None:
-    """None when the server at ``base_url`` answers an HTTP request within ``timeout`` seconds (any status, or a
-    TLS error, counts as an answer); otherwise why not. Name resolution is bounded too: the request runs in a
-    daemon thread that is waited for at most ``timeout`` seconds."""
-    silent = f"W&B at {base_url} did not answer within {timeout:g} s (logger.init_timeout)"
-    outcome: list[str | None] = []
-
-    def request() -> None:
-        try:
-            urllib.request.urlopen(urllib.request.Request(base_url, method="HEAD"), timeout=timeout).close()
-            outcome.append(None)
-        except urllib.error.HTTPError:  # an error status is an answer
-            outcome.append(None)
-        except urllib.error.URLError as err:
-            reason = err.reason
-            if isinstance(reason, ssl.SSLError):  # so is a TLS failure: wandb's own request will say more
-                outcome.append(None)
-            elif isinstance(reason, TimeoutError):
-                outcome.append(silent)
-            else:
-                why = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
-                outcome.append(f"cannot reach W&B at {base_url} ({why})")
-        except TimeoutError:
-            outcome.append(silent)
-        except (OSError, ValueError) as err:
-            outcome.append(f"cannot reach W&B at {base_url} ({err})")
-
-    thread = threading.Thread(target=request, name="wandb-reachability", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return outcome[0] if outcome else silent
 
 
 def _offline_reason(config: LoggerConfig, base_url: str) -> str | None:

@@ -9,7 +9,7 @@ external resources), holds per study:
 
 - the table: per grid point, its runs by status and the mean ± std over the finished runs of each final metric, the
   paper's value beside it;
-- curves (:mod:`ssl_bench.plots`): each metric over epochs, one line per grid point (the mean over its finished
+- curves (:mod:`ssl_bench.study.plots`): each metric over epochs, one line per grid point (the mean over its finished
   runs) with the min-max band across them;
 - eigen-spectra: the singular values of the embedding covariance against their rank at the last record, before and
   after the projector;
@@ -24,56 +24,22 @@ import math
 import re
 import statistics
 import sys
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from ssl_bench.config import ReferenceRow, SweepConfig
 from ssl_bench.errors import ConfigError
-from ssl_bench.sweep import STATUS_ORDER, _count, _recorded_points, read_spec, read_summary
+from ssl_bench.rundir import STATUS_ORDER, as_number, read_summary
+from ssl_bench.study import plots
+from ssl_bench.study.record import read_spec, recorded_points
+from ssl_bench.study.table import GridPoint, Study, plural, runs_cell
 
 HISTORY_FILES = ("summary.json", "metrics.jsonl")
 """A directory holding one of these is a run directory."""
 
 CURVE_EXTRA = ("train/loss",)
 """Metrics drawn over epochs besides the study's table metrics."""
-
-
-@dataclass
-class GridPoint:
-    """One row of a study: its axis values and the run directories of its seeds (some may not exist yet)."""
-
-    label: str
-    axes: dict[str, str]
-    runs: list[Path]
-    summaries: list[dict[str, Any] | None] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.summaries:
-            self.summaries = [read_summary(run) for run in self.runs]
-
-    @property
-    def statuses(self) -> list[str]:
-        """How each run ended; ``missing`` for a run without a readable summary (not started, running or killed)."""
-        return ["missing" if s is None else str(s.get("status", "failed")) for s in self.summaries]
-
-    @property
-    def finished(self) -> list[Path]:
-        """The run directories of the runs that finished: the ones the table and the figures average."""
-        return [run for run, status in zip(self.runs, self.statuses) if status == "finished"]
-
-
-@dataclass
-class Study:
-    """A sweep or a folder of runs: what the table shows (axes, metrics, the paper's values) and its grid points."""
-
-    name: str
-    dir: Path
-    axes: list[str]
-    metrics: list[str]
-    reference: list[ReferenceRow]
-    points: list[GridPoint]
 
 
 def _reference_rows(rows: Any, where: str) -> list[ReferenceRow]:
@@ -111,7 +77,7 @@ def sweep_study(sweep_dir: Path) -> Study:
     spec = read_spec(sweep_dir)
     spec_file = sweep_dir / "sweep.json"
     reference = _reference_rows(spec.get("reference", []), str(spec_file))
-    recorded = _recorded_points(spec, spec_file)
+    recorded = recorded_points(spec, spec_file)
     experiment = str(spec["experiment"])
     if recorded is not None:
         points = [GridPoint(str(p["label"]), {str(k): str(v) for k, v in p["axes"].items()},
@@ -206,34 +172,12 @@ def reference_value(rows: list[ReferenceRow], axes: dict[str, str], metric: str)
     return None
 
 
-def _number(value: Any) -> float | None:
-    """A metric value as a float ("nan", "inf" and "-inf" included), or None for anything that is not a number."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
 def _mean_std(values: list[float]) -> str:
     """``mean ± std`` (population std) to three decimals; non-finite values show as nan or inf."""
     if all(math.isfinite(v) for v in values):
         return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
     mean = sum(values) / len(values)
     return f"{mean:.3f} ± nan"
-
-
-def runs_cell(statuses: list[str]) -> str:
-    """``finished/all``, then the other runs by status: ``2/5 (1 diverged, 2 missing)``."""
-    counts = Counter(statuses)
-    order = [s for s in STATUS_ORDER if s != "finished"] + sorted(set(counts) - set(STATUS_ORDER))
-    others = ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
-    return f"{counts['finished']}/{len(statuses)}" + (f" ({others})" if others else "")
 
 
 def table_rows(study: Study) -> list[Row]:
@@ -244,7 +188,7 @@ def table_rows(study: Study) -> list[Row]:
         cells = []
         for metric in study.metrics:
             values = [v for s in done if isinstance(s.get("metrics"), dict)
-                      and (v := _number(s["metrics"].get(metric))) is not None]
+                      and (v := as_number(s["metrics"].get(metric))) is not None]
             cells.append((_mean_std(values) if values else "-", reference_value(study.reference, point.axes, metric)))
         rows.append(Row([point.axes.get(a, "") for a in study.axes], runs_cell(point.statuses), cells))
     return rows
@@ -312,7 +256,7 @@ def _slug(text: str) -> str:
 def _run_count(study: Study) -> str:
     statuses = [s for point in study.points for s in point.statuses]
     counts = {s: statuses.count(s) for s in STATUS_ORDER if statuses.count(s)}
-    return f"{_count(len(statuses), 'run')} in {_count(len(study.points), 'grid point')}: " + ", ".join(
+    return f"{plural(len(statuses), 'run')} in {plural(len(study.points), 'grid point')}: " + ", ".join(
         f"{n} {status}" for status, n in counts.items())
 
 
@@ -323,8 +267,6 @@ def draw_study(study: Study, figures_dir: Path, stem: str, metrics: Sequence[str
     the spectra, the R^2 heatmaps, the R^2 of each latent group per layer and the predictor's eigenvalue regimes; a
     note for each figure that has nothing to show (one for R^2, which both of its figures need). The study's figures
     of an earlier report into the same folder are removed first, so the folder holds only what the report shows."""
-    from ssl_bench import plots
-
     for old in figures_dir.glob(f"{stem}-*.png"):
         old.unlink()
     chosen = [point for point in study.points if points is None or point.label in points]
@@ -476,8 +418,6 @@ def curves(dirs: Sequence[Path | str], metric: str, out_png: Path | str, points:
     their labels, e.g. ``["model=Simplified-SimCLR,data.sparsity=0.1"]``; all by default): per grid point the mean
     over its finished runs with the min-max band across them. Returns ``out_png``; an error when no finished run
     logged the metric."""
-    from ssl_bench import plots
-
     studies = [load_study(d) for d in dirs]
     check_points(studies, points)
     chosen = [(study, [p for p in study.points if points is None or p.label in points]) for study in studies]
@@ -500,3 +440,9 @@ def report_command(dirs: Sequence[Path], out: Path | None, metrics: Sequence[str
           file=sys.stderr)
     return 0
 
+
+def sweep_table_markdown(sweep_dir: Path) -> str:
+    """A markdown table with one row per grid point: how many of its runs finished (the others counted by status:
+    diverged, failed, interrupted, missing) and the mean ± std over its finished runs of each final metric, with the
+    paper's value beside it. A grid point without a finished run has ``-`` cells."""
+    return markdown_table(sweep_study(sweep_dir))
