@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ssl_bench.batch import Views
 from ssl_bench.config import DataConfig
+from ssl_bench.ops.distributed import world
 
 
 class DataModule:
@@ -55,8 +56,8 @@ class DataModule:
         return [item.to(device) for item in batch]
 
     def world(self) -> tuple[int, int]:
-        """This process's (global rank, world size)."""
-        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        """This process's (global rank, world size): the trainer's, else the default process group's."""
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else world()
 
     def evaluation_inputs(self, num_samples: int) -> Tensor:
         """A fixed set of at most ``num_samples`` unaugmented inputs, for spectra."""

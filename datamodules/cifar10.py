@@ -81,22 +81,14 @@ def unreadable(path: Path, keys: tuple[str, ...]) -> str | None:
 
 
 def cifar10_split(root: str | Path, train: bool = True, download: bool = False, verify_checksums: bool = True) -> Any:
-    """torchvision's ``CIFAR10`` (download, md5 check and parsing) with the md5 check optional.
-
-    ``verify_checksums=False`` gives the instance every expected md5 as ``None`` before torchvision's constructor
-    runs, which its ``check_integrity`` reads as "the file exists": files that are not the official ones (e.g. from
-    :func:`write_cifar10_batches`) are parsed by torchvision's own code, and a missing file still fails. A download
-    still checks the archive's md5.
-    """
-    from torchvision.datasets import CIFAR10
-
-    split = CIFAR10.__new__(CIFAR10)
-    if not verify_checksums:
-        split.train_list = [[name, None] for name, _ in CIFAR10.train_list]
-        split.test_list = [[name, None] for name, _ in CIFAR10.test_list]
-        split.meta = {**CIFAR10.meta, "md5": None}
-    split.__init__(root, train=train, download=download)
-    return split
+    """torchvision's ``CIFAR10`` (download, md5 check and parsing) with the md5 check optional:
+    ``verify_checksums=False`` loads the files as they are (e.g. those of :func:`write_cifar10_batches`) with
+    :class:`~datamodules.cifar10_unchecked.UncheckedCIFAR10`; a missing file still fails."""
+    if verify_checksums:
+        from torchvision.datasets import CIFAR10
+    else:
+        from datamodules.cifar10_unchecked import UncheckedCIFAR10 as CIFAR10
+    return CIFAR10(root, train=train, download=download)
 
 
 def eval_transform() -> Callable:

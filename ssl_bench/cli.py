@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import shlex
 import signal
@@ -37,88 +38,131 @@ SLURM_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
 """``ssl-bench sweep --slurm``'s resource options: flag, metavar, type, help."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    help_text = configs_help()
-    parser = argparse.ArgumentParser(prog="ssl-bench", description="Collapse studies of self-supervised learning.",
-                                     epilog=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{fit,sweep,report,evaluate,dashboard}")
-    for command, text in (("fit", "train one run"), ("sweep", "run an experiment's grid x seeds, print its table")):
-        sub = commands.add_parser(command, help=text, description=text, epilog=help_text,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("--config", required=command == "fit", help="experiment config name or path to a YAML file")
-        sub.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.sparsity=0.2 seed=3 method=byol")
-        if command == "sweep":
-            sub.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
-            sub.add_argument("--sweep-dir", type=Path, default=None, help="where the runs go (default runs/sweeps/...)")
-            sub.add_argument("--print-config", "--dry-run", action="store_true",
-                             help="list the runs without starting them (with --slurm: print the sbatch script and "
-                                  "its task table without submitting)")
-            slurm = sub.add_argument_group("SLURM (one array task per grid point x seed; see docs/slurm.md)")
-            slurm.add_argument("--slurm", action="store_true", help="submit the runs to do as a SLURM array job")
-            slurm.add_argument("--status", type=Path, default=None, metavar="DIR",
-                               help="show the state of the SLURM tasks of the sweep in DIR (no --config needed)")
-            for option, metavar, kind, what in SLURM_OPTIONS:
-                slurm.add_argument(option, metavar=metavar, type=kind, default=None, help=what)
-            sub.add_argument("--force", action="store_true",
-                             help="run every run again, replacing those in --sweep-dir even if made with other settings")
-            sub.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
-                             help="run only the grid points with these axis values (repeatable; the table keeps the "
-                                  "whole grid), e.g. --only model=CL-linear --only data.sparsity=0.1,0.3")
-            sub.add_argument("--ensemble", action="store_true",
-                             help="train runs that differ only in seed and data values as one batched model per "
-                                  "process (synthetic data; see docs/ensembles.md)")
-        sub.add_argument("--batching", choices=("auto", "vmap", "loop"), default="auto",
-                         help="how an ensemble (--seeds, --ensemble) computes its members: vmap, a loop, or auto "
-                              "(vmap on a GPU, a loop on a CPU)")
-        if command == "fit":
-            sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-            sub.add_argument("--seeds", default=None, metavar="S1,S2,...",
-                             help="train these seeds as one ensemble, a batched model in this process (synthetic "
-                                  "data); each seed gets its own run directory (run_dir=D: D/seedS)")
-    ensemble = commands.add_parser("fit-ensemble", description="train the runs of a table that `ssl-bench sweep "
-                                   "--ensemble` wrote as ensembles in this process")
-    ensemble.add_argument("table", type=Path, help="the table, SWEEP_DIR/ensembles/K.json")
-    ensemble.set_defaults(overrides=[])
-    task = commands.add_parser("sweep-task", description="run one task of a SLURM array that `ssl-bench sweep "
-                               "--slurm` submitted (its sbatch script calls this)")
-    task.add_argument("table", type=Path, help="the array's task table, SWEEP_DIR/slurm/tasks-K.json")
-    task.add_argument("--task", type=int, default=None, help="the task id (default SLURM_ARRAY_TASK_ID)")
-    task.set_defaults(overrides=[])
+def _add_config_arguments(sub: argparse.ArgumentParser, required: bool, example: str) -> None:
+    """``--config`` and the Hydra overrides (``example``: a few of them, for the help)."""
+    sub.add_argument("--config", required=required, help="experiment config name or path to a YAML file")
+    sub.add_argument("overrides", nargs="*", help=f"Hydra overrides, e.g. {example}")
+
+
+def _add_batching(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--batching", choices=("auto", "vmap", "loop"), default="auto",
+                     help="how an ensemble (--seeds, --ensemble) computes its members: vmap, a loop, or auto "
+                          "(vmap on a GPU, a loop on a CPU)")
+
+
+def _add_fit(commands: Any, help_text: str) -> None:
+    text = "train one run"
+    sub = commands.add_parser("fit", help=text, description=text, epilog=help_text,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_arguments(sub, True, "data.sparsity=0.2 seed=3 method=byol")
+    _add_batching(sub)
+    sub.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    sub.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                     help="train these seeds as one ensemble, a batched model in this process (synthetic "
+                          "data); each seed gets its own run directory (run_dir=D: D/seedS)")
+    sub.set_defaults(handler=_fit)
+
+
+def _add_sweep(commands: Any, help_text: str) -> None:
+    text = "run an experiment's grid x seeds, print its table"
+    sub = commands.add_parser("sweep", help=text, description=text, epilog=help_text,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_arguments(sub, False, "data.sparsity=0.2 seed=3 method=byol")
+    sub.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    sub.add_argument("--sweep-dir", type=Path, default=None, help="where the runs go (default runs/sweeps/...)")
+    sub.add_argument("--print-config", "--dry-run", action="store_true",
+                     help="list the runs without starting them (with --slurm: print the sbatch script and "
+                          "its task table without submitting)")
+    slurm = sub.add_argument_group("SLURM (one array task per grid point x seed; see docs/slurm.md)")
+    slurm.add_argument("--slurm", action="store_true", help="submit the runs to do as a SLURM array job")
+    slurm.add_argument("--status", type=Path, default=None, metavar="DIR",
+                       help="show the state of the SLURM tasks of the sweep in DIR (no --config needed)")
+    for option, metavar, kind, what in SLURM_OPTIONS:
+        slurm.add_argument(option, metavar=metavar, type=kind, default=None, help=what)
+    sub.add_argument("--force", action="store_true",
+                     help="run every run again, replacing those in --sweep-dir even if made with other settings")
+    sub.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
+                     help="run only the grid points with these axis values (repeatable; the table keeps the "
+                          "whole grid), e.g. --only model=CL-linear --only data.sparsity=0.1,0.3")
+    sub.add_argument("--ensemble", action="store_true",
+                     help="train runs that differ only in seed and data values as one batched model per "
+                          "process (synthetic data; see docs/ensembles.md)")
+    _add_batching(sub)
+    sub.set_defaults(handler=_sweep)
+
+
+def _add_fit_ensemble(commands: Any) -> None:
+    sub = commands.add_parser("fit-ensemble", description="train the runs of a table that `ssl-bench sweep "
+                              "--ensemble` wrote as ensembles in this process")
+    sub.add_argument("table", type=Path, help="the table, SWEEP_DIR/ensembles/K.json")
+    sub.set_defaults(overrides=[], handler=lambda args: fit_table(args.table))
+
+
+def _add_sweep_task(commands: Any) -> None:
+    sub = commands.add_parser("sweep-task", description="run one task of a SLURM array that `ssl-bench sweep "
+                              "--slurm` submitted (its sbatch script calls this)")
+    sub.add_argument("table", type=Path, help="the array's task table, SWEEP_DIR/slurm/tasks-K.json")
+    sub.add_argument("--task", type=int, default=None, help="the task id (default SLURM_ARRAY_TASK_ID)")
+    sub.set_defaults(overrides=[], handler=_sweep_task)
+
+
+def _add_evaluate(commands: Any, help_text: str) -> None:
     text = ("InfoNCE, alignment and uniformity of the config's encoder (trained weights from trainer.resume=PATH, "
             "else as built, e.g. encoder=inverse for f = g^-1) on fresh positive pairs of its data: JSON on stdout, "
             "one line on stderr")
-    evaluate = commands.add_parser("evaluate", help="InfoNCE, alignment and uniformity of an encoder on fresh pairs",
-                                   description=text, epilog=help_text,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    evaluate.add_argument("--config", required=True, help="experiment config name or path to a YAML file")
-    evaluate.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. encoder=inverse data.space=sphere")
-    evaluate.add_argument("--samples", type=int, default=10000, help="positive pairs drawn (default 10000)")
+    sub = commands.add_parser("evaluate", help="InfoNCE, alignment and uniformity of an encoder on fresh pairs",
+                              description=text, epilog=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_arguments(sub, True, "encoder=inverse data.space=sphere")
+    sub.add_argument("--samples", type=int, default=10000, help="positive pairs drawn (default 10000)")
+    sub.set_defaults(handler=_evaluate)
+
+
+def _add_report(commands: Any) -> None:
     text = ("print the table of finished or partial sweeps (per grid point, the runs that finished, the others "
             "counted as diverged, failed, interrupted or missing, and the mean ± std of their final metrics beside "
             "the paper's values) and write OUT/report.md, a self-contained OUT/report.html and OUT/figures/*.png: "
             "each metric over epochs per grid point with the min-max band across seeds, eigen-spectra and R^2 "
             "heatmaps; reads only the run directories")
-    report = commands.add_parser("report", help="tables and figures of sweeps: report.md, report.html, PNGs",
-                                 description=text)
-    report.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
-                        help="a sweep directory (with sweep.json), a run directory, or a directory of run directories")
-    report.add_argument("--out", type=Path, default=None,
-                        help="where report.md, report.html and figures/ go (default: DIR/report for one DIR)")
-    report.add_argument("--metrics", default=None, metavar="M1,M2",
-                        help="the metrics drawn over epochs (default: the table's metrics and train/loss)")
-    report.add_argument("--point", action="append", default=None, metavar="LABEL",
-                        help="draw only this grid point (its label, e.g. 'model=CL-basic,data.sparsity=0.1'; "
-                             "repeatable); the tables keep every grid point")
+    sub = commands.add_parser("report", help="tables and figures of sweeps: report.md, report.html, PNGs",
+                              description=text)
+    sub.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
+                     help="a sweep directory (with sweep.json), a run directory, or a directory of run directories")
+    sub.add_argument("--out", type=Path, default=None,
+                     help="where report.md, report.html and figures/ go (default: DIR/report for one DIR)")
+    sub.add_argument("--metrics", default=None, metavar="M1,M2",
+                     help="the metrics drawn over epochs (default: the table's metrics and train/loss)")
+    sub.add_argument("--point", action="append", default=None, metavar="LABEL",
+                     help="draw only this grid point (its label, e.g. 'model=CL-basic,data.sparsity=0.1'; "
+                          "repeatable); the tables keep every grid point")
+    sub.set_defaults(handler=_report)
+
+
+def _add_dashboard(commands: Any) -> None:
     text = ("save a W&B workspace for a sweep's study: its table with the paper's values, the final values and the "
             "metric curves per grid point (mean over seeds, min-max band), spectra and R^2 when the study logs them")
-    dashboard = commands.add_parser("dashboard", help="save a W&B workspace that shows a sweep's study",
-                                    description=text)
-    dashboard.add_argument("--sweep", type=Path, required=True, metavar="DIR",
-                           help="a directory that `ssl-bench sweep` wrote (with a sweep.json)")
-    dashboard.add_argument("--project", required=True, help="the W&B project of the sweep's runs (logger.project)")
-    dashboard.add_argument("--entity", default=None, help="the W&B entity (default: your default entity)")
-    dashboard.add_argument("--dry-run", action="store_true",
-                           help="print the workspace's sections, panels and filters; no network, no credentials")
+    sub = commands.add_parser("dashboard", help="save a W&B workspace that shows a sweep's study", description=text)
+    sub.add_argument("--sweep", type=Path, required=True, metavar="DIR",
+                     help="a directory that `ssl-bench sweep` wrote (with a sweep.json)")
+    sub.add_argument("--project", required=True, help="the W&B project of the sweep's runs (logger.project)")
+    sub.add_argument("--entity", default=None, help="the W&B entity (default: your default entity)")
+    sub.add_argument("--dry-run", action="store_true",
+                     help="print the workspace's sections, panels and filters; no network, no credentials")
+    sub.set_defaults(handler=_dashboard)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand each, whose ``handler`` runs it."""
+    help_text = configs_help()
+    parser = argparse.ArgumentParser(prog="ssl-bench", description="Collapse studies of self-supervised learning.",
+                                     epilog=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{fit,sweep,report,evaluate,dashboard}")
+    _add_fit(commands, help_text)
+    _add_sweep(commands, help_text)
+    _add_fit_ensemble(commands)
+    _add_sweep_task(commands)
+    _add_evaluate(commands, help_text)
+    _add_report(commands)
+    _add_dashboard(commands)
     return parser
 
 
@@ -165,8 +209,8 @@ def fit_seeds(config: str, overrides: list[str], seeds: list[int], run_dir: str 
     given = [o for o in overrides if o.partition("=")[0].lstrip("+") == "seed"]
     if given:
         raise UserError(f"{given[0]} and --seeds both set the seed; drop one")
-    cfgs = [load(config, [*overrides, f"seed={seed}", *([f"run_dir={Path(run_dir) / f'seed{seed}'}"] if run_dir else [])])
-            for seed in seeds]
+    cfgs = [load(config, [*overrides, f"seed={seed}",
+                          *([f"run_dir={Path(run_dir) / f'seed{seed}'}"] if run_dir else [])]) for seed in seeds]
     return train_together(cfgs, config, overrides, batching)
 
 
@@ -180,8 +224,6 @@ def train_together(cfgs: list[RunConfig], config: str, overrides: list[str], bat
 
 def fit_table(table: Path) -> int:
     """``ssl-bench fit-ensemble TABLE``: the runs that a sweep's ensemble table lists, trained together."""
-    import json
-
     try:
         spec = json.loads(table.read_text(encoding="utf-8"))
         config, members, batching = spec["config"], spec["members"], spec["batching"]
@@ -225,63 +267,80 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    """``ssl-bench dashboard``: save (or with ``--dry-run`` print) the sweep's W&B workspace."""
+    from ssl_bench.study.dashboard import dashboard
+
+    return dashboard(args.sweep, args.project, entity=args.entity, dry_run=args.dry_run)
+
+
+def _report(args: argparse.Namespace) -> int:
+    """``ssl-bench report``: the studies' tables on stdout, report.md, report.html and figures written."""
+    from ssl_bench.study.report import report_command
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    return report_command(args.dirs, args.out, metrics, args.point)
+
+
+def _sweep_task(args: argparse.Namespace) -> int:
+    """``ssl-bench sweep-task``: one task of a SLURM array, from its task table."""
+    from ssl_bench.study.slurm import run_task
+
+    if args.overrides:
+        raise UserError(f"sweep-task takes no overrides ({' '.join(args.overrides)}); they are in its table")
+    return run_task(args.table, args.task)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``ssl-bench sweep``: the experiment's grid x seeds (or with ``--status``, the state of a SLURM sweep)."""
+    from ssl_bench.study.slurm import print_status, slurm_options
+    from ssl_bench.study.sweep import run_sweep
+
+    if args.status is not None:
+        return print_status(args.status)
+    if not args.config:
+        raise UserError("sweep needs --config NAME (or --status DIR for the state of a SLURM sweep)")
+    cfg = load(args.config, args.overrides)
+    return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
+                     dry_run=args.print_config, force=args.force, only=args.only, slurm=slurm_options(args),
+                     ensemble=args.batching if args.ensemble else None)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """``ssl-bench evaluate``: the encoder's metrics as JSON on stdout and one table line on stderr."""
+    cfg = load(args.config, args.overrides)
+    from ssl_bench.train.evaluate import evaluate, table_line
+
+    result = evaluate(cfg, samples=args.samples)
+    print(json.dumps(result))
+    print(table_line(result), file=sys.stderr)
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    """``ssl-bench fit``: train one run (or with ``--seeds`` an ensemble, with ``--print-config`` print its config)."""
+    cfg = load(args.config, args.overrides)
+    if args.print_config:
+        from ssl_bench.config import to_yaml
+
+        print(to_yaml(cfg))
+        return 0
+    if args.seeds is not None:
+        return fit_seeds(args.config, args.overrides, seed_list(args.seeds), cfg.run_dir, args.batching)
+    from ssl_bench.train.fit import fit
+
+    summary = fit(cfg)
+    if summary is None:  # a DDP process other than global rank 0, which writes and prints the summary
+        return 0
+    return report_ending(summary, args.config, args.overrides)
+
+
 def command(argv: list[str] | None = None) -> int:
-    """:func:`main` without its handling of a closed stdout."""
+    """:func:`main` without its handling of a closed stdout: the subcommand's handler, a :class:`UserError` as one
+    line on stderr and exit code 2."""
     try:
         args = parse_args(argv)
-        if args.command == "dashboard":
-            from ssl_bench.study.dashboard import dashboard
-
-            return dashboard(args.sweep, args.project, entity=args.entity, dry_run=args.dry_run)
-        if args.command == "report":
-            from ssl_bench.study.report import report_command
-
-            metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-            return report_command(args.dirs, args.out, metrics, args.point)
-        if args.command == "fit-ensemble":
-            return fit_table(args.table)
-        if args.command == "sweep-task":
-            from ssl_bench.study.slurm import run_task
-
-            if args.overrides:
-                raise UserError(f"sweep-task takes no overrides ({' '.join(args.overrides)}); they are in its table")
-            return run_task(args.table, args.task)
-        if args.command == "sweep" and args.status is not None:
-            from ssl_bench.study.slurm import print_status
-
-            return print_status(args.status)
-        if args.command == "sweep" and not args.config:
-            raise UserError("sweep needs --config NAME (or --status DIR for the state of a SLURM sweep)")
-        cfg = load(args.config, args.overrides)
-        if args.command == "evaluate":
-            import json
-
-            from ssl_bench.train.evaluate import evaluate, table_line
-
-            result = evaluate(cfg, samples=args.samples)
-            print(json.dumps(result))
-            print(table_line(result), file=sys.stderr)
-            return 0
-        if args.command == "fit":
-            if args.print_config:
-                from ssl_bench.config import to_yaml
-
-                print(to_yaml(cfg))
-                return 0
-            if args.seeds is not None:
-                return fit_seeds(args.config, args.overrides, seed_list(args.seeds), cfg.run_dir, args.batching)
-            from ssl_bench.train.fit import fit
-
-            summary = fit(cfg)
-            if summary is None:  # a DDP process other than global rank 0, which writes and prints the summary
-                return 0
-            return report_ending(summary, args.config, args.overrides)
-        from ssl_bench.study.slurm import slurm_options
-        from ssl_bench.study.sweep import run_sweep
-
-        return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
-                         dry_run=args.print_config, force=args.force, only=args.only, slurm=slurm_options(args),
-                         ensemble=args.batching if args.ensemble else None)
+        return args.handler(args)
     except UserError as err:
         print(f"ssl-bench: error: {err}", file=sys.stderr)
         return 2

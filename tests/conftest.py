@@ -132,7 +132,3 @@ def cli_subprocess(tmp_path):
 
     return run
 
-
-def pytest_configure(config):
-    # lightning's own deprecation notice about torch's pytree API; not ours to fix
-    config.addinivalue_line("filterwarnings", "ignore:.*LeafSpec.*")

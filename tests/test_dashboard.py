@@ -83,7 +83,58 @@ def panels(workspace: Any, section: str) -> list[Any]:
     return found.panels
 
 
-def test_workspace_sections_panels_and_grouping(sweep_dir):
+class Accepting(http.server.BaseHTTPRequestHandler):
+    """A W&B server that knows the key and saves every view: it keeps the spec of each ``upsertView`` it is sent
+    (in ``server.specs``)."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        if "upsertView" in body["query"]:
+            self.server.specs.append(json.loads(body["variables"]["spec"]))
+        answer = {"viewer": {"id": "u1", "entity": "me", "username": "me", "email": "", "flags": "{}",
+                             "teams": {"edges": []}},
+                  "upsertView": {"view": {"id": "v1", "name": "nw-saved"}, "inserted": True}}
+        data = json.dumps({"data": answer}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def saved_view(sweep_dir, tmp_path_factory) -> dict[str, Any]:
+    """The view spec that ``ssl-bench dashboard`` saves for the sweep (its ``section``), as a W&B server receives
+    it."""
+    import wandb
+
+    from ssl_bench.cli import main
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Accepting)
+    server.specs = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        wandb.teardown()  # wandb reads WANDB_BASE_URL when it is set up: once per process
+        try:
+            assert main(["dashboard", "--sweep", str(sweep_dir), "--project", "proj", "--entity", "ent"]) == 0
+        finally:
+            server.shutdown()
+            wandb.teardown()
+    (spec,) = server.specs
+    return spec["section"]
+
+
+def test_workspace_sections_panels_and_grouping(sweep_dir, saved_view):
     """The study's figures: the table with the paper's values, final values as bars and curves against the epoch,
     one line per grid point (W&B group) with the mean over seeds and the min-max band; spectra for a study with
     the spectrum callback, no R^2 section without the probe. The saved spec carries the same grouping."""
@@ -109,8 +160,8 @@ def test_workspace_sections_panels_and_grouping(sweep_dir):
         assert (panel.groupby, panel.groupby_aggfunc, panel.groupby_rangefunc) == ("Group", "mean", "minmax")
         assert panel in bars or panel.x == "epoch"
 
-    # what save() sends: runs grouped by W&B group in the run list and in every plot
-    view = workspace._to_model().spec.model_dump(by_alias=True, exclude_none=True)["section"]
+    # what the saved view holds: runs grouped by W&B group in the run list and in every plot
+    view = saved_view
     assert view["runSets"][0]["grouping"] == [{"section": "run", "name": "group"}]
     plots = [p for s in view["panelBankConfig"]["sections"] for p in s["panels"] if "groupBy" in p["config"]]
     assert len(plots) == len(bars) + len(curves) + len(spectra) - 1
@@ -119,11 +170,11 @@ def test_workspace_sections_panels_and_grouping(sweep_dir):
     assert view["settings"]["xAxis"] == "epoch"
 
 
-def test_workspace_selects_and_plots_the_sweeps_wandb_runs(sweep_dir):
+def test_workspace_selects_and_plots_the_sweeps_wandb_runs(sweep_dir, saved_view):
     """The workspace's filter and run search select exactly the W&B runs the sweep wrote (their config, group and
     name as recorded in the runs' own W&B files), and every curve's metric is in their W&B history."""
     workspace = build_workspace(sweep_dir, "proj", "ent")
-    view = workspace._to_model().spec.model_dump(by_alias=True, exclude_none=True)["section"]["runSets"][0]
+    view = saved_view["runSets"][0]
     assert view["filters"]["filters"] == [{"key": {"section": "config", "name": "experiment"}, "op": "=",
                                            "value": "quickstart", "disabled": False}]
     assert view["search"]["isRegex"] is True

@@ -30,7 +30,6 @@ from ssl_bench.callbacks.predictor_dynamics import (
     predictor_metrics,
     scalars,
 )
-from ssl_bench.config import CAPABILITIES
 from ssl_bench.nets.heads import LinearPredictor
 from ssl_bench.registry import register
 
@@ -303,9 +302,8 @@ def test_tiny_fit_aligns_neurons_with_the_datamodules_features(fit_tiny):
     assert metrics["align/collapsed"] == float(records[-1]["collapsed"])
 
 
-@pytest.mark.skipif("features" not in CAPABILITIES, reason="the capability 'features' is not declared yet")
 def test_feature_alignment_needs_features_from_the_data(run_cli, tmp_path):
     code, out, err = run_cli("fit", "--config", "quickstart", "callbacks.feature_alignment.threshold=0.5",
                              "--print-config")
-    message = error_line(code, err)
+    message = error_line(code, err, out)
     assert message.startswith("callbacks.feature_alignment needs ") and "~callbacks.feature_alignment" in message

@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import error_line
 from torch import nn
 
 from datamodules.sparse_coding import make_dictionary
@@ -85,7 +86,7 @@ def test_symmetric_relu_official_without_bn_is_eq14_with_negated_threshold():
     torch.testing.assert_close(official(a), eq14(a))
 
 
-@pytest.mark.parametrize("activation", ["relu", "none"])
+@pytest.mark.parametrize("activation", ["relu", "linear"])
 @pytest.mark.parametrize("bn", [False, True])
 def test_relu_and_linear_activations(activation, bn):
     layer = make_layer(activation, bn)
@@ -96,7 +97,7 @@ def test_relu_and_linear_activations(activation, bn):
     np.testing.assert_allclose(layer(a).detach().numpy(), expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("activation", ["symmetric_relu", "symmetric_relu_official", "none"])
+@pytest.mark.parametrize("activation", ["symmetric_relu", "symmetric_relu_official", "linear"])
 def test_no_bias_symmetric_activations_are_linear(activation):
     layer = make_layer(activation, False, bias=False)
     a = torch.randn(10, 6, dtype=torch.float64)
@@ -106,6 +107,21 @@ def test_no_bias_symmetric_activations_are_linear(activation):
 def test_unknown_activation_raises():
     with pytest.raises(ValueError):
         SparseLayer(3, 3, False, "tanh", True)
+
+
+@pytest.mark.parametrize("encoder, offered", [
+    ("linear", "linear, relu, symmetric_relu, symmetric_relu_official"),
+    ("linear_nobias", "leaky_relu, relu, linear"),
+    ("two_layer", "linear, tanh, relu, sigmoid"),
+])
+def test_the_identity_is_linear_in_every_encoder(run_cli, encoder, offered):
+    """One name for the identity: every encoder that offers it calls it ``linear``; ``none`` is refused in one line
+    that names the encoder's activations."""
+    code, _, err = run_cli("fit", "--config", "quickstart", f"encoder={encoder}", "--print-config")
+    assert code == 0, err
+    code, _, err = run_cli("fit", "--config", "quickstart", f"encoder={encoder}", "encoder.activation=none",
+                             "--print-config")
+    assert error_line(code, err) == f"encoder.activation='none' is not allowed; choose one of: {offered}"
 
 
 def test_two_layer_encoder_composes_layers():

@@ -47,6 +47,46 @@ class GlobalSteps(L.Callback):
         self.steps.append(trainer.global_step)
 
 
+class FastSteps(L.LightningModule):
+    """Manual optimization taking ``SSLModule.update``'s fast step, recording ``trainer.global_step`` around each of
+    its three calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.layer = torch.nn.Linear(2, 1)
+        self.steps: list[tuple[int, int, int]] = []
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        self.torch_optimizer = torch.optim.SGD(self.layer.parameters(), lr=0.1)
+        return self.torch_optimizer
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        assert optimizer.optimizer is self.torch_optimizer
+        self.layer(batch[0]).sum().backward()
+        before = self.trainer.global_step
+        optimizer._on_before_step()
+        ready = self.trainer.global_step
+        optimizer.optimizer.step()
+        optimizer._on_after_step()
+        self.steps.append((before, ready, self.trainer.global_step))
+
+
+def test_lightning_s_private_step_hooks_count_the_fast_step():
+    """The contract of the fast step with the pinned Lightning minor version (``lightning>=2.6,<2.7``): a manual
+    optimizer is a ``LightningOptimizer`` whose ``optimizer`` is the torch optimizer and whose ``_on_before_step`` and
+    ``_on_after_step`` count one step in ``trainer.global_step`` (when the step completes). A Lightning release that
+    renames or changes them fails here."""
+    module = FastSteps()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(3, 2)), batch_size=1)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, data)
+    assert module.steps == [(0, 0, 1), (1, 1, 2), (2, 2, 3)]
+    assert trainer.global_step == 3
+
+
 @pytest.fixture
 def wrapped_steps(monkeypatch) -> list[int]:
     """One entry per call of ``LightningOptimizer.step`` (the wrapped step) during the test."""
@@ -164,4 +204,4 @@ def test_the_wrapped_step_is_taken_wherever_lightning_s_wrappers_do_work(trainer
     module = build_module(cfg, build_data(cfg))
     module.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                enable_model_summary=False, **trainer_settings)
-    assert module._wrappers_needed() is wrapped
+    assert module.needs_lightning_step() is wrapped

@@ -28,7 +28,7 @@ def test_case1_config_has_the_official_settings():
     assert (data.name, data.dim, data.noise_from, data.noise_std, data.fresh) == ("gaussian", 16, 8, 1.5, False)
     assert data.n // data.batch_size * cfg.trainer.max_epochs == 10_000 and data.batch_size == 128
     assert (cfg.encoder.name, cfg.encoder.widths, cfg.encoder.output_dim, cfg.encoder.activation, cfg.encoder.bias) == (
-        "mlp", [], 16, "none", True)
+        "mlp", [], 16, "linear", True)
     method = cfg.method
     assert (method.name, method.temperature, method.temperatures, method.normalizes, method.projector) == (
         "adaptive_infonce", 0.1, None, False, "none")
@@ -48,7 +48,7 @@ def test_case2_config_has_the_official_settings_and_compares_one_and_two_layers(
     assert data.n // data.batch_size * cfg.trainer.max_epochs == 10_000 and data.batch_size == 128
     encoder = cfg.encoder
     assert (encoder.name, encoder.width, encoder.layers, encoder.bias, encoder.batch_norm, encoder.activation) == (
-        "sparse", 16, 2, False, False, "none")
+        "sparse", 16, 2, False, False, "linear")
     assert encoder.init_std == 0.02
     assert (cfg.method.name, cfg.method.temperature, cfg.method.normalizes) == ("adaptive_infonce", 0.1, False)
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.01, 0.0, 0.0)

@@ -121,7 +121,7 @@ def test_mlp_output_modes():
 
 
 def test_bias_free_linear_encoder_is_a_matrix():
-    encoder = mlp(widths=[], output_dim=4, activation="none", bias=False)
+    encoder = mlp(widths=[], output_dim=4, activation="linear", bias=False)
     assert len(encoder.layers) == 1 and encoder.layers[0].bias is None
     x = gaussian(8, 4, seed=0)
     assert torch.allclose(encoder(x), x @ encoder.first_layer_weight.T)

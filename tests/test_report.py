@@ -294,3 +294,22 @@ def test_bad_directories_are_one_line(run_cli, tmp_path):
                                      "figures/ go)")
     with pytest.raises(ConfigError, match="no finished run in .* logged maxcos/min"):
         curves([tmp_path / "one"], "maxcos/min", tmp_path / "x.png")
+
+
+def test_html_report_escapes_what_the_runs_name(tmp_path, run_cli):
+    """A study name, a metric and a note taken from run files reach report.html as text, never as markup; the
+    markdown keeps them as written."""
+    script = "<script>alert(1)</script>"
+    run = tmp_path / "runs" / "a"
+    write_run(run, "hand", "finished", [{"step": 1, "epoch": 0.0, script: 1.0}])
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "experiment": script, "group": script}))
+    (run / "config.yaml").write_text(json.dumps({"sweep": {"metrics": [script, "maxcos/min"]}}))
+    code, _, err = run_cli("report", tmp_path / "runs", "--metrics", "maxcos/min")
+    assert code == 0, err
+    page = (tmp_path / "runs" / "report" / "report.html").read_text()
+    assert "<script" not in page
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"<h2>{escaped}</h2>" in page and f"<th>{escaped}</th>" in page
+    assert '<p class="note">No finished run logged maxcos/min.</p>' in page
+    assert f"## {script}" in (tmp_path / "runs" / "report" / "report.md").read_text()

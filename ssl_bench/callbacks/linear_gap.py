@@ -45,9 +45,9 @@ class LinearGap(Callback):
         super().__init__(config, every_n_epochs)
         self.twin_state: dict[str, Tensor] | None = None
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
-        check_gradient_descent(trainer, module, "callbacks.linear_gap")
-        if not hasattr(module.method.encoder, "linear_twin"):
+    def check(self, data: Any, method: Any, optim: Any) -> None:
+        check_gradient_descent(data, method, optim, "callbacks.linear_gap")
+        if not hasattr(method.encoder, "linear_twin"):
             raise ConfigError("callbacks.linear_gap compares V sigma(W x) with V W x: it needs encoder.name=two_layer")
 
     def on_train_start(self, trainer: Any, module: Any) -> None:

@@ -66,9 +66,9 @@ class OutputDynamics(Callback):
         self.ode_outputs: Tensor | None = None
         self.ode_seconds, self.ode_steps = 0.0, 0
 
-    def setup(self, trainer: Any, module: Any, stage: str) -> None:
+    def check(self, data: Any, method: Any, optim: Any) -> None:
         if self.config.ode:
-            check_gradient_descent(trainer, module, "callbacks.output_dynamics.ode=true")
+            check_gradient_descent(data, method, optim, "callbacks.output_dynamics.ode=true")
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
         data = trainer.datamodule

@@ -177,22 +177,29 @@ class PredictorDynamics(Callback):
         self.last: dict[str, Any] | None = None
         self.regime_history: list[dict[str, Any]] = []
 
+    def view_c(self, data: Any) -> float | None:
+        """``c = 1 + sigma^2`` of the regimes: ``augmentation_c``, else :func:`isotropic_view_c` of ``data``."""
+        return self.config.augmentation_c or isotropic_view_c(data)
+
+    def check(self, data: Any, method: Any, optim: Any) -> None:
+        if not self.config.regimes:
+            return
+        loss = getattr(method.config, "loss", None)
+        if loss not in ("cosine", "l2"):
+            raise ConfigError(f"callbacks.predictor_dynamics.regimes=true follows Bao 2023's cosine or L2 "
+                              f"dynamics: it needs method.loss=cosine or l2 (method.loss={loss})")
+        if self.view_c(data) is None:
+            raise ConfigError("callbacks.predictor_dynamics.regimes=true needs c = 1 + sigma^2 of isotropic "
+                              "Gaussian views, which this data does not define: set "
+                              "callbacks.predictor_dynamics.augmentation_c")
+
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
         self.linear = linear_head(module.method) is not None
         if not self.linear:
             warnings.warn(f"callbacks.predictor_dynamics: method.name={module.method.config.name} has no linear "
                           "predictor (module.method.predictor.weight, m x m); it logs nothing", stacklevel=2)
         if self.config.regimes:
-            self.loss = getattr(module.method.config, "loss", None)
-            if self.loss not in ("cosine", "l2"):
-                raise ConfigError(f"callbacks.predictor_dynamics.regimes=true follows Bao 2023's cosine or L2 "
-                                  f"dynamics: it needs method.loss=cosine or l2 (method.loss={self.loss})")
-            c = self.config.augmentation_c or isotropic_view_c(trainer.datamodule)
-            if c is None:
-                raise ConfigError("callbacks.predictor_dynamics.regimes=true needs c = 1 + sigma^2 of isotropic "
-                                  "Gaussian views, which this data does not define: set "
-                                  "callbacks.predictor_dynamics.augmentation_c")
-            self.c = c
+            self.loss, self.c = module.method.config.loss, self.view_c(trainer.datamodule)
             self.rho, self.momentum = module.optim.weight_decay, getattr(module.optim, "momentum", 0.0)
 
     def on_optimizer_step(self, trainer: Any, module: Any, step: Step) -> None:

@@ -5,10 +5,17 @@ what is wrong and how to fix it. The only module that knows Hydra."""
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from ssl_bench.config.schema import RunConfig, to_run_config, unknown_top_level_key
+from ssl_bench import registry
+from ssl_bench.config.schema import (
+    PARTS,
+    RunConfig,
+    to_run_config,
+    unknown_top_level_key,
+)
 from ssl_bench.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -202,35 +209,24 @@ def composition_error(err: Exception, overrides: list[str], user_yaml: Path | No
     return ConfigError(f"{key}: {message}" if key else message)
 
 
-def compose_config(config: str, overrides: list[str]) -> dict[str, Any]:
-    """Compose ``config`` (a name under configs/ or a path to a YAML file) with Hydra ``overrides``; the result as
-    plain dicts and lists."""
+def hydra_compose(config_dir: Path, name: str, hydra_overrides: list[str], overrides: list[str],
+                  user_yaml: Path | None) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """Hydra's composition of config ``name`` in ``config_dir``: the config as plain dicts and lists, and the option
+    each config group got; every error as one :class:`ConfigError` line."""
     import yaml
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    path, user_yaml = Path(config), None
-    experiment = (CONFIG_DIR / f"{config}.yaml").is_file()
-    if config and (path.suffix in (".yaml", ".yml") or (path.exists() and not experiment)):
-        user_yaml, content = path, read_yaml_file(path)
-        config_dir, name = path.resolve().parent, path.stem
-    elif experiment and config.split("/")[0] not in CONFIG_GROUPS:
-        config_dir, name = CONFIG_DIR, config
-    else:
-        experiments, _ = available_configs()
-        raise ConfigError(f"unknown config '{config}'; choose one of: {', '.join(experiments)} (or a path to a .yaml)")
-    overrides = quote_paths(overrides)
-    check_override_syntax(overrides)
-    hydra_overrides = [section_override(o) for o in overrides]
-    if user_yaml is not None:
-        hydra_overrides.insert(0, f"hydra.searchpath=[file://{CONFIG_DIR}]")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(config_name=name, overrides=hydra_overrides)
+            cfg = compose(config_name=name, overrides=hydra_overrides, return_hydra_config=True)
+        choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+        with open_dict(cfg):
+            del cfg["hydra"]
         plain = OmegaConf.to_container(cfg, resolve=True)
     except yaml.YAMLError as err:
         raise yaml_error(err) from None
@@ -241,6 +237,41 @@ def compose_config(config: str, overrides: list[str]) -> dict[str, Any]:
                           "`defaults: [base, {override /method: byol}, _self_]`") from None
     finally:
         GlobalHydra.instance().clear()
+    return plain, {group: choices.get(group) for group in CONFIG_GROUPS}
+
+
+class Composed(NamedTuple):
+    """A composed config as plain dicts and lists, and the callbacks that only base's default option of group
+    ``callbacks`` brought (:func:`default_callbacks`)."""
+
+    plain: dict[str, Any]
+    default_callbacks: frozenset[str]
+
+
+def compose_config(config: str, overrides: list[str]) -> Composed:
+    """Compose ``config`` (a name under configs/ or a path to a YAML file) with Hydra ``overrides``; a part whose
+    ``name`` was changed without its group is composed with the group option of that name
+    (:func:`switched_parts`)."""
+    path, user_yaml = Path(config), None
+    experiment = (CONFIG_DIR / f"{config}.yaml").is_file()
+    if config and (path.suffix in (".yaml", ".yml") or (path.exists() and not experiment)):
+        user_yaml, content = path, read_yaml_file(path)
+        config_dir, name = path.resolve().parent, path.stem
+    elif experiment and config.split("/")[0] not in CONFIG_GROUPS:
+        config_dir, name, content = CONFIG_DIR, config, read_yaml_file(CONFIG_DIR / f"{config}.yaml")
+    else:
+        experiments, _ = available_configs()
+        raise ConfigError(f"unknown config '{config}'; choose one of: {', '.join(experiments)} (or a path to a .yaml)")
+    overrides = quote_paths(overrides)
+    check_override_syntax(overrides)
+    hydra_overrides = [section_override(o) for o in overrides]
+    if user_yaml is not None:
+        hydra_overrides.insert(0, f"hydra.searchpath=[file://{CONFIG_DIR}]")
+    plain, choices = hydra_compose(config_dir, name, hydra_overrides, overrides, user_yaml)
+    picked = picked_groups(content, overrides)
+    switches = switched_parts(plain, choices, picked)
+    if switches:
+        plain, choices = hydra_compose(config_dir, name, [*hydra_overrides, *switches], overrides, user_yaml)
     if user_yaml is not None and not has_base(content):
         unset = [section for section in ("data", "encoder", "method", "optim") if section not in plain]
         if unset:
@@ -248,9 +279,97 @@ def compose_config(config: str, overrides: list[str]) -> dict[str, Any]:
                               f"{', '.join(f'{s}.name' for s in unset)} in it")
     if plain.get("experiment", "adhoc") == "adhoc":
         plain["experiment"] = name
-    return plain
+    return Composed(plain, default_callbacks(plain, choices, picked, content.get("callbacks"), overrides))
+
+
+def group_option(group: str, option: str) -> dict[str, Any]:
+    """The keys of ``configs/GROUP/OPTION.yaml``, with those of the options its defaults list names beneath its own;
+    empty for an option that is not there."""
+    import yaml
+
+    path = CONFIG_DIR / group / f"{option}.yaml"
+    if not path.is_file():
+        return {}
+    content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    inherited: dict[str, Any] = {}
+    for parent in content.pop("defaults", None) or []:
+        if isinstance(parent, str) and parent != "_self_":
+            inherited.update(group_option(group, parent))
+    return {**inherited, **content}
+
+
+def base_choice(group: str) -> str | None:
+    """The option of ``group`` that base.yaml's defaults list picks."""
+    import yaml
+
+    defaults = yaml.safe_load((CONFIG_DIR / "base.yaml").read_text(encoding="utf-8"))["defaults"]
+    return next((item[group] for item in defaults if isinstance(item, dict) and group in item), None)
+
+
+def picked_groups(content: dict[str, Any], overrides: list[str]) -> set[str]:
+    """The config groups whose option the run's own config file (its defaults list) or the command line
+    (``GROUP=OPTION``) picks, rather than base."""
+    keys = {override.partition("=")[0].lstrip("+~") for override in overrides}
+    for item in content.get("defaults") or []:
+        if isinstance(item, dict):
+            keys |= {str(key).removeprefix("override").strip().lstrip("/") for key in item}
+    return keys & set(CONFIG_GROUPS)
+
+
+def switched_parts(plain: dict[str, Any], choices: dict[str, str | None], picked: set[str]) -> list[str]:
+    """``GROUP=OPTION`` for each part whose ``name`` names another part than its group option does (``data.name:
+    invertible_mlp`` under base's ``data: sparse_coding``) and keeps keys of that option which the named part does
+    not have, where this is unambiguous: no config file or override picked the group, and one option of the group is
+    that part (the one named like it first). Otherwise such stray keys raise one line that teaches the switch."""
+    switches = []
+    for section, registry_group in PARTS.items():
+        values, choice = plain.get(section), choices.get(section)
+        name = values.get("name") if isinstance(values, dict) else None
+        option = group_option(section, choice) if choice else {}
+        if name == option.get("name") or name not in registry.names(registry_group):
+            continue
+        keys = {f.name for f in fields(registry.lookup(registry_group, name).Config)}
+        stray = [key for key in values if key not in keys and key in option]
+        if not stray:
+            continue
+        options = [o for o in available_configs()[1][section] if group_option(section, o).get("name") == name]
+        target = name if name in options else options[0] if len(options) == 1 else None
+        if target and section not in picked:
+            switches.append(f"{section}={target}")
+            continue
+        origin = "the default group" if choice == base_choice(section) else "the group"
+        fix = target or "OPTION"
+        message = (f"{section}.name={name} keeps {', '.join(f'{section}.{key}' for key in stray)} from {origin} "
+                   f"{section}={choice}, which {f'{section}={target}' if target else f'{section}.name={name}'} does "
+                   f"not have; a part is switched in the defaults list with `- override /{section}: {fix}` (or "
+                   f"{section}={fix} on the command line), not by its name")
+        if not target:
+            message += (f"; OPTION is one of: {', '.join(options)}" if options else
+                        f"; no option of group {section} is {name}, so write `- override /{section}: null` and "
+                        f"set its keys under {section}")
+        raise ConfigError(message)
+    return switches
+
+
+def default_callbacks(plain: dict[str, Any], choices: dict[str, str | None], picked: set[str],
+                      own_section: Any, overrides: list[str]) -> frozenset[str]:
+    """The callbacks that only base's default option of group ``callbacks`` brings: not when a config file or the
+    command line picks the group (``callbacks=default``), and less each callback that the config file's own
+    ``callbacks`` section names, that an override sets (``callbacks.NAME.KEY=VALUE``) or whose keys differ from
+    the group file's. :func:`ssl_bench.config.to_run_config` leaves out those whose needs are not met."""
+    choice = choices.get("callbacks")
+    if "callbacks" in picked or choice is None or choice != base_choice("callbacks"):
+        return frozenset()
+    group = group_option("callbacks", choice)
+    composed = plain.get("callbacks") or {}
+    asked = {key.split(".")[1] for key in (o.partition("=")[0].lstrip("+~") for o in overrides)
+             if key.startswith("callbacks.")}
+    asked |= set(own_section) if isinstance(own_section, dict) else set()
+    return frozenset(name for name in group if name in composed and name not in asked
+                     and composed[name] == (group[name] or {}))
 
 
 def load(config: str, overrides: list[str]) -> RunConfig:
     """The validated :class:`ssl_bench.config.RunConfig` of ``config`` with ``overrides``."""
-    return to_run_config(compose_config(config, overrides))
+    composed = compose_config(config, overrides)
+    return to_run_config(composed.plain, composed.default_callbacks)

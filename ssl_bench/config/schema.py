@@ -13,6 +13,7 @@ import json
 import math
 import re
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, Optional
 
@@ -288,9 +289,20 @@ class RunConfig(RunKeys):
         self.method.validate_embedding("method", self.encoder.output_dim)
         self.check_capabilities()
 
+    def available(self) -> set[str]:
+        """The capabilities that the data and the encoder provide."""
+        return self.data.provides() | self.encoder.provides()
+
+    def leave_out_unfed(self, optional: Collection[str]) -> None:
+        """Drop each callback named in ``optional`` (those only the default callbacks group brought) whose needs
+        the data and the encoder do not meet, e.g. max-cosine on data without a dictionary."""
+        available = self.available()
+        self.callbacks = {name: callback for name, callback in self.callbacks.items()
+                          if name not in optional or set(callback.required()) <= available}
+
     def check_capabilities(self) -> None:
         """Every part's needs are met by what the data and the encoder provide."""
-        available = self.data.provides() | self.encoder.provides()
+        available = self.available()
         users = [(f"encoder.name={self.encoder.name}", self.encoder, ""),
                  (f"method.name={self.method.name}", self.method, ""),
                  *((f"callbacks.{name}", callback, f"; remove it with ~callbacks.{name}")
@@ -420,9 +432,9 @@ def unknown_top_level_key(key: str) -> ConfigError:
     return ConfigError(f"unknown key '{key}'; top-level keys: {', '.join(TOP_LEVEL)}")
 
 
-def to_run_config(plain: dict[str, Any]) -> RunConfig:
-    """Build the parts' configs from a composed config (plain dicts) and validate them; raise :class:`ConfigError`
-    on the first problem."""
+def to_run_config(plain: dict[str, Any], default_callbacks: Collection[str] = ()) -> RunConfig:
+    """Build the parts' configs from a composed config (plain dicts), leave out the ``default_callbacks`` that the
+    data and the encoder cannot feed, and validate the rest; raise :class:`ConfigError` on the first problem."""
     plain = {key: value for key, value in plain.items() if key != "hydra"}
     for key in plain:
         if key not in TOP_LEVEL:
@@ -433,6 +445,7 @@ def to_run_config(plain: dict[str, Any]) -> RunConfig:
                     **{section: _merge(schema, plain.get(section), section, section)
                        for section, schema in SECTIONS.items()},
                     callbacks=_callbacks(plain.get("callbacks")))
+    run.leave_out_unfed(default_callbacks)
     run.validate()
     return run
 

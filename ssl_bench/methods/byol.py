@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from ssl_bench.batch import Views
 from ssl_bench.config import ConfigError, MethodConfig, check_choice, check_range
@@ -109,10 +110,9 @@ class BYOL(Method):
         if self.target_update != "ema":
             return
         self.momentum = cosine_momentum(progress, self.ema_momentum, self.ema_momentum_end)
-        with torch.no_grad():
-            online = [*self.encoder.parameters(), *self.projector.parameters()]
-            target = [*self.target.parameters(), *self.target_projector.parameters()]
-            torch._foreach_lerp_(target, online, 1.0 - self.momentum)
+        online = [*self.encoder.parameters(), *self.projector.parameters()]
+        target = [*self.target.parameters(), *self.target_projector.parameters()]
+        get_ema_multi_avg_fn(self.momentum)(target, online, None)
 
     def epoch_metrics(self) -> dict[str, float | Tensor]:
         return {"train/ema_momentum": self.momentum} if self.target_update == "ema" else {}

@@ -16,9 +16,9 @@ from ssl_bench.config import (
     check_non_negative,
     check_positive,
 )
+from ssl_bench.nets.activations import ELEMENTWISE, OFFERED, check_activation
 from ssl_bench.registry import register
 
-ACTIVATIONS = ("leaky_relu", "relu", "none")
 OUTPUTS = ("none", "sphere", "box")
 
 
@@ -53,15 +53,16 @@ class MLPEncoder(nn.Module):
             for index, width in enumerate(self.widths):
                 check_positive(f"{prefix}.widths[{index}]", width)
             check_positive(f"{prefix}.output_dim", self.output_dim)
-            check_choice(f"{prefix}.activation", self.activation, ACTIVATIONS)
+            check_activation(f"{prefix}.activation", "mlp", self.activation)
             check_non_negative(f"{prefix}.negative_slope", self.negative_slope)
             check_choice(f"{prefix}.output", self.output, OUTPUTS)
 
     def __init__(self, input_dim: int, widths: list[int], output_dim: int, activation: str = "leaky_relu",
                  negative_slope: float = 0.2, output: str = "none", bias: bool = True) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS or output not in OUTPUTS:
-            raise ValueError(f"activation={activation!r}, output={output!r}; choose from {ACTIVATIONS}, {OUTPUTS}")
+        if activation not in OFFERED["mlp"] or output not in OUTPUTS:
+            raise ValueError(f"activation={activation!r}, output={output!r}; choose from {OFFERED['mlp']}, "
+                             f"{OUTPUTS}")
         dims = [input_dim, *widths, output_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o, bias=bias) for i, o in zip(dims[:-1], dims[1:]))
         self.activation, self.negative_slope, self.output = activation, negative_slope, output
@@ -93,7 +94,7 @@ class MLPEncoder(nn.Module):
     def _hidden(self, h: Tensor) -> Tensor:
         if self.activation == "leaky_relu":
             return F.leaky_relu(h, self.negative_slope)
-        return F.relu(h) if self.activation == "relu" else h
+        return ELEMENTWISE[self.activation](h)
 
     def _output(self, u: Tensor) -> Tensor:
         if self.output == "sphere":

@@ -8,10 +8,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ssl_bench.config import ConfigError, EncoderConfig, check_choice, check_positive
+from ssl_bench.config import ConfigError, EncoderConfig, check_positive
+from ssl_bench.nets.activations import ELEMENTWISE, check_activation
 from ssl_bench.registry import register
-
-ACTIVATIONS = {"cubic": lambda h: h.pow(3), "relu": torch.relu}
 
 
 @register("encoder", "patch_conv")
@@ -41,14 +40,14 @@ class PatchConv(nn.Module):
 
         def validate(self, prefix: str) -> None:
             check_positive(f"{prefix}.width", self.width)
-            check_choice(f"{prefix}.activation", self.activation, tuple(ACTIVATIONS))
+            check_activation(f"{prefix}.activation", "patch_conv", self.activation)
             if self.init_std is not None:
                 check_positive(f"{prefix}.init_std", self.init_std)
 
     def __init__(self, patch_dim: int, width: int, activation: str = "cubic", batch_norm: bool = True) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(width, patch_dim))
-        self.activation = ACTIVATIONS[activation]
+        self.activation = ELEMENTWISE[activation]
         self.norm = nn.BatchNorm1d(width, affine=False) if batch_norm else nn.Identity()
         self.output_dim, self.patch_dim = width, patch_dim
 

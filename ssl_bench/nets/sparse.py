@@ -18,9 +18,8 @@ from ssl_bench.config import (
     check_non_negative,
     check_positive,
 )
+from ssl_bench.nets.activations import OFFERED, check_activation
 from ssl_bench.registry import register
-
-ACTIVATIONS = ("none", "relu", "symmetric_relu", "symmetric_relu_official")
 
 
 class SparseLayer(nn.Module):
@@ -29,13 +28,13 @@ class SparseLayer(nn.Module):
     - ``symmetric_relu`` (Eq. 14): ``relu(h - b) - relu(-h - b)``, zero on ``[-b, b]``;
     - ``symmetric_relu_official`` (the official code): ``y = BN(W a + b)`` (or ``W a + b`` without BN) and
       ``relu(y) - relu(2 b - y)``; without BN this equals Eq. 14 with threshold ``-b``, with BN it is shifted by ``b``;
-    - ``relu``: ``relu(h + b)``; ``none``: ``h + b`` (linear encoder).
+    - ``relu``: ``relu(h + b)``; ``linear``: ``h + b`` (linear encoder).
     """
 
     def __init__(self, in_dim: int, out_dim: int, batch_norm: bool, activation: str, bias: bool) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation={activation!r}; choose one of {ACTIVATIONS}")
+        if activation not in OFFERED["sparse"]:
+            raise ValueError(f"activation={activation!r}; choose one of {OFFERED['sparse']}")
         self.activation = activation
         self.linear = nn.Linear(in_dim, out_dim, bias=bias)
         self.norm = nn.BatchNorm1d(out_dim) if batch_norm else None
@@ -92,7 +91,7 @@ class SparseEncoder(nn.Module):
         def validate(self, prefix: str) -> None:
             check_positive(f"{prefix}.width", self.width)
             check_choice(f"{prefix}.layers", self.layers, (1, 2))
-            check_choice(f"{prefix}.activation", self.activation, ACTIVATIONS)
+            check_activation(f"{prefix}.activation", "sparse", self.activation)
             check_choice(f"{prefix}.bias_init", self.bias_init, ("default", "zero"))
             check_choice(f"{prefix}.weight_norm", self.weight_norm, ("none", "row", "column"))
             if self.init_std is not None:

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from ssl_bench.config import EncoderConfig, check_choice, check_positive
+from ssl_bench.nets.activations import ELEMENTWISE, IDENTITY, check_activation
 from ssl_bench.registry import register
 
-ACTIVATIONS = {"linear": lambda h: h, "tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
 CONSTRAINTS = ("none", "frobenius", "orthogonal", "scaled")
 
 
@@ -84,7 +84,7 @@ class TwoLayer(nn.Module):
         def validate(self, prefix: str) -> None:
             check_positive(f"{prefix}.width", self.width)
             check_positive(f"{prefix}.output_dim", self.output_dim)
-            check_choice(f"{prefix}.activation", self.activation, tuple(ACTIVATIONS))
+            check_activation(f"{prefix}.activation", "two_layer", self.activation)
             check_choice(f"{prefix}.constraint", self.constraint, CONSTRAINTS)
             check_choice(f"{prefix}.init", self.init, ("orthogonal", "gaussian"))
 
@@ -93,7 +93,7 @@ class TwoLayer(nn.Module):
         super().__init__()
         self.W = nn.Parameter(torch.empty(width, input_dim))
         self.V = nn.Parameter(torch.empty(output_dim, width))
-        self.activation_name, self.activation, self.constraint = activation, ACTIVATIONS[activation], constraint
+        self.activation_name, self.activation, self.constraint = activation, ELEMENTWISE[activation], constraint
         self.input_dim, self.width, self.output_dim = input_dim, width, output_dim
         self.register_buffer("radii", torch.ones(2))  # the Frobenius radii of W and V (constraint=frobenius)
 
@@ -152,5 +152,5 @@ class TwoLayer(nn.Module):
         """A copy of this network with the same weights and constraint and the identity activation: the linear
         network ``f_lin(x) = V W x`` of Theorem 1."""
         twin = copy.deepcopy(self)
-        twin.activation_name, twin.activation = "linear", ACTIVATIONS["linear"]
+        twin.activation_name, twin.activation = IDENTITY, ELEMENTWISE[IDENTITY]
         return twin

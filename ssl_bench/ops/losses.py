@@ -1,9 +1,9 @@
 """Self-supervised losses as pure functions: tensors in, scalar tensor out.
 
 Stop-gradients are part of each loss's definition and applied here, so a method only chooses which outputs to pass.
-Under DDP the contrastive losses take their negatives from every process (:func:`gather`, gradients flow back to the
-process that computed them); each process averages over its own anchors, so the mean of the per-process losses,
-and the DDP-averaged gradients, equal one process's over the global batch.
+Under DDP the contrastive losses take their negatives from every process (:func:`~ssl_bench.ops.distributed.gather`,
+gradients flow back to the process that computed them); each process averages over its own anchors, so the mean of
+the per-process losses, and the DDP-averaged gradients, equal one process's over the global batch.
 """
 
 from __future__ import annotations
@@ -11,24 +11,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.nn.functional import all_gather
 from torch.nn import functional as F
 
-
-def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather(z: Tensor) -> Tensor:
-    """Concatenate ``z`` (b x m) over all processes in rank order (R b x m), differentiably."""
-    if world()[1] == 1:
-        return z
-    return torch.cat(all_gather(z.contiguous()))
+from ssl_bench.ops.distributed import gather, world
 
 
 def scale_embedding(z: Tensor, temperature: float | Tensor, normalize: bool = True) -> Tensor:
@@ -148,7 +134,8 @@ def lp_info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor, p: float = 
     ``alignment`` is the mean of the first summand (>= 0), ``uniformity`` the mean of the second (a log-sum-exp, no
     ``- log M``), and ``loss = alignment + uniformity`` is their mean over the anchors: the box columns of Table 1.
     ``include_self`` keeps ``j = i`` (``s = 0``) among the negatives, as cl-ica's full matrix against the rolled batch
-    does. Under DDP the negatives run over the anchors of all processes (:func:`gather`).
+    does. Under DDP the negatives run over the anchors of all processes
+    (:func:`~ssl_bench.ops.distributed.gather`).
     """
     positive = -_lp(z1 - z2, temperature, p)
     return _anchor_info_nce(positive, -lp_distances(z1, gather(z1), temperature, p), include_self)

@@ -60,17 +60,16 @@ def gradient_step(network: Any, inputs: Tensor, c: Tensor, lr: float) -> None:
     network.after_optimizer_step()
 
 
-def check_gradient_descent(trainer: Any, module: Any, who: str) -> None:
-    """Raise a one-line :class:`ConfigError` naming ``who`` unless the run is what Eq. (11) describes and the
-    outputs of the whole data set can be followed step by step: the dot-product losses
-    (``method.name=dot_product``), one mini-batch of every pair (``data.batch_size >= n``) and plain gradient steps
-    (``optim.name=sgd``, no momentum, no weight decay, a constant learning rate)."""
-    data, optim = trainer.datamodule, module.optim
+def check_gradient_descent(data: Any, method: Any, optim: Any, who: str) -> None:
+    """Raise a one-line :class:`ConfigError` naming ``who`` unless the run of datamodule ``data``, ``method`` and
+    ``optim`` settings is what Eq. (11) describes and the outputs of the whole data set can be followed step by step:
+    the dot-product losses (``method.name=dot_product``), one mini-batch of every pair (``data.batch_size >= n``)
+    and plain gradient steps (``optim.name=sgd``, no momentum, no weight decay, a constant learning rate)."""
     if not hasattr(data, "trace_matrix"):
         raise ConfigError(f"{who} needs a fixed set of pairs with a trace matrix (data.name=moons or digits)")
-    if getattr(module.method.config, "name", None) != "dot_product":
+    if getattr(method.config, "name", None) != "dot_product":
         raise ConfigError(f"{who} follows the trace loss of method.name=dot_product, not "
-                          f"method.name={module.method.config.name}")
+                          f"method.name={method.config.name}")
     if data.config.batch_size < data.n:
         raise ConfigError(f"{who} needs gradient descent on the whole set: set data.batch_size >= {data.n} "
                           f"(data.batch_size={data.config.batch_size})")

@@ -1,8 +1,8 @@
 """``ssl-bench dashboard``: a saved W&B workspace that shows a sweep's study as the paper's figures.
 
-A sweep's runs log to W&B (:mod:`ssl_bench.train.wandb_logging`) with the group ``EXPERIMENT/GRID_POINT`` (the experiment
-alone for a sweep without a grid), the name ``GROUP/seedS``, the tags experiment, method, data and ``logger.tags``,
-and the run's config, which holds ``experiment``. The workspace selects the runs whose ``config.experiment`` is the
+A sweep's runs log to W&B (:mod:`ssl_bench.train.wandb_logging`) with the group ``EXPERIMENT/GRID_POINT`` (the
+experiment alone for a sweep without a grid), the name ``GROUP/seedS``, the tags experiment, method, data and
+``logger.tags``, and the run's config, which holds ``experiment``. The workspace selects the runs whose ``config.experiment`` is the
 sweep's experiment and whose name is ``GROUP/seedS`` for one of its grid points' groups (a regular-expression run
 search: wandb-workspaces cannot put a group such as ``E/data.n=8`` in a filter, it reads the ``=`` in the value as
 an operator), groups them by W&B group, and draws one line per grid point in every plot: the mean over its seeds
@@ -10,8 +10,8 @@ with the min-max band across seeds, as the paper figures do.
 
 Its sections, in order:
 
-- ``Table``: the sweep's table (:func:`ssl_bench.study.sweep.report`: mean ± std over seeds, the paper's values beside
-  ours, finished/failed/diverged counts) as read from the sweep directory when the workspace was built;
+- ``Table``: the sweep's table (:func:`ssl_bench.study.report.sweep_table_markdown`: mean ± std over seeds, the
+  paper's values beside ours, finished/failed/diverged counts) as read from the sweep directory when the workspace was built;
 - ``Final values``: the last value of each of the sweep's metrics per grid point, as bars with the min-max range;
 - ``Curves``: the sweep's metrics and ``train/loss`` against the epoch (spectrum and R^2 metrics go to their own
   sections);
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ OWN_SECTION = ("spectrum/", "collapse/", "r2/", "align/", "predictor/", "dynamic
 """Metric prefixes that the callbacks' own sections show rather than Curves."""
 
 
-def _callbacks(spec: dict[str, Any]) -> set[str]:
+def _sweep_callbacks(spec: dict[str, Any]) -> set[str]:
     """The callbacks that any grid point of the sweep runs (none known for a record without settings)."""
     names: set[str] = set()
     for point in spec.get("points") or []:
@@ -90,103 +91,164 @@ def run_names(groups: list[str]) -> str:
     return f"^({'|'.join(escaped)})/seed[0-9]+$"
 
 
+@dataclass(frozen=True)
+class Panels:
+    """The workspace's plot panels, each with one line or bar per grid point (the mean over its seeds) and the
+    min-max band or whisker across seeds, showing up to ``runs`` runs."""
+
+    runs: int
+
+    def curve(self, metric: str | None = None, regex: str | None = None, title: str | None = None) -> Any:
+        """A line plot against the epoch of ``metric``, or of every metric matching ``regex``."""
+        import wandb_workspaces.reports.v2 as wr
+
+        return wr.LinePlot(title=title or metric, x=X_AXIS, y=[metric] if metric else [], metric_regex=regex,
+                           groupby=GROUP_BY, groupby_aggfunc="mean", groupby_rangefunc="minmax",
+                           max_runs_to_show=self.runs)
+
+    def bars(self, metric: str) -> Any:
+        """A bar chart of ``metric``'s final value."""
+        import wandb_workspaces.reports.v2 as wr
+
+        return wr.BarPlot(title=f"{metric} (final)", metrics=[metric], orientation="v", groupby=GROUP_BY,
+                          groupby_aggfunc="mean", groupby_rangefunc="minmax", max_runs_to_show=self.runs)
+
+
+def _section(name: str, panels: list[Any]) -> Any:
+    import wandb_workspaces.workspaces as ws
+
+    return ws.Section(name=name, panels=panels, is_open=True)
+
+
+def _table_section(sweep_dir: Path, spec: dict[str, Any]) -> Any:
+    """``Table``: the sweep's table and what its lines and bands are."""
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+
+    legend = (f"Runs: W&B group `{spec['experiment']}/GRID_POINT` (one line or bar per grid point: the mean over seeds "
+              f"{spec.get('seeds', [])}, the band or whisker from the smallest to the largest value over seeds). "
+              f"Table from `{sweep_dir}`; rebuild the workspace with `ssl-bench dashboard` when more runs have "
+              "finished.")
+    table = wr.MarkdownPanel(markdown=f"{sweep_table_markdown(sweep_dir)}\n\n{legend}")
+    return ws.Section(name="Table", panels=[table], is_open=True,
+                      layout_settings=ws.SectionLayoutSettings(columns=1, rows=1))
+
+
+def _spectra_section(spec: dict[str, Any], metrics: list[str], panels: Panels) -> Any:
+    """``Spectra``: the spectrum callback's scalars and its line series of log singular values against rank."""
+    import wandb_workspaces.reports.v2 as wr
+
+    scalars = [*SPECTRUM, *(f"{m}_backbone" for m in SPECTRUM),
+               *(WEIGHT_SPECTRUM if _callback_setting(spec, "spectrum", "weights") else [])]
+    scalars += [m for m in metrics if m.startswith(("spectrum/", "collapse/")) and m not in scalars]
+    chart = wr.CustomChart(query={"summaryTable": {"tableKey": f"{SPECTRUM_CHART}_table"}},
+                           chart_name="wandb/lineseries/v0",
+                           chart_fields={"step": "step", "lineKey": "lineKey", "lineVal": "lineVal"},
+                           chart_strings={"title": "log singular value against rank (last logged epoch)",
+                                          "xname": "rank"})
+    return _section("Spectra", [*(panels.curve(m) for m in scalars), chart])
+
+
+def _r2_section(metrics: list[str], panels: Panels) -> Any:
+    """``R^2``: the output's adjusted R^2 per latent group, the same per layer, and the heatmaps."""
+    import wandb_workspaces.reports.v2 as wr
+
+    curve = panels.curve
+    names = list(dict.fromkeys(m.split("/")[1] for m in metrics if re.fullmatch(r"r2/[^/]+", m)))
+    shown = [curve(f"r2/{name}") for name in names] or [curve(regex=r"^r2/[^/]+$", title="r2 (output)")]
+    shown += [curve(regex=rf"^r2/layer\d+/{re.escape(name)}$", title=f"r2/layerK/{name}") for name in names] \
+        or [curve(regex=r"^r2/layer\d+/", title="r2/layerK")]
+    shown.append(wr.MediaBrowser(title="r2/heatmap (adjusted R^2, layers x latents)", media_keys=["r2/heatmap"],
+                                 gallery_axis="step"))
+    return _section("R^2", shown)
+
+
+def _alignment_section(panels: Panels) -> Any:
+    """``Feature alignment``: every neuron's alignment with every feature, the features detected, the collapse flag
+    and the heatmap."""
+    import wandb_workspaces.reports.v2 as wr
+
+    return _section("Feature alignment", [
+        panels.curve(regex=r"^align/neuron\d+_feature\d+$", title="align/neuronJ_featureL: |<w_j, v_l>| / ||w_j||"),
+        panels.curve("align/features_detected"), panels.curve("align/collapsed"),
+        wr.MediaBrowser(title="align/heatmap (neuron x feature over time)", media_keys=["align/heatmap"],
+                        gallery_axis="step")])
+
+
+def _predictor_section(spec: dict[str, Any], panels: Panels) -> Any:
+    """``Predictor``: the head's eigenvalues and distances; Bao's norms and the regimes when the callback logs them."""
+    import wandb_workspaces.reports.v2 as wr
+
+    curve = panels.curve
+    shown = [curve(regex=r"^predictor/eigenvalue\d+$", title="predictor/eigenvalueK (moduli, largest first)"),
+             curve("predictor/offdiag_norm"), curve("predictor/identity_distance"), curve("predictor/asymmetry")]
+    if _callback_setting(spec, "predictor_dynamics", "norms"):
+        shown += [curve(f"predictor/{key}") for key in ("n_phi", "n_psi", "n_t", "commutator")]
+    if _callback_setting(spec, "predictor_dynamics", "regimes"):
+        shown += [curve("predictor/regime", title="predictor/regime (0 collapse, 1 acute, 2 stable)"),
+                  curve("predictor/ode_error"),
+                  wr.MediaBrowser(title="predictor/regimes (|p_j| on their regimes)",
+                                  media_keys=["predictor/regimes"], gallery_axis="step")]
+    return _section("Predictor", shown)
+
+
+def _sections(sweep_dir: Path, spec: dict[str, Any], panels: Panels) -> list[Any]:
+    """The workspace's sections, in the order the module's docstring lists them; a callback's section only when a
+    grid point runs that callback (or, for spectra and R^2, when the table shows their metrics)."""
+    metrics = [str(m) for m in spec["metrics"]]
+    callbacks = _sweep_callbacks(spec)
+    sections = [
+        _table_section(sweep_dir, spec),
+        _section("Final values", [panels.bars(m) for m in metrics]),
+        _section("Curves", [panels.curve(m) for m in dict.fromkeys([*metrics, "train/loss"])
+                            if not m.startswith(OWN_SECTION)]),
+    ]
+    if "spectrum" in callbacks or any(m.startswith(("spectrum/", "collapse/")) for m in metrics):
+        sections.append(_spectra_section(spec, metrics, panels))
+    if "r2_probe" in callbacks or any(m.startswith("r2/") for m in metrics):
+        sections.append(_r2_section(metrics, panels))
+    if "feature_alignment" in callbacks:
+        sections.append(_alignment_section(panels))
+    if "predictor_dynamics" in callbacks:
+        sections.append(_predictor_section(spec, panels))
+    for callback, name, prefix in (("output_dynamics", "Output dynamics", "dynamics/"),
+                                   ("linear_gap", "Linear gap", "linear_gap/")):
+        if callback in callbacks:
+            sections.append(_section(name, [*(panels.curve(m) for m in metrics if m.startswith(prefix)),
+                                            panels.curve(regex=rf"^{prefix}", title=f"{prefix}* (every scalar)")]))
+    return sections
+
+
 def build_workspace(sweep_dir: Path, project: str, entity: str = "") -> Any:
     """The workspace of the sweep in ``sweep_dir`` (a ``wandb_workspaces.workspaces.Workspace``, not saved)."""
-    import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
     from wandb_workspaces import expr
 
     spec = read_spec(sweep_dir)
-    table = sweep_table_markdown(sweep_dir)
     experiment, groups = str(spec["experiment"]), _groups(spec)
     if re.search(r"[=<>]", experiment):  # wandb-workspaces reads = < > inside a filter's value as operators
         raise ConfigError(f"the experiment name '{experiment}' holds = < or >, which a W&B workspace filter cannot "
                           "match; run the sweep with an experiment=NAME without them")
-    metrics = [str(m) for m in spec["metrics"]]
     runs = max(1, len(groups) * len(spec.get("seeds") or [1]))
-    callbacks = _callbacks(spec)
-
-    def curve(metric: str | None = None, regex: str | None = None, title: str | None = None) -> Any:
-        return wr.LinePlot(title=title or metric, x=X_AXIS, y=[metric] if metric else [], metric_regex=regex,
-                           groupby=GROUP_BY, groupby_aggfunc="mean", groupby_rangefunc="minmax",
-                           max_runs_to_show=runs)
-
-    def bars(metric: str) -> Any:
-        return wr.BarPlot(title=f"{metric} (final)", metrics=[metric], orientation="v", groupby=GROUP_BY,
-                          groupby_aggfunc="mean", groupby_rangefunc="minmax", max_runs_to_show=runs)
-
-    legend = (f"Runs: W&B group `{experiment}/GRID_POINT` (one line or bar per grid point: the mean over seeds "
-              f"{spec.get('seeds', [])}, the band or whisker from the smallest to the largest value over seeds). "
-              f"Table from `{sweep_dir}`; rebuild the workspace with `ssl-bench dashboard` when more runs have "
-              "finished.")
-    sections = [
-        ws.Section(name="Table", panels=[wr.MarkdownPanel(markdown=f"{table}\n\n{legend}")], is_open=True,
-                   layout_settings=ws.SectionLayoutSettings(columns=1, rows=1)),
-        ws.Section(name="Final values", panels=[bars(m) for m in metrics], is_open=True),
-        ws.Section(name="Curves", is_open=True, panels=[
-            curve(m) for m in dict.fromkeys([*metrics, "train/loss"]) if not m.startswith(OWN_SECTION)]),
-    ]
-    if "spectrum" in callbacks or any(m.startswith(("spectrum/", "collapse/")) for m in metrics):
-        scalars = [*SPECTRUM, *(f"{m}_backbone" for m in SPECTRUM),
-                   *(WEIGHT_SPECTRUM if _callback_setting(spec, "spectrum", "weights") else [])]
-        scalars += [m for m in metrics if m.startswith(("spectrum/", "collapse/")) and m not in scalars]
-        chart = wr.CustomChart(query={"summaryTable": {"tableKey": f"{SPECTRUM_CHART}_table"}},
-                               chart_name="wandb/lineseries/v0",
-                               chart_fields={"step": "step", "lineKey": "lineKey", "lineVal": "lineVal"},
-                               chart_strings={"title": "log singular value against rank (last logged epoch)",
-                                              "xname": "rank"})
-        sections.append(ws.Section(name="Spectra", is_open=True, panels=[*(curve(m) for m in scalars), chart]))
-    if "r2_probe" in callbacks or any(m.startswith("r2/") for m in metrics):
-        names = list(dict.fromkeys(m.split("/")[1] for m in metrics if re.fullmatch(r"r2/[^/]+", m)))
-        panels = [curve(f"r2/{name}") for name in names] or [curve(regex=r"^r2/[^/]+$", title="r2 (output)")]
-        panels += [curve(regex=rf"^r2/layer\d+/{re.escape(name)}$", title=f"r2/layerK/{name}") for name in names] \
-            or [curve(regex=r"^r2/layer\d+/", title="r2/layerK")]
-        panels.append(wr.MediaBrowser(title="r2/heatmap (adjusted R^2, layers x latents)", media_keys=["r2/heatmap"],
-                                      gallery_axis="step"))
-        sections.append(ws.Section(name="R^2", is_open=True, panels=panels))
-    if "feature_alignment" in callbacks:
-        sections.append(ws.Section(name="Feature alignment", is_open=True, panels=[
-            curve(regex=r"^align/neuron\d+_feature\d+$", title="align/neuronJ_featureL: |<w_j, v_l>| / ||w_j||"),
-            curve("align/features_detected"), curve("align/collapsed"),
-            wr.MediaBrowser(title="align/heatmap (neuron x feature over time)", media_keys=["align/heatmap"],
-                            gallery_axis="step")]))
-    if "predictor_dynamics" in callbacks:
-        panels = [curve(regex=r"^predictor/eigenvalue\d+$", title="predictor/eigenvalueK (moduli, largest first)"),
-                  curve("predictor/offdiag_norm"), curve("predictor/identity_distance"), curve("predictor/asymmetry")]
-        if _callback_setting(spec, "predictor_dynamics", "norms"):
-            panels += [curve(f"predictor/{key}") for key in ("n_phi", "n_psi", "n_t", "commutator")]
-        if _callback_setting(spec, "predictor_dynamics", "regimes"):
-            panels += [curve("predictor/regime", title="predictor/regime (0 collapse, 1 acute, 2 stable)"),
-                       curve("predictor/ode_error"),
-                       wr.MediaBrowser(title="predictor/regimes (|p_j| on their regimes)",
-                                       media_keys=["predictor/regimes"], gallery_axis="step")]
-        sections.append(ws.Section(name="Predictor", is_open=True, panels=panels))
-    for callback, name, prefix in (("output_dynamics", "Output dynamics", "dynamics/"),
-                                   ("linear_gap", "Linear gap", "linear_gap/")):
-        if callback in callbacks:
-            keys = [m for m in metrics if m.startswith(prefix)]
-            sections.append(ws.Section(name=name, is_open=True, panels=[
-                *(curve(m) for m in keys), curve(regex=rf"^{prefix}", title=f"{prefix}* (every scalar)")]))
-
     return ws.Workspace(
-        entity=entity, project=project, name=experiment, sections=sections,
+        entity=entity, project=project, name=experiment, sections=_sections(sweep_dir, spec, Panels(runs)),
         settings=ws.WorkspaceSettings(x_axis=X_AXIS, max_runs=runs),
         runset_settings=ws.RunsetSettings(filters=expr.And(expr.Config("experiment") == experiment),
                                           query=run_names(groups),
                                           regex_query=True, groupby=[expr.Metric(GROUP_BY)]))
 
 
-def describe(workspace: Any) -> str:
+def describe_workspace(workspace: Any) -> str:
     """What the workspace shows: its runs (filters, grouping), then each section's panels with their type, x, y,
     grouping, aggregation and range; a markdown panel shows its text."""
     import wandb_workspaces.reports.v2 as wr
 
     runset = workspace.runset_settings
-    lines = [f"workspace '{workspace.name}' in project {workspace.project} (entity: "
-             f"{workspace.entity or 'your default entity'})",
+    lines = [(f"workspace '{workspace.name}' in project {workspace.project} (entity: "
+              f"{workspace.entity or 'your default entity'})"),
              f"runs: {runset.filters}" + (f" and name matches /{runset.query}/" if runset.query else ""),
-             f"grouped by: {', '.join(g.name for g in runset.groupby)}; x axis: {workspace.settings.x_axis}; "
-             f"at most {workspace.settings.max_runs} run{'' if workspace.settings.max_runs == 1 else 's'} per panel"]
+             (f"grouped by: {', '.join(g.name for g in runset.groupby)}; x axis: {workspace.settings.x_axis}; "
+              f"at most {workspace.settings.max_runs} run{'' if workspace.settings.max_runs == 1 else 's'} per panel")]
     for section in workspace.sections:
         lines.append(f"section '{section.name}':")
         for panel in section.panels:
@@ -218,7 +280,7 @@ def dashboard(sweep_dir: Path, project: str, entity: str | None = None, dry_run:
                           "default ssl-bench)")
     workspace = build_workspace(sweep_dir, project, entity or "")
     if dry_run:
-        print(describe(workspace))
+        print(describe_workspace(workspace))
         return 0
     import wandb
 

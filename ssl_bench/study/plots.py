@@ -9,7 +9,6 @@ size in pixels: its size in inches (``*_SIZE``) times :data:`DPI`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -28,7 +27,7 @@ from ssl_bench.figures import (
     regime_readings,
     save_figure,
 )
-from ssl_bench.rundir import as_number
+from ssl_bench.rundir import as_number, read_records
 from ssl_bench.study.table import runs_cell
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ DESCRIPTIONS = {
 }
 
 
-def describe(metric: str) -> str:
+def metric_description(metric: str) -> str:
     """What a metric measures, in words, for a figure's title ("" for a metric we know nothing of)."""
     if metric in DESCRIPTIONS:
         return DESCRIPTIONS[metric]
@@ -83,30 +82,12 @@ def describe(metric: str) -> str:
 # --------------------------------------------------------------------------------------------------- the series
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a history file, one per line; a missing file gives none, a broken line (a run killed
-    while writing it) is skipped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def history(run_dir: Path, metric: str) -> dict[int, float]:
     """``metric`` in the run's ``metrics.jsonl`` by epochs trained: the record's ``epoch`` (Lightning's 0-based
     epoch index) + 1, as ``spectra.jsonl``, ``r2.jsonl`` and ``summary.json`` count them; the last value logged in an
     epoch wins. Non-finite values stay (as float NaN or inf)."""
     series: dict[int, float] = {}
-    for record in read_jsonl(run_dir / "metrics.jsonl"):
+    for record in read_records(run_dir, "metrics.jsonl"):
         epoch, value = as_number(record.get("epoch")), as_number(record.get(metric))
         if epoch is not None and math.isfinite(epoch) and value is not None:
             series[int(epoch) + 1] = value
@@ -170,7 +151,7 @@ def band(run_dirs: Sequence[Path], metric: str) -> Band | None:
 
 def last_record(run_dir: Path, name: str) -> dict[str, Any] | None:
     """The last record of a history file of the run (``spectra.jsonl``, ``r2.jsonl``), or None."""
-    records = read_jsonl(run_dir / name)
+    records = read_records(run_dir, name)
     return records[-1] if records else None
 
 
@@ -322,7 +303,7 @@ def draw_curves(selection: Sequence[tuple[Study, Sequence[GridPoint]]], metric: 
     if metric.startswith("maxcos/") and min(lows) >= 0 and max(highs) <= 1:
         ax.set_ylim(0, 1.02)
     names = ", ".join(dict.fromkeys(study.name for study, _ in selection))
-    description = describe(metric)
+    description = metric_description(metric)
     ax.set_title(f"{names}: {metric}" + (f"\n{description}" if description else ""), fontsize=12)
     ax.set_xlabel("epochs trained")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -355,7 +336,7 @@ def draw_against_axis(study: Study, points: Sequence[GridPoint], axis: str, metr
         ax.set_xscale("log")
     if min(lows) > 0 and max(highs) / min(lows) >= 1000:
         ax.set_yscale("log")
-    description = describe(metric)
+    description = metric_description(metric)
     ax.set_title(f"{study.name}: final {metric} against {axis}" + (f"\n{description}" if description else ""),
                  fontsize=12)
     ax.set_xlabel(axis + (" (log scale)" if ax.get_xscale() == "log" else ""))
@@ -513,7 +494,7 @@ def draw_regimes(study: Study, points: Sequence[GridPoint], path: Path, eigenval
     the intervals belong to one run's norms, so runs are not averaged); the caption, or None without records."""
     drawn = [(point, readings) for point in points
              if (readings := next((r for run in point.finished
-                                   if (r := regime_readings(read_jsonl(run / "regimes.jsonl")))), None))]
+                                   if (r := regime_readings(read_records(run, "regimes.jsonl")))), None))]
     if not drawn:
         return None
     figure, axes = _panels(len(drawn), REGIME_COLUMNS)

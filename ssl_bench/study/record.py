@@ -1,5 +1,6 @@
 """A sweep directory's record, ``sweep.json``: the experiment, its metrics, seeds and grid points with the settings
-each was made with. ``ssl-bench sweep`` writes it; the report, the dashboard and SLURM status read it."""
+each was made with. ``ssl-bench sweep`` writes it (:func:`write_spec`); the report, the dashboard and SLURM status
+read it (:func:`read_spec`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from ssl_bench.errors import ConfigError
+from ssl_bench.rundir import replace_json
+
+SPEC = "sweep.json"
+
+
+def write_spec(sweep_dir: Path, spec: dict[str, Any]) -> None:
+    """Replace ``sweep_dir/sweep.json`` by ``spec`` whole (:func:`ssl_bench.rundir.replace_file`): a kill while it
+    is written leaves the previous record."""
+    replace_json(sweep_dir / SPEC, spec)
 
 
 def read_spec(sweep_dir: Path) -> dict[str, Any]:
     """``sweep_dir/sweep.json``; a one-line :class:`ConfigError` when there is none or it is not one."""
-    spec_file = sweep_dir / "sweep.json"
+    spec_file = sweep_dir / SPEC
     if not spec_file.is_file():
         raise ConfigError(f"{sweep_dir} is not a sweep directory (no sweep.json); run `ssl-bench sweep` first")
     try:

@@ -19,7 +19,7 @@ external resources), holds per study:
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import math
 import re
 import statistics
@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import jinja2
+
 from ssl_bench.config import ReferenceRow, SweepConfig
 from ssl_bench.errors import ConfigError
-from ssl_bench.rundir import STATUS_ORDER, as_number, read_summary
+from ssl_bench.rundir import STATUS_ORDER, as_number, read_config, read_summary
 from ssl_bench.study import plots
 from ssl_bench.study.record import read_spec, recorded_points
 from ssl_bench.study.table import GridPoint, Study, plural, runs_cell
@@ -90,17 +92,6 @@ def sweep_study(sweep_dir: Path) -> Study:
                  reference, points)
 
 
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    """A run's ``config.yaml`` as plain dicts ({} when it has none or a broken one)."""
-    import yaml
-
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
 def runs_study(path: Path) -> Study:
     """The study of a run directory or a folder of them, grouped by the runs' W&B group; the table's metrics and
     the paper's values are the ``sweep`` section of the first run's config that has one."""
@@ -113,7 +104,7 @@ def runs_study(path: Path) -> Study:
                           "give a sweep directory or a directory of run directories")
     runs, experiments, sweep = [], [], None
     for run_dir in run_dirs:
-        summary, config = read_summary(run_dir), _run_config(run_dir)
+        summary, config = read_summary(run_dir), read_config(run_dir)
         experiment = str((summary or {}).get("experiment") or config.get("experiment") or path.name)
         group = (summary or {}).get("group") or config.get("group") or experiment
         runs.append((run_dir, summary, str(group)))
@@ -239,6 +230,14 @@ class Figure:
     path: Path
     caption: str
 
+    def link(self, out: Path) -> str:
+        """The PNG's path relative to the report's folder ``out``, as a markdown link takes it."""
+        return self.path.relative_to(out).as_posix()
+
+    def base64(self) -> str:
+        """The PNG's bytes in base64, for a data URI."""
+        return base64.b64encode(self.path.read_bytes()).decode("ascii")
+
 
 @dataclass
 class Section:
@@ -286,8 +285,8 @@ def draw_study(study: Study, figures_dir: Path, stem: str, metrics: Sequence[str
             figures.append(Figure(path, drawn))
     for kind, draw, absent in (
             ("spectra", plots.draw_spectra, "No finished run recorded spectra (spectra.jsonl)."),
-            ("r2-heatmap", plots.draw_r2, "No finished run recorded R^2 (r2.jsonl; add the probe with "
-                                          "+callbacks.r2_probe={})."),
+            ("r2-heatmap", plots.draw_r2, ("No finished run recorded R^2 (r2.jsonl; add the probe with "
+                                           "+callbacks.r2_probe={}).")),
             ("r2-layers", plots.draw_r2_layers, ""),
             ("regimes", plots.draw_regimes, "")):
         path = figures_dir / f"{stem}-{kind}.png"
@@ -304,72 +303,32 @@ CURVES_NOTE = ("In the figures, each grid point's line is the mean over its fini
 """What the lines and bands of the figures are."""
 
 
-def _markdown(sections: list[Section], out: Path) -> str:
-    parts = ["# ssl-bench report", ""]
-    for section in sections:
-        study = section.study
-        header, body = paper_table(study)
-        parts += [f"## {study.name}", "", f"From `{study.dir}`: {_run_count(study)}.", "",
-                  "Mean ± std over the finished runs of each grid point of the final values; `paper`: the paper's "
-                  "value; runs: finished/all, the others by status.", "",
-                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                  *("| " + " | ".join(cells) + " |" for cells in body), ""]
-        if section.figures:
-            parts += [CURVES_NOTE, ""]
-        for figure in section.figures:
-            parts += [f"![{figure.path.stem}]({figure.path.relative_to(out).as_posix()})", "", f"*{figure.caption}*",
-                      ""]
-        parts += [f"- {note}" for note in section.notes] + ([""] if section.notes else [])
-    return "\n".join(parts)
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The report's templates (``ssl_bench/study/templates``); HTML ones escape every value they show."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("ssl_bench.study", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    environment.globals["zip"] = zip
+    return environment
 
 
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; max-width: 1200px;
-       margin: 2em auto; padding: 0 1em; line-height: 1.45; }
-h1 { font-size: 1.6em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }
-h2 { font-size: 1.3em; margin-top: 2em; border-bottom: 1px solid #eee; padding-bottom: .2em; }
-.source, .note, figcaption, .legend { color: #555; font-size: .92em; }
-code { background: #f4f4f4; padding: 0 .25em; border-radius: 3px; }
-table { border-collapse: collapse; margin: 1em 0; font-size: .93em; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #ddd; padding: .35em .7em; text-align: right; white-space: nowrap; }
-th { background: #f3f5f8; } td.axis, th.axis { text-align: left; }
-tr:nth-child(even) td { background: #fafafa; }
-td.paper, th.paper { color: #666; font-style: italic; background: #f7f7fb; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-"""
+def _section_view(section: Section) -> dict[str, Any]:
+    """What the templates show of one study: its name, directory and run count, the table (header, rows, and each
+    column's kind: ``axis``, ``runs``, ``paper`` or none), the figures and the notes."""
+    study = section.study
+    header, body = paper_table(study)
+    kinds = ["axis"] * len(study.axes) + ["runs"] + ["paper" if h == "paper" else "" for h in header[
+        len(study.axes) + 1:]]
+    return {"name": study.name, "dir": str(study.dir), "run_count": _run_count(study), "header": header,
+            "body": body, "kinds": kinds, "figures": section.figures, "notes": section.notes}
 
 
-def _class(name: str) -> str:
-    return f' class="{name}"' if name else ""
-
-
-def _html(sections: list[Section]) -> str:
-    esc = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>ssl-bench report</title>",
-             f"<style>{CSS}</style></head><body>", "<h1>ssl-bench report</h1>"]
-    for section in sections:
-        study = section.study
-        header, body = paper_table(study)
-        kinds = ["axis"] * len(study.axes) + ["runs"] + ["paper" if h == "paper" else "" for h in header[
-            len(study.axes) + 1:]]
-        parts += [f"<h2>{esc(study.name)}</h2>",
-                  f'<p class="source">From <code>{esc(str(study.dir))}</code>: {esc(_run_count(study))}.</p>',
-                  '<p class="legend">Mean ± std over the finished runs of each grid point of the final values; '
-                  "<i>paper</i>: the paper's value; runs: finished/all, the others by status.</p>",
-                  "<table><thead><tr>" + "".join(f"<th{_class(k)}>{esc(h)}</th>" for k, h in zip(kinds, header))
-                  + "</tr></thead><tbody>"]
-        parts += ["<tr>" + "".join(f"<td{_class(k)}>{esc(c)}</td>" for k, c in zip(kinds, cells)) + "</tr>"
-                  for cells in body]
-        parts.append("</tbody></table>")
-        if section.figures:
-            parts.append(f'<p class="legend">{esc(CURVES_NOTE)}</p>')
-        for figure in section.figures:
-            data = base64.b64encode(figure.path.read_bytes()).decode("ascii")
-            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(figure.caption)}">'
-                         f"<figcaption>{esc(figure.caption)}</figcaption></figure>")
-        parts += [f'<p class="note">{esc(note)}</p>' for note in section.notes]
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+def render(template: str, sections: list[Section], out: Path) -> str:
+    """The report ``template`` (``report.md.j2`` or ``report.html.j2``) of ``sections``, written to ``out``."""
+    return _templates().get_template(template).render(
+        sections=[_section_view(section) for section in sections], out=out, curves_note=CURVES_NOTE)
 
 
 @dataclass
@@ -408,8 +367,8 @@ def write_report(studies: Sequence[Study], out: Path, metrics: Sequence[str] | N
     stems = [stem if stems.count(stem) == 1 else f"{stem}-{i + 1}" for i, stem in enumerate(stems)]
     sections = [draw_study(study, figures_dir, stem, metrics, points) for study, stem in zip(studies, stems)]
     markdown, page = out / "report.md", out / "report.html"
-    markdown.write_text(_markdown(sections, out) + "\n", encoding="utf-8")
-    page.write_text(_html(sections), encoding="utf-8")
+    markdown.write_text(render("report.md.j2", sections, out), encoding="utf-8")
+    page.write_text(render("report.html.j2", sections, out), encoding="utf-8")
     return Report(markdown, page, sections)
 
 

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from ssl_bench.errors import ConfigError
-from ssl_bench.rundir import ENDED, prepare_run_dir, read_summary, run_status
+from ssl_bench.rundir import (
+    ENDED,
+    last_checkpoint,
+    mark_requeued,
+    prepare_run_dir,
+    read_summary,
+    run_status,
+)
 from ssl_bench.study.grid import Run, fit_arguments
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "array.sbatch"
@@ -273,7 +280,7 @@ def run_task(table: Path, task_id: int | None = None) -> int:
     resume = prepare_run_dir(run_dir, restarted=restarts > 0)
     command = [*_launcher(), *task["args"], *(["trainer.resume=auto"] if resume else [])]
     _log(f"task {task_id} (restart {restarts}): {run_dir}: "
-         + (f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" if resume else "starting"))
+         + (f"resuming from {last_checkpoint(run_dir)}" if resume else "starting"))
     with open(run_dir / "log.txt", "a" if resume else "w", encoding="utf-8") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         # SIGUSR1 that reaches the batch step (--signal=B:USR1@T, scancel --batch) goes on to the run; srun passes
@@ -305,11 +312,10 @@ def requeue(run_dir: Path, summary: dict[str, Any], code: int) -> int:
         return code
     # requeueing ends this job with SIGTERM; nothing is left to do but that, so it must not cut the summary short
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    summary_file = run_dir / "summary.json"
-    summary_file.write_text(json.dumps({**summary, "requeued": True}, indent=2) + "\n", encoding="utf-8")
+    mark_requeued(run_dir, summary, True)
     done = subprocess.run([scontrol, "requeue", job_id], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        summary_file.write_text(json.dumps({**summary, "requeued": False}, indent=2) + "\n", encoding="utf-8")
+        mark_requeued(run_dir, summary, False)
         why = next(iter(done.stderr.strip().splitlines()), f"exit code {done.returncode}")
         print(f"ssl-bench: scontrol requeue {job_id} failed ({why}); the run stays interrupted: submit the sweep "
               "again to resume it", file=sys.stderr, flush=True)

@@ -29,13 +29,20 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from ssl_bench.config import ConfigError, RunConfig, ensemble_key
-from ssl_bench.rundir import ENDED, prepare_run_dir, read_summary, run_status
+from ssl_bench.rundir import (
+    ENDED,
+    prepare_run_dir,
+    read_config,
+    read_summary,
+    run_status,
+)
 from ssl_bench.study import slurm as arrays
 from ssl_bench.study.grid import (
     PER_RUN,
@@ -47,7 +54,7 @@ from ssl_bench.study.grid import (
     run_overrides,
     select_points,
 )
-from ssl_bench.study.record import read_spec, recorded_points
+from ssl_bench.study.record import read_spec, recorded_points, write_spec
 from ssl_bench.study.report import sweep_table_markdown
 from ssl_bench.study.table import plural
 
@@ -57,7 +64,7 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def check_overrides(overrides: list[str], points: list[Point]) -> None:
+def refuse_per_run_overrides(overrides: list[str], points: list[Point]) -> None:
     """Refuse overrides that would make the sweep's runs other than its grid x seeds: keys the sweep sets per run
     (:data:`PER_RUN`) and keys its grid sets."""
     grid_keys = {_override_key(o) for p in points for o in p.overrides}
@@ -127,8 +134,6 @@ def _inside(path: Path, root: Path) -> bool:
 def _previous_runs(sweep_dir: Path, runs: list[Run]) -> tuple[dict[str, dict[str, Any]], list[int], list[Path]]:
     """What ``sweep_dir`` already holds: the settings its runs were made with (by grid point label), their seeds,
     and their run directories. A record from before settings were kept is read from the runs' own config.yaml."""
-    import yaml
-
     if not sweep_dir.is_dir():
         return {}, [], []
     spec_file = sweep_dir / "sweep.json"
@@ -140,14 +145,8 @@ def _previous_runs(sweep_dir: Path, runs: list[Run]) -> tuple[dict[str, dict[str
         return {str(p["label"]): p["settings"] for p in points}, list(seeds), [d for d in dirs if _inside(d, sweep_dir)]
     settings: dict[str, dict[str, Any]] = {}
     for run in runs:
-        config_file = run.dir / "config.yaml"
-        if run.point.label not in settings and config_file.is_file():
-            try:
-                plain = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError):
-                continue  # no evidence of the settings this run was made with
-            if isinstance(plain, dict):
-                settings[run.point.label] = settings_of(plain)
+        if run.point.label not in settings and (plain := read_config(run.dir)):  # {}: no evidence of its settings
+            settings[run.point.label] = settings_of(plain)
     return settings, [], [run.dir for run in runs]
 
 
@@ -186,35 +185,53 @@ def ensemble_tasks(runs: list[Run], settings: dict[str, dict[str, Any]], jobs: i
     return [group[start:start + size] for group in groups.values() for start in range(0, len(group), size)]
 
 
-def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, sweep_dir: Path | None = None,
-              dry_run: bool = False, force: bool = False, only: list[str] | None = None,
-              slurm: arrays.SlurmOptions | None = None, ensemble: str | None = None) -> int:
-    """Run every grid point x seed that has not ended for good (``jobs`` at a time, one thread each), then print
-    and save the table. ``force`` replaces every run, whatever settings the directory's runs were made with.
-    ``only`` (``AXIS=V1,V2`` entries, see :func:`select_points`) runs just the matching grid points; the record and
-    the table keep the whole grid, whose other rows count their runs as missing until they are run.
+@dataclass
+class SweepPlan:
+    """What a sweep is to do, decided before anything is written: its grid points and runs, the grid points chosen
+    (``--only``), each point's settings, what the directory held before, each run's status and the runs to do."""
 
-    With ``slurm``, the runs to do are submitted as one SLURM array instead (:mod:`ssl_bench.study.slurm`), or with
-    ``dry_run`` its script and task table are printed. With ``ensemble`` (the batching: ``auto``, ``vmap`` or
-    ``loop``), runs that differ only in their seed and data values train together as ensembles (:mod:`ssl_bench.train.ensemble`; :func:`ensemble_tasks`), one process each,
-    ``jobs`` at a time; an interrupted run then starts again from scratch.
+    config: str
+    experiment: str
+    overrides: list[str]
+    sweep_dir: Path
+    force: bool
+    points: list[Point]
+    seeds: list[int]
+    runs: list[Run]
+    selected: set[Point]
+    settings: dict[str, dict[str, Any]]
+    old_dirs: list[Path]
+    status: dict[Run, str]
+    todo: list[Run]
 
-    Returns 0 when every run ended for good (finished or diverged), 1 when some failed, were interrupted or are
-    missing, 130 when the sweep itself was interrupted (Ctrl-C)."""
+    @property
+    def chosen(self) -> list[Run]:
+        """The runs of the chosen grid points, in grid order."""
+        return [run for run in self.runs if run.point in self.selected]
+
+
+def _check_options(jobs: int, ensemble: str | None, slurm: arrays.SlurmOptions | None, dry_run: bool,
+                   overrides: list[str]) -> None:
+    """Refuse command-line options that do not go together, and SLURM options that cannot work."""
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be >= 1")
     if ensemble and slurm is not None:
         raise ConfigError("--ensemble trains a local sweep's runs together; with --slurm each run is its own task, so "
                           "drop one of the two")
     if slurm is not None:
-
         if jobs != 1:
             raise ConfigError(f"--jobs={jobs} runs a local sweep; with --slurm use --max-parallel {jobs}")
         slurm.check(submit=not dry_run)
         arrays.check_resource_overrides(overrides)
+
+
+def plan_sweep(config: str, cfg: RunConfig, overrides: list[str], sweep_dir: Path | None, force: bool,
+               only: list[str]) -> SweepPlan:
+    """The sweep's plan; reads the sweep directory but writes nothing. Refuses a directory whose runs were made with
+    other settings (unless ``force``), and ``force`` with ``only`` when that would keep such runs."""
     points = expand_grid(cfg.sweep.grid)
-    check_overrides(overrides, points)
-    selected = set(select_points(points, only or []))
+    refuse_per_run_overrides(overrides, points)
+    selected = set(select_points(points, only))
     sweep_dir = sweep_dir or Path("runs") / "sweeps" / cfg.experiment / time.strftime("%Y%m%d-%H%M%S")
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise ConfigError(f"--sweep-dir {sweep_dir} is a file; choose a directory (a new one, or a sweep's)")
@@ -232,81 +249,106 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
                           f"({changes[0]}); run with --force but without --only, or choose another --sweep-dir")
     status = {run: run_status(run.dir) for run in runs}
     todo = [run for run in runs if run.point in selected and (force or status[run] not in ENDED)]
-    if slurm is not None:
-        tasks = arrays.array_tasks(config, todo, cfg.experiment, overrides, slurm)
-        if dry_run:
-            return arrays.submit_array(sweep_dir, cfg.experiment, tasks, slurm, dry_run=True)
-        arrays.check_not_queued(sweep_dir, tasks)
-    if dry_run:
-        for run in (run for run in runs if run.point in selected):
-            state = "" if status[run] == "missing" else \
-                f" [{status[run]}: {'replaced' if force else 'kept' if run not in todo else 'run again'}]"
-            print(f"{run.dir}: {' '.join([*run.point.overrides, f'seed={run.seed}'])}{state}")
-        if ensemble:
-            sizes = [len(members) for members in ensemble_tasks(todo, settings, jobs)]
-            print(f"--ensemble: {plural(len(todo), 'run')} to do as {plural(len(sizes), 'ensemble')} of "
-                  f"{', '.join(map(str, sizes)) or 0} members, {jobs} at a time")
-        return 0
+    return SweepPlan(config, cfg.experiment, overrides, sweep_dir, force, points, seeds, runs, selected, settings,
+                     old_dirs, status, todo)
 
+
+def print_plan(plan: SweepPlan, batching: str | None, jobs: int) -> None:
+    """``--print-config``: each chosen run with its overrides and what becomes of a run already there; with
+    ``batching`` (``--ensemble``), how the runs to do group into ensembles."""
+    for run in plan.chosen:
+        state = "" if plan.status[run] == "missing" else \
+            f" [{plan.status[run]}: {'replaced' if plan.force else 'kept' if run not in plan.todo else 'run again'}]"
+        print(f"{run.dir}: {' '.join([*run.point.overrides, f'seed={run.seed}'])}{state}")
+    if batching:
+        sizes = [len(members) for members in ensemble_tasks(plan.todo, plan.settings, jobs)]
+        print(f"--ensemble: {plural(len(plan.todo), 'run')} to do as {plural(len(sizes), 'ensemble')} of "
+              f"{', '.join(map(str, sizes)) or 0} members, {jobs} at a time")
+
+
+def record_sweep(plan: SweepPlan, cfg: RunConfig) -> None:
+    """Create the sweep directory (with ``force``, first remove the runs it replaces) and write ``sweep.json``: the
+    experiment, config, overrides, metrics, the paper's values, axes, seeds and every grid point's settings."""
+    sweep_dir, experiment, points = plan.sweep_dir, plan.experiment, plan.points
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        if force:
-            for run_dir in dict.fromkeys([*old_dirs, *(run.dir for run in runs if run.point in selected)]):
+        if plan.force:
+            for run_dir in dict.fromkeys([*plan.old_dirs, *(run.dir for run in plan.chosen)]):
                 _remove_run(run_dir)
-        (sweep_dir / "sweep.json").write_text(json.dumps({
-            "experiment": cfg.experiment, "config": config, "overrides": overrides, "metrics": list(cfg.sweep.metrics),
-            "reference": [dataclasses.asdict(row) for row in cfg.sweep.reference],
+        write_spec(sweep_dir, {
+            "experiment": experiment, "config": plan.config, "overrides": plan.overrides,
+            "metrics": list(cfg.sweep.metrics), "reference": [dataclasses.asdict(row) for row in cfg.sweep.reference],
             "axes": list(dict.fromkeys(a for p in points for a, _ in p.axes)),
-            "groups": [p.group(cfg.experiment) for p in points],
-            "seeds": seeds,
-            "points": [{"label": p.label, "group": p.group(cfg.experiment), "dir": p.dirname, "axes": dict(p.axes),
-                        "overrides": list(p.overrides), "settings": settings[p.label]} for p in points],
-        }, indent=2) + "\n", encoding="utf-8")
+            "groups": [p.group(experiment) for p in points],
+            "seeds": plan.seeds,
+            "points": [{"label": p.label, "group": p.group(experiment), "dir": p.dirname, "axes": dict(p.axes),
+                        "overrides": list(p.overrides), "settings": plan.settings[p.label]} for p in points],
+        })
     except OSError as err:
         raise ConfigError(f"--sweep-dir {sweep_dir} cannot be written ({err.strerror or err}); choose a directory you "
                           "can write to") from None
 
-    counts = Counter(status[run] for run in runs if run.point in selected)
-    kept = "all to run again (--force)" if force else f"{counts['finished']} already finished" + (
+
+def print_start(plan: SweepPlan) -> None:
+    """The sweep's opening line: grid points x seeds, the runs kept and the runs to do, where they go."""
+    counts = Counter(plan.status[run] for run in plan.chosen)
+    kept = "all to run again (--force)" if plan.force else f"{counts['finished']} already finished" + (
         f", {counts['diverged']} diverged (kept)" if counts["diverged"] else "")
-    subset = f" (--only: {plural(len(selected), 'point')})" if len(selected) < len(points) else ""
-    print(f"sweep {cfg.experiment}: {plural(len(points), 'point')} x {plural(len(seeds), 'seed')} = "
-          f"{plural(len(runs), 'run')}{subset}, {kept}; running {len(todo)}; writing to {sweep_dir}", flush=True)
-    if slurm is not None:
-        return arrays.submit_array(sweep_dir, cfg.experiment, tasks, slurm, dry_run=False) if tasks else 0
+    subset = f" (--only: {plural(len(plan.selected), 'point')})" if len(plan.selected) < len(plan.points) else ""
+    print(f"sweep {plan.experiment}: {plural(len(plan.points), 'point')} x {plural(len(plan.seeds), 'seed')} = "
+          f"{plural(len(plan.runs), 'run')}{subset}, {kept}; running {len(plan.todo)}; writing to {plan.sweep_dir}",
+          flush=True)
 
-    def launch(run: Run) -> int:
-        resume = prepare_run_dir(run.dir, fresh=force)
-        command = [sys.executable, "-m", "ssl_bench.cli", *fit_arguments(config, run, cfg.experiment, overrides),
-                   *(["trainer.resume=auto"] if resume else [])]
-        with open(run.dir / "log.txt", "a" if resume else "w", encoding="utf-8") as log:
-            return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
 
-    def launch_ensemble(index: int, members: list[Run]) -> int:
-        for run in members:
-            prepare_run_dir(run.dir, fresh=True)
-        table = sweep_dir / "ensembles" / f"{index}.json"
-        table.parent.mkdir(exist_ok=True)
-        table.write_text(json.dumps({"config": config, "batching": ensemble, "members": [
-            {"run_dir": str(run.dir), "overrides": run_overrides(run, cfg.experiment, overrides)} for run in members]},
-            indent=2) + "\n", encoding="utf-8")
-        command = [sys.executable, "-m", "ssl_bench.cli", "fit-ensemble", str(table)]
-        with open(table.with_suffix(".log"), "w", encoding="utf-8") as log:
-            return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""Set for every training process of a local sweep: one thread each, ``--jobs`` of them side by side."""
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+def launch_run(plan: SweepPlan, run: Run) -> int:
+    """Train ``run`` in an ``ssl-bench fit`` process, logging to ``RUN_DIR/log.txt`` (appended to when the run resumes
+    from its last checkpoint); returns the process's exit code."""
+    resume = prepare_run_dir(run.dir, fresh=plan.force)
+    command = [sys.executable, "-m", "ssl_bench.cli", *fit_arguments(plan.config, run, plan.experiment, plan.overrides),
+               *(["trainer.resume=auto"] if resume else [])]
+    with open(run.dir / "log.txt", "a" if resume else "w", encoding="utf-8") as log:
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **CHILD_ENV},
+                              check=False).returncode
+
+
+def launch_ensemble(plan: SweepPlan, index: int, members: list[Run], batching: str) -> int:
+    """Train ``members`` from scratch as one ensemble in an ``ssl-bench fit-ensemble`` process, from the table
+    ``SWEEP_DIR/ensembles/INDEX.json`` and logging to ``INDEX.log`` beside it; returns the process's exit code."""
+    for run in members:
+        prepare_run_dir(run.dir, fresh=True)
+    table = plan.sweep_dir / "ensembles" / f"{index}.json"
+    table.parent.mkdir(exist_ok=True)
+    table.write_text(json.dumps({"config": plan.config, "batching": batching, "members": [
+        {"run_dir": str(run.dir), "overrides": run_overrides(run, plan.experiment, plan.overrides)}
+        for run in members]}, indent=2) + "\n", encoding="utf-8")
+    command = [sys.executable, "-m", "ssl_bench.cli", "fit-ensemble", str(table)]
+    with open(table.with_suffix(".log"), "w", encoding="utf-8") as log:
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **CHILD_ENV},
+                              check=False).returncode
+
+
+def execute_local(plan: SweepPlan, jobs: int, batching: str | None) -> dict[Run, Path] | None:
+    """Train the runs to do, ``jobs`` processes at a time (with ``batching``: as ensembles, :func:`ensemble_tasks`),
+    reporting each run that ends. Returns the log of every run trained in an ensemble (the others log to
+    ``RUN_DIR/log.txt``), or None when Ctrl-C interrupted the sweep: then no further process starts."""
     pool = ThreadPoolExecutor(max_workers=jobs)
     logs: dict[Run, Path] = {}
-    if ensemble:
-        tasks = ensemble_tasks(todo, settings, jobs)
-        logs = {run: sweep_dir / "ensembles" / f"{i}.log" for i, members in enumerate(tasks) for run in members}
-        futures = {pool.submit(launch_ensemble, i, members): members for i, members in enumerate(tasks)}
-        print(f"sweep: {plural(len(todo), 'run')} as {plural(len(tasks), 'ensemble')} (logs in "
-              f"{sweep_dir / 'ensembles'})", flush=True)
+    if batching:
+        tasks = ensemble_tasks(plan.todo, plan.settings, jobs)
+        logs = {run: plan.sweep_dir / "ensembles" / f"{i}.log" for i, members in enumerate(tasks) for run in members}
+        futures = {pool.submit(launch_ensemble, plan, i, members, batching): members
+                   for i, members in enumerate(tasks)}
+        print(f"sweep: {plural(len(plan.todo), 'run')} as {plural(len(tasks), 'ensemble')} (logs in "
+              f"{plan.sweep_dir / 'ensembles'})", flush=True)
     else:
-        futures = {pool.submit(launch, run): [run] for run in todo}
+        futures = {pool.submit(launch_run, plan, run): [run] for run in plan.todo}
     # A bar only on a terminal; a log or a pipe gets one plain line per run that ends, so no line is written twice.
-    bar = tqdm(total=len(todo), desc="sweep", unit="run", file=sys.stdout) if todo and sys.stdout.isatty() else None
+    bar = tqdm(total=len(plan.todo), desc="sweep", unit="run", file=sys.stdout) \
+        if plan.todo and sys.stdout.isatty() else None
     try:
         done = 0
         for future in as_completed(futures):
@@ -316,25 +358,27 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
                 if bar is not None:
                     bar.update(1)
                 else:
-                    print(f"sweep [{done}/{len(todo)}] {run.dir.relative_to(sweep_dir)}: {run_status(run.dir)}",
-                          flush=True)
+                    print(f"sweep [{done}/{len(plan.todo)}] {run.dir.relative_to(plan.sweep_dir)}: "
+                          f"{run_status(run.dir)}", flush=True)
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
         if bar is not None:
             bar.close()
-        print(f"ssl-bench: sweep interrupted, no further run started; run the same command again to continue in "
-              f"{sweep_dir} (finished runs are kept, interrupted ones resume from their last checkpoint)",
-              file=sys.stderr)
-        return 130
+        return None
     if bar is not None:
         bar.close()
     pool.shutdown()
+    return logs
 
-    table = sweep_table_markdown(sweep_dir)
-    (sweep_dir / "table.md").write_text(table + "\n", encoding="utf-8")
+
+def summarize(plan: SweepPlan, logs: dict[Run, Path]) -> int:
+    """Print the sweep's table and save it as ``table.md``, then one line on stderr per chosen run that diverged or
+    did not end for good, with its log. Returns 1 when some run did not end for good, else 0."""
+    table = sweep_table_markdown(plan.sweep_dir)
+    (plan.sweep_dir / "table.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     unfinished = 0
-    for run in (run for run in runs if run.point in selected):
+    for run in plan.chosen:
         summary = read_summary(run.dir) or {}
         state = summary.get("status", "missing")
         if state == "diverged":
@@ -348,3 +392,42 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     return 1 if unfinished else 0
 
 
+def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, sweep_dir: Path | None = None,
+              dry_run: bool = False, force: bool = False, only: list[str] | None = None,
+              slurm: arrays.SlurmOptions | None = None, ensemble: str | None = None) -> int:
+    """Run every grid point x seed that has not ended for good (``jobs`` at a time, one thread each), then print
+    and save the table: :func:`plan_sweep` -> :func:`record_sweep` -> :func:`execute_local` (or a SLURM array) ->
+    :func:`summarize`. ``force`` replaces every run, whatever settings the directory's runs were made with.
+    ``only`` (``AXIS=V1,V2`` entries, see :func:`select_points`) runs just the matching grid points; the record and
+    the table keep the whole grid, whose other rows count their runs as missing until they are run.
+
+    With ``slurm``, the runs to do are submitted as one SLURM array instead (:mod:`ssl_bench.study.slurm`), or with
+    ``dry_run`` its script and task table are printed. With ``ensemble`` (the batching: ``auto``, ``vmap`` or
+    ``loop``), runs that differ only in their seed and data values train together as ensembles
+    (:mod:`ssl_bench.train.ensemble`; :func:`ensemble_tasks`), one process each, ``jobs`` at a time; an interrupted
+    run then starts again from scratch.
+
+    Returns 0 when every run ended for good (finished or diverged), 1 when some failed, were interrupted or are
+    missing, 130 when the sweep itself was interrupted (Ctrl-C)."""
+    _check_options(jobs, ensemble, slurm, dry_run, overrides)
+    plan = plan_sweep(config, cfg, overrides, sweep_dir, force, only or [])
+    tasks: list[dict[str, Any]] = []
+    if slurm is not None:
+        tasks = arrays.array_tasks(config, plan.todo, cfg.experiment, overrides, slurm)
+        if dry_run:
+            return arrays.submit_array(plan.sweep_dir, cfg.experiment, tasks, slurm, dry_run=True)
+        arrays.check_not_queued(plan.sweep_dir, tasks)
+    if dry_run:
+        print_plan(plan, ensemble, jobs)
+        return 0
+    record_sweep(plan, cfg)
+    print_start(plan)
+    if slurm is not None:
+        return arrays.submit_array(plan.sweep_dir, cfg.experiment, tasks, slurm, dry_run=False) if tasks else 0
+    logs = execute_local(plan, jobs, ensemble)
+    if logs is None:
+        print(f"ssl-bench: sweep interrupted, no further run started; run the same command again to continue in "
+              f"{plan.sweep_dir} (finished runs are kept, interrupted ones resume from their last checkpoint)",
+              file=sys.stderr)
+        return 130
+    return summarize(plan, logs)

@@ -27,7 +27,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
@@ -38,12 +37,9 @@ from ssl_bench.config import ConfigError, RunConfig, ensemble_key
 from ssl_bench.optim import build_optimizer
 from ssl_bench.registry import lookup
 from ssl_bench.rundir import json_value
+from ssl_bench.train.build import build_run, check_environment, on_gpu
 from ssl_bench.train.fit import (
     Interrupted,
-    build_callbacks,
-    build_data,
-    build_module,
-    check_environment,
     end_run,
     resolve_run_dir,
     run_loggers,
@@ -54,8 +50,8 @@ from ssl_bench.train.lightning_module import SSLModule, logged_value
 from ssl_bench.train.memory import release_free_heap
 
 
-class MemberStrategy:
-    """The strategy a member's datamodule and callbacks see: one process on the ensemble's device."""
+class MemberStrategyContext:
+    """A member's :class:`~ssl_bench.callbacks.base.StrategyContext`: one process on the ensemble's device."""
 
     def __init__(self, device: torch.device) -> None:
         self.root_device = device
@@ -64,10 +60,11 @@ class MemberStrategy:
         """One process: nothing to wait for."""
 
 
-class MemberTrainer:
-    """What a member's module, datamodule and callbacks read of a trainer: the epoch (``current_epoch``,
-    ``max_epochs``), the member's own optimizer steps (``global_step``), its loggers and run directory
-    (``default_root_dir``), its datamodule, and one process (rank 0 of 1)."""
+class MemberRunContext:
+    """A member's :class:`~ssl_bench.callbacks.base.RunContext`, the trainer its datamodule and callbacks see: the
+    epoch (``current_epoch``, ``max_epochs``), the member's own optimizer steps (``global_step``), its loggers and
+    run directory (``default_root_dir``), its datamodule, and one process (rank 0 of 1); for its
+    :class:`SSLModule` also one training batch per epoch (``num_training_batches``)."""
 
     is_global_zero = True
     global_rank = 0
@@ -80,12 +77,12 @@ class MemberTrainer:
         self.current_epoch = 0
         self.global_step = 0
         self.datamodule, self.loggers, self.default_root_dir = datamodule, loggers, str(run_dir)
-        self.strategy = MemberStrategy(device)
+        self.strategy = MemberStrategyContext(device)
 
 
-class MemberModule:
-    """What a member's metric callbacks read of the module: its ``method``, ``optim`` settings and ``device``, and
-    ``log``, which keeps the value for the member's epoch record."""
+class MemberModuleContext:
+    """A member's :class:`~ssl_bench.callbacks.base.ModuleContext`, the module its callbacks see: its ``method``,
+    ``optim`` settings and ``device``, and ``log``, which keeps the value for the member's epoch record."""
 
     def __init__(self, module: SSLModule, device: torch.device) -> None:
         self.method, self.optim, self.device = module.method, module.optim, device
@@ -102,15 +99,13 @@ class Member:
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         self.cfg, self.plain = cfg, cfg.to_container()
         self.run_dir = resolve_run_dir(cfg)
-        L.seed_everything(cfg.seed, verbose=False)
-        self.data = build_data(cfg)
-        self.data.check()
-        self.module = build_module(cfg, self.data).to(device)
+        run = build_run(cfg)
+        self.data, self.module = run.data, run.module.to(device)
         self.loggers: list[Any] = []
-        self.trainer = MemberTrainer(cfg, self.data, self.loggers, self.run_dir, device)
+        self.trainer = MemberRunContext(cfg, self.data, self.loggers, self.run_dir, device)
         self.module.trainer = self.trainer
-        self.view = MemberModule(self.module, device)
-        self.callbacks = [adapter.callback for adapter in build_callbacks(cfg)]
+        self.view = MemberModuleContext(self.module, device)
+        self.callbacks = [adapter.callback for adapter in run.callbacks]
         self.optimizers: list[torch.optim.Optimizer] = []
         self.data.trainer = self.trainer
         self.data.setup("fit")
@@ -130,8 +125,7 @@ class Member:
 
     def end_epoch(self) -> None:
         """The epoch's record, as Lightning writes it for a run: the callbacks' values and the module's epoch
-        scalars, with the epoch, at the step Lightning gives an epoch's end (the epoch's index, since a synthetic
-        epoch is one training batch)."""
+        scalars, with the epoch's index, at the optimizer steps the member has taken (``global_step``)."""
         for callback in self.callbacks:
             callback.on_train_epoch_end(self.trainer, self.view)
         scalars = {**self.view.logged, **{k: logged_value(v) for k, v in self.module.epoch_scalars().items()}}
@@ -139,7 +133,7 @@ class Member:
         if scalars:
             for logger in self.loggers:
                 logger.log_metrics({**scalars, "epoch": float(self.trainer.current_epoch)},
-                                   step=self.trainer.current_epoch)
+                                   step=self.trainer.global_step)
 
     def end(self, status: str, epochs: int, **ending: Any) -> dict[str, Any]:
         """Run the callbacks' end-of-training work when the run finished, then write ``summary.json`` (``epochs``:
@@ -178,12 +172,13 @@ class Ensemble:
                        for name, p in self.template.named_parameters()}
         self.buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in modules])
                         for name, _ in self.template.named_buffers()}
+        persistent = set(self.template.state_dict(keep_vars=True))
         for k, module in enumerate(modules):
             for name, param in module.named_parameters():
                 param.data = self.params[name].data[k]
             for name in self.buffers:
                 owner, leaf = _owner(module, name)
-                owner._buffers[leaf] = self.buffers[name][k]
+                owner.register_buffer(leaf, self.buffers[name][k], persistent=name in persistent)
         self._member_params = {name: [module.get_parameter(name) for module in modules] for name in self.params}
         self._leaves = list(self.params.values()) if vmap else [p for m in modules for p in m.parameters()]
         """The tensors that backward writes gradients to: the stacked parameters, or in a loop the members'."""
@@ -287,8 +282,7 @@ def ensemble_device(cfg: RunConfig) -> torch.device:
     if check_environment(cfg) != "32-true":
         raise ConfigError(f"an ensemble trains in 32-bit precision (trainer.precision={t.precision} resolves to "
                           "mixed precision here); set trainer.precision=32-true, or train without --seeds / --ensemble")
-    on_gpu = t.accelerator == "gpu" or (t.accelerator == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if on_gpu else "cpu")
+    return torch.device("cuda" if on_gpu(cfg) else "cpu")
 
 
 def uses_vmap(batching: str, member: Member) -> bool:

@@ -33,7 +33,7 @@ from ssl_bench.ops.losses import (
     scale_embedding,
     standardize,
 )
-from ssl_bench.registry import lookup
+from ssl_bench.train.build import build_data, build_method, resume_checkpoint
 from ssl_bench.train.checkpoint import read_checkpoint
 
 EVALUATION_STREAM = 2**61
@@ -91,22 +91,18 @@ def evaluate(cfg: RunConfig, samples: int = 10_000, block: int = 512) -> dict[st
                           f"temperatures), not of method.name={cfg.method.name}; use method=adaptive_infonce")
     if samples < 2:
         raise ConfigError(f"--samples={samples} must be >= 2 (each anchor needs a negative)")
-    data = lookup("data", cfg.data.name).from_config(cfg.data, seed=cfg.seed)
+    data = build_data(cfg)
     for needed in ("sample_marginal", "sample_conditional", "mixing"):
         if not callable(getattr(data, needed, None)):
             raise ConfigError(f"evaluate draws latent pairs through the data's mixing, which data.name={cfg.data.name} "
                               "does not expose; use data.name=invertible_mlp")
-    encoder = lookup("encoder", cfg.encoder.name)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    method = lookup("method", cfg.method.name).from_config(
-        cfg.method, lambda: encoder.from_config(cfg.encoder, data, generator), cfg.encoder.output_dim)
-    resume = cfg.trainer.resume
-    if resume == "auto":
-        if not cfg.run_dir:
-            raise ConfigError("trainer.resume=auto needs run_dir=PATH, the run directory whose last.ckpt to evaluate")
-        resume = str(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")
-    if resume is not None:
-        load_trained(method, Path(resume))
+    method = build_method(cfg, data)
+    checkpoint = resume_checkpoint(cfg)
+    if checkpoint is None and cfg.trainer.resume == "auto":
+        raise ConfigError(f"trainer.resume=auto finds no checkpoints/last.ckpt in run_dir={cfg.run_dir}; point "
+                          "trainer.resume to a checkpoint, or leave it out to evaluate the encoder as built")
+    if checkpoint is not None:
+        load_trained(method, checkpoint)
     method.eval()
     draw = torch.Generator().manual_seed(EVALUATION_STREAM + cfg.seed)
     with torch.no_grad():
@@ -118,8 +114,9 @@ def evaluate(cfg: RunConfig, samples: int = 10_000, block: int = 512) -> dict[st
         terms = info_nce_terms(*embeddings, method.similarity, method.temperatures, method.p, method.normalize,
                                block)
     return {"alignment": terms.alignment.item(), "uniformity": terms.uniformity.item(), "loss": terms.loss.item(),
-            "encoder": cfg.encoder.name, "checkpoint": resume, "space": getattr(cfg.data, "space", None),
-            "n_content": getattr(cfg.data, "n_content", None), "seed": cfg.seed, "samples": samples,
+            "encoder": cfg.encoder.name, "checkpoint": None if checkpoint is None else str(checkpoint),
+            "space": getattr(cfg.data, "space", None), "n_content": getattr(cfg.data, "n_content", None),
+            "seed": cfg.seed, "samples": samples,
             "similarity": method.similarity, "p": method.p, "temperatures": method.temperatures.tolist()}
 
 

@@ -16,44 +16,28 @@ from typing import Any
 import lightning as L
 import torch
 
-from datamodules.base import DataModule
 from ssl_bench.config import ConfigError, RunConfig, to_yaml
-from ssl_bench.registry import lookup
-from ssl_bench.rundir import json_value, truncate_histories
-from ssl_bench.train.checkpoint import read_checkpoint
-from ssl_bench.train.lightning_module import (
-    CallbackAdapter,
-    DataModuleAdapter,
-    Diverged,
-    SSLModule,
+from ssl_bench.rundir import (
+    CHECKPOINTS,
+    disk_error,
+    json_value,
+    last_checkpoint,
+    truncate_histories,
+    write_config,
 )
+from ssl_bench.train.atomic_checkpoint import AtomicCheckpointIO
+from ssl_bench.train.build import (  # noqa: F401  (build_data, build_module: re-exported)
+    build_data,
+    build_module,
+    build_run,
+    check_environment,
+    checkpoint_step,
+    resume_checkpoint,
+)
+from ssl_bench.train.lightning_module import DataModuleAdapter, Diverged
 from ssl_bench.train.progress import progress_bar
 from ssl_bench.train.recorder import RunRecorder
 from ssl_bench.train.wandb_logging import make_wandb_logger
-
-
-def build_data(cfg: RunConfig) -> DataModule:
-    """The datamodule registered as ``data.name``, built from its config."""
-    return lookup("data", cfg.data.name).from_config(cfg.data, seed=cfg.seed)
-
-
-def build_module(cfg: RunConfig, data: DataModule) -> SSLModule:
-    """The method registered as ``method.name`` over encoders registered as ``encoder.name`` (each drawn
-    independently from one generator seeded by ``seed``), trained by :class:`SSLModule` with the online probe when
-    the training batches carry labels."""
-    encoder = lookup("encoder", cfg.encoder.name)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    method = lookup("method", cfg.method.name).from_config(
-        cfg.method, lambda: encoder.from_config(cfg.encoder, data, generator), cfg.encoder.output_dim)
-    return SSLModule(method, cfg.optim, num_classes=data.num_classes if data.labelled_batches else None,
-                     batch_size=cfg.data.batch_size, log_every_n_epochs=cfg.trainer.log_every_n_epochs)
-
-
-def build_callbacks(cfg: RunConfig) -> list[CallbackAdapter]:
-    """Every callback under ``callbacks``, evaluated every ``trainer.metrics_every_n_epochs`` epochs."""
-    every = cfg.trainer.metrics_every_n_epochs
-    return [CallbackAdapter(name, lookup("callback", name).from_config(config, every))
-            for name, config in cfg.callbacks.items()]
 
 
 def resolve_run_dir(cfg: RunConfig) -> Path:
@@ -140,43 +124,6 @@ def slurm_plugins() -> list[Any]:
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
-def check_environment(cfg: RunConfig) -> str:
-    """The precision to train in; a one-line :class:`ConfigError` for settings this machine cannot run."""
-    t = cfg.trainer
-    has_gpu = torch.cuda.is_available()
-    if t.accelerator == "gpu" and not has_gpu:
-        raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer.accelerator=auto "
-                          "(a GPU when there is one) or trainer.accelerator=cpu")
-    on_gpu = t.accelerator == "gpu" or (t.accelerator == "auto" and has_gpu)
-    precision = t.precision if t.precision != "auto" else ("16-mixed" if on_gpu else "32-true")
-    if precision == "16-mixed" and not on_gpu:
-        raise ConfigError("trainer.precision=16-mixed needs a GPU (on a CPU Lightning would train in bf16-mixed); use "
-                          "trainer.precision=32-true, bf16-mixed or auto")
-    if t.sync_batchnorm and not on_gpu and t.devices * t.num_nodes > 1:
-        raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm has no CPU version); set "
-                          "trainer.sync_batchnorm=false or trainer.accelerator=gpu")
-    return precision
-
-
-def resume_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
-    """The checkpoint ``trainer.resume`` names: a path, or with ``auto`` the run directory's ``last.ckpt`` when
-    there is one (None: start from scratch)."""
-    resume = cfg.trainer.resume
-    if resume != "auto":
-        return None if resume is None else Path(resume)
-    if not cfg.run_dir:
-        raise ConfigError("trainer.resume=auto needs run_dir=PATH, the run directory to continue")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return last if last.is_file() else None
-
-
-def checkpoint_step(path: Path, module: SSLModule) -> int:
-    """The global step of the checkpoint at ``path``; a one-line :class:`ConfigError` when it is not a readable
-    checkpoint of this model."""
-    checkpoint = read_checkpoint(path, module.state_dict(), "resume with the config.yaml of the run that wrote it")
-    return int(checkpoint["global_step"])
-
-
 def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any] | None:
     """Train one run; write ``config.yaml``, ``metrics.jsonl``, ``summary.json`` (and W&B files) to its run dir.
 
@@ -189,16 +136,14 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     t = cfg.trainer
     precision = check_environment(cfg)
     run_dir = resolve_run_dir(cfg)
-    resume = resume_checkpoint(cfg, run_dir)
+    resume = resume_checkpoint(cfg)
     torch.set_num_threads(t.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    noise = ("does not have many workers|LightningModule.log|_DataFetcher|treespec|Total length of `list` across ranks"
+    noise = ("does not have many workers|treespec|Total length of `list` across ranks"
              "|`srun` command is available")  # on a SLURM login node: a run there need not be a SLURM job
     warnings.filterwarnings("ignore", message=f".*({noise}).*")
-    L.seed_everything(cfg.seed, verbose=False)
-    data = build_data(cfg)
-    data.check()
-    module = build_module(cfg, data)
+    run = build_run(cfg)
+    data, module = run.data, run.module
     if t.channels_last:
         module = module.to(memory_format=torch.channels_last)
     if t.compile:
@@ -206,11 +151,11 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
     resume_step = None if resume is None else checkpoint_step(resume, module)
     start_run_dir(cfg, run_dir, resume_step)
     loggers = run_loggers(cfg, run_dir, resuming=resume is not None)
-    checkpoints = run_dir / "checkpoints"
-    stopper = StopAtEpochEnd(checkpoints / "last.ckpt")  # first, so that it stops before other on_train_end work
-    callbacks: list[L.Callback] = [stopper, *(extra_callbacks or []), *build_callbacks(cfg)]
+    checkpoints = run_dir / CHECKPOINTS
+    stopper = StopAtEpochEnd(last_checkpoint(run_dir))  # first, so that it stops before other on_train_end work
+    callbacks: list[L.Callback] = [stopper, *(extra_callbacks or []), *run.callbacks]
     if t.progress != "none":
-        callbacks.append(progress_bar(t.progress))
+        callbacks.append(progress_bar(t.progress, cfg.sweep.metrics))
     if t.checkpoint_every_n_epochs:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True,
                                                              every_n_epochs=t.checkpoint_every_n_epochs,
@@ -224,17 +169,19 @@ def fit(cfg: RunConfig, extra_callbacks: list[L.Callback] | None = None) -> dict
                         enable_checkpointing=bool(t.checkpoint_every_n_epochs),
                         enable_progress_bar=t.progress != "none", enable_model_summary=False,
                         deterministic=t.deterministic, log_every_n_steps=1, num_sanity_val_steps=0,
-                        default_root_dir=str(run_dir), plugins=slurm_plugins())
+                        default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO(), *slurm_plugins()])
     status, ending = "failed", {}
     try:
         with stop_on_signals(stopper.request):
-            trainer.fit(module, datamodule=DataModuleAdapter(data), ckpt_path=resume)
+            trainer.fit(module, datamodule=DataModuleAdapter(data), ckpt_path=resume, weights_only=True)
         status = "finished"
     except Diverged as err:
         status, ending = "diverged", {"diverged": {"epoch": err.epoch, "step": err.step, "loss": json_value(err.loss)}}
     except Interrupted as err:
-        last = checkpoints / "last.ckpt"
+        last = last_checkpoint(run_dir)
         status, ending = "interrupted", {"signal": err.signal, "resume": str(last) if last.is_file() else None}
+    except OSError as err:  # a full disk is one line; any other error is raised as it is
+        raise disk_error(run_dir, err) or err from None
     finally:
         # the epochs trained: Lightning counts an epoch processed before its end-of-epoch records are written
         summary = end_run(cfg, run_dir, loggers, status, trainer.fit_loop.epoch_progress.current.processed, ending)
@@ -245,12 +192,11 @@ def start_run_dir(cfg: RunConfig, run_dir: Path, resume_step: int | None = None)
     """Create ``run_dir`` with the run's ``config.yaml`` and its histories up to ``resume_step`` (none: a fresh run);
     a one-line :class:`ConfigError` when it cannot be written."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        write_config(run_dir, to_yaml(cfg))
+        truncate_histories(run_dir, resume_step)
     except OSError as err:
-        raise ConfigError(f"run_dir={run_dir} cannot be written ({err.strerror}); choose a directory you can write "
-                          "to") from None
-    truncate_histories(run_dir, resume_step)
+        raise disk_error(run_dir, err) or ConfigError(f"run_dir={run_dir} cannot be written ({err.strerror}); choose "
+                                                      "a directory you can write to") from None
 
 
 def run_loggers(cfg: RunConfig, run_dir: Path, resuming: bool = False, shared_process: bool = False) -> list[Any]:
@@ -265,15 +211,22 @@ def end_run(cfg: RunConfig, run_dir: Path, loggers: list[Any], status: str, epoc
             ending: dict[str, Any]) -> dict[str, Any]:
     """Write the run's ``summary.json`` through its recorder (``loggers[0]``) and close its other loggers: a W&B
     run ends with exit code 0 when it finished, else 1, and is marked preempted when SIGUSR1 stopped it (the
-    resumed run continues it). Returns the summary."""
+    resumed run continues it). Returns the summary. A summary that cannot be written (a full disk) is left out:
+    a failed run raises its own error, any other is a one-line error."""
     recorder, *others = loggers
-    summary = recorder.write_summary(status, epochs=epochs, run_dir=str(run_dir), experiment=cfg.experiment,
-                                     group=cfg.resolved_group, seed=cfg.seed, **ending)
+    summary, unwritten = {}, None
+    try:
+        summary = recorder.write_summary(status, epochs=epochs, run_dir=str(run_dir), experiment=cfg.experiment,
+                                         group=cfg.resolved_group, seed=cfg.seed, **ending)
+    except OSError as err:
+        unwritten = err
     for logger in others:
         logger.finalize(status)
-        if getattr(logger, "_experiment", None) is None:  # a W&B run never started (e.g. in another DDP process)
+        if not logger.started:  # a W&B run never started (e.g. in another DDP process)
             continue
         if ending.get("signal") == "SIGUSR1":
             logger.experiment.mark_preempting()
         logger.experiment.finish(exit_code=0 if status == "finished" else 1)
+    if unwritten is not None and status != "failed":
+        raise disk_error(run_dir, unwritten) or unwritten from None
     return summary

@@ -46,7 +46,7 @@ class SSLModule(L.LightningModule):
     loop scores the online probe as ``readout/online_acc``. A non-finite loss raises :class:`Diverged` before its
     step is taken (in every process at once under DDP).
 
-    On one device in 32-bit precision, unless a hook needs them (:meth:`_wrappers_needed`), an optimizer step calls
+    On one device in 32-bit precision, unless a hook needs them (:meth:`needs_lightning_step`), an optimizer step calls
     ``backward`` and the torch optimizer directly instead of through Lightning's ``manual_backward`` and
     ``LightningOptimizer.step``, which would add nothing there but their per-step cost, and counts the step in
     ``trainer.global_step`` as ``LightningOptimizer.step`` does.
@@ -103,14 +103,14 @@ class SSLModule(L.LightningModule):
         """Collect the callbacks that implement the per-optimizer-step hook; choose how :meth:`update` steps."""
         self.use_step_hooks(adapter.callback for adapter in self.trainer.callbacks
                             if isinstance(adapter, CallbackAdapter))
-        self._wrapped = self._wrappers_needed()
+        self._wrapped = self.needs_lightning_step()
 
     def use_step_hooks(self, callbacks: Iterable[Callback]) -> None:
         """Call, after every optimizer step, those of ``callbacks`` that implement ``on_optimizer_step``."""
         self._step_hooks = [callback for callback in callbacks
                             if type(callback).on_optimizer_step is not Callback.on_optimizer_step]
 
-    def _wrappers_needed(self) -> bool:
+    def needs_lightning_step(self) -> bool:
         """Whether optimizer steps must go through Lightning's ``manual_backward`` and ``LightningOptimizer.step``:
         under any strategy but one device (DDP prepares its gradient all-reduce in them), in any precision but
         ``32-true`` (mixed precision scales the loss and unscales the gradients in them), or when this module
@@ -148,9 +148,11 @@ class SSLModule(L.LightningModule):
     def update(self, index: int, views: Views, progress: float) -> None:
         """One optimizer step on mini-batch ``index`` of the batch.
 
-        Unless :meth:`_wrappers_needed`, ``total.backward()`` and the torch optimizer's ``step`` are called directly,
-        the step between the ``LightningOptimizer``'s before- and after-step callbacks, which count it in
-        ``trainer.global_step`` (the manual loop's ``optim_step_progress``) and time it in the trainer's profiler."""
+        Unless :meth:`needs_lightning_step`, ``total.backward()`` and the torch optimizer's ``step`` are called
+        directly, the step between the ``LightningOptimizer``'s before- and after-step callbacks, which count it in
+        ``trainer.global_step`` (the manual loop's ``optim_step_progress``) and time it in the trainer's profiler.
+        Those callbacks are private to Lightning, so its minor version is pinned and ``tests/test_fast_path.py``
+        checks them."""
         optimizer = self.batch_optimizers[self.method.optimizer_index(index)]
         self.schedule_lr(optimizer, progress)
         loss, total = self.objective(index, views)
@@ -229,16 +231,19 @@ class SSLModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's record: what the callbacks logged at this epoch's end (Lightning calls their hooks first)
-        and :meth:`epoch_scalars`, with ``train/loss`` averaged over the processes, at the step and with the
-        ``epoch`` that Lightning gives an epoch's end."""
+        and :meth:`epoch_scalars`, with ``train/loss`` averaged over the processes, to every logger with the
+        epoch's index, at the optimizer steps taken (``global_step``, the step of every run-directory record); also
+        to ``trainer.logged_metrics``, which the progress bars show."""
         scalars = self.epoch_scalars()
         if "train/loss" in scalars and self.trainer.world_size > 1:
             scalars["train/loss"] = self.trainer.strategy.reduce(scalars["train/loss"], reduce_op="mean")
         record = {**self._epoch_record, **{key: logged_value(value) for key, value in scalars.items()}}
         self._epoch_record.clear()
-        if record:  # Lightning's step for an epoch's end: the index of its last batch
-            step = self.trainer.fit_loop.epoch_loop._batches_that_stepped - 1
-            self.trainer._logger_connector.log_metrics({**record, "epoch": self.current_epoch}, step=step)
+        if record:
+            record["epoch"] = self.current_epoch
+            self.trainer.logged_metrics.update(record)
+            for logger in self.loggers:
+                logger.log_metrics(record, step=self.trainer.global_step)
         release_free_heap()
 
 

@@ -1,20 +1,35 @@
 """Progress bars: one over the epochs, for runs of thousands of short epochs (synthetic data) and for output that is
-not a terminal (log files), and one over each epoch's batches (images, in a terminal)."""
+not a terminal (log files), and one over each epoch's batches (images, in a terminal). Both show the loss and the
+study's headline metric (:func:`postfix`); every other scalar is in the run's logs."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping, Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from tqdm.auto import tqdm
 
+LOSS = "train/loss"
+DEFAULT_HEADLINE = "maxcos/min"
+"""The headline metric of a study whose ``sweep.metrics`` are none of the logged ones (when it is logged)."""
+
+
+def postfix(metrics: Mapping[str, float], headlines: Sequence[str] = ()) -> dict[str, str]:
+    """A bar's postfix from the logged ``metrics``: ``train/loss`` and the headline metric, the first of
+    ``headlines`` (the run's ``sweep.metrics``) that is logged, else ``maxcos/min``; each present one to 4
+    decimals."""
+    headline = next((key for key in headlines if key in metrics), DEFAULT_HEADLINE)
+    return {key: f"{float(metrics[key]):.4f}" for key in dict.fromkeys((LOSS, headline)) if key in metrics}
+
 
 class EpochProgressBar(ProgressBar):
-    """One bar for the whole fit, advanced per epoch, showing the latest logged scalars."""
+    """One bar for the whole fit, advanced per epoch, showing the latest :func:`postfix` of the logged scalars."""
 
-    def __init__(self) -> None:
+    def __init__(self, headlines: Sequence[str] = ()) -> None:
         super().__init__()
+        self.headlines = tuple(headlines)
         self._bar: tqdm | None = None
         self._enabled = True
 
@@ -33,8 +48,7 @@ class EpochProgressBar(ProgressBar):
         """Count the finished epochs and show the scalars logged at the end of the last one; ``draw=False`` leaves
         the drawing to the bar's ``close``, so the final line is printed once."""
         if self._bar is not None and self._bar.n < trainer.current_epoch:
-            metrics = {k: f"{float(v):.4f}" for k, v in trainer.logged_metrics.items() if k != "epoch"}
-            self._bar.set_postfix(metrics, refresh=False)
+            self._bar.set_postfix(postfix(trainer.logged_metrics, self.headlines), refresh=False)
             if draw:
                 self._bar.update(trainer.current_epoch - self._bar.n)
             else:
@@ -52,20 +66,26 @@ class EpochProgressBar(ProgressBar):
             self._bar = None
 
 
-def progress_bar(kind: str) -> ProgressBar:
+def progress_bar(kind: str, headlines: Sequence[str] = ()) -> ProgressBar:
     """The bar of ``trainer.progress``: ``epochs``, or ``steps`` in a terminal; in a log file, where every redraw of
-    a batch bar would stay as a line, ``steps`` also gets the epoch bar."""
-    return StepProgressBar() if kind == "steps" and sys.stdout.isatty() else EpochProgressBar()
+    a batch bar would stay as a line, ``steps`` also gets the epoch bar. ``headlines``: the run's ``sweep.metrics``
+    (see :func:`postfix`)."""
+    return StepProgressBar(headlines) if kind == "steps" and sys.stdout.isatty() else EpochProgressBar(headlines)
 
 
 class StepProgressBar(TQDMProgressBar):
-    """Lightning's bar over every epoch's batches (images), showing the latest logged scalars."""
+    """Lightning's bar over every epoch's batches (images), showing the latest :func:`postfix` of the logged
+    scalars."""
+
+    def __init__(self, headlines: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.headlines = tuple(headlines)
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, str]:
-        return {k: f"{float(v):.4f}" for k, v in trainer.logged_metrics.items() if k != "epoch"}
+        return postfix(trainer.logged_metrics, self.headlines)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Show the scalars that the module logs at its last epoch's end (after the callbacks' epoch-end hooks)."""
-        if self._train_progress_bar is not None and not self.is_disabled:
+        if not self.train_progress_bar.disable:
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
         super().on_train_end(trainer, pl_module)

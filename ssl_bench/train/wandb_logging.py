@@ -33,6 +33,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from ssl_bench.config import LoggerConfig, RunConfig
+from ssl_bench.rundir import replace_text, wandb_id_file
 from ssl_bench.wandb_server import wandb_answers, wandb_has_credentials
 
 __all__ = ["BoundedWandbLogger", "make_wandb_logger", "start_wandb_run",
@@ -87,26 +88,38 @@ class BoundedWandbLogger(WandbLogger):
     """Lightning's ``WandbLogger`` whose run is started by ``start_wandb_run`` (at most one online attempt, bounded
     by ``logger.init_timeout``, else offline) with exactly the given ``wandb.init`` arguments, instead of Lightning's
     own ``wandb.init`` call, which adds ``anonymous=None`` (deprecated: wandb warns about it on every run). As in
-    Lightning, the run starts on first use and only on global rank 0 (the other ranks get a no-op experiment), and
-    a process spawned for DDP attaches to the run of its parent. The run's id comes from :func:`wandb_run_id` when
-    the run starts, so only the process that starts it reads or writes the id file."""
+    Lightning, the run starts on first use and only on global rank 0 (the other ranks get a no-op experiment). The
+    logger holds its run itself (:attr:`run`, :attr:`started`): a copy pickled into a process spawned for DDP
+    (``ddp_spawn``) holds none, so the spawned rank-0 process starts the run. The run's id comes from
+    :func:`wandb_run_id` when the run starts, so only the process that starts it reads or writes the id file."""
 
     def __init__(self, init: dict[str, Any], config: LoggerConfig, save_dir: Path, resuming: bool = False) -> None:
         super().__init__(name=init["name"], save_dir=str(save_dir), project=init["project"])
         self._start_args = (init, config, Path(save_dir))
         self._resuming = resuming
+        self.run: Any = None
+        """The W&B run this logger started; None before its first use and in every process but global rank 0."""
+
+    @property
+    def started(self) -> bool:
+        """Whether this logger started a W&B run (which :func:`~ssl_bench.train.fit.end_run` then finishes)."""
+        return self.run is not None
 
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        if self._experiment is None and getattr(self, "_attach_id", None) is None:
+        if self.run is None:
             init, config, save_dir = self._start_args
             run = start_wandb_run({**init, "id": wandb_run_id(save_dir, self._resuming)}, config, save_dir)
             # as WandbLogger does for the runs it starts: metrics are plotted against the trainer's global step
             run.define_metric("trainer/global_step")
             run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
-            self._experiment = run
-        return super().experiment
+            self.run = run
+        return self.run
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The logger without its run (which cannot be pickled), and without starting one as Lightning's does."""
+        return {**self.__dict__, "run": None}
 
 
 def wandb_run_id(run_dir: Path, resuming: bool) -> str:
@@ -114,14 +127,13 @@ def wandb_run_id(run_dir: Path, resuming: bool) -> str:
     task, ``trainer.resume``) continues the W&B run its checkpoint's run started, so its history stays one run; a
     run started from scratch gets a new id, even in a directory that held another run (which W&B would otherwise
     continue, and whose later steps would hide the new run's)."""
-    path = run_dir / "wandb" / "id.txt"
+    path = wandb_id_file(run_dir)
     if resuming and path.is_file():
         run_id = path.read_text(encoding="utf-8").strip()
         if run_id:
             return run_id
     run_id = secrets.token_hex(6)  # W&B ids are letters and digits
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(run_id + "\n", encoding="utf-8")
+    replace_text(path, run_id + "\n")
     return run_id
 
 
