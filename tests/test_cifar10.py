@@ -283,7 +283,7 @@ def test_unknown_resnet_name():
 
 def test_config_builds_the_datamodule_and_a_resnet_with_the_online_probe(root):
     from ssl_bench.config.compose import load
-    from ssl_bench.train.fit import build_data, build_module
+    from ssl_bench.train.build import build_data, build_module
 
     cfg = load("cifar10/simclr", [f"data.root={root}", "data.verify_checksums=false", "data.batch_size=4",
                                   "data.num_workers=0", "data.views=byol", "encoder.cifar_stem=false"])

@@ -29,7 +29,7 @@ from ssl_bench.methods.simclr import SimCLR
 from ssl_bench.ops.metrics import max_cosine
 from ssl_bench.study.grid import expand_grid
 from ssl_bench.study.report import sweep_table_markdown
-from ssl_bench.train.fit import build_data, build_module
+from ssl_bench.train.build import build_data, build_module
 
 MAXCOS = ("maxcos/max", "maxcos/median", "maxcos/min")
 METHODS = "adaptive_infonce, byol, directclr, dot_product, simclr, simsiam"

@@ -18,7 +18,7 @@ from datamodules.sparse_coding import (
 from ssl_bench.batch import Views
 from ssl_bench.config import ConfigError
 from ssl_bench.config.compose import load
-from ssl_bench.train.fit import build_data
+from ssl_bench.train.build import build_data
 
 SparseConfig = SparseCodingDataModule.Config
 

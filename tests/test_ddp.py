@@ -126,7 +126,7 @@ def initial_weights(*overrides: str) -> dict[str, Tensor]:
     import lightning as L
 
     from ssl_bench.config.compose import load
-    from ssl_bench.train.fit import build_data, build_module
+    from ssl_bench.train.build import build_data, build_module
 
     cfg = load("quickstart", [*TINY, *overrides])
     L.seed_everything(cfg.seed, verbose=False)

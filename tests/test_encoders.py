@@ -18,7 +18,7 @@ from ssl_bench.config import RunConfig
 from ssl_bench.config.compose import load
 from ssl_bench.nets.sparse import SparseEncoder, SparseLayer, warm_start_noise
 from ssl_bench.ops.losses import negative_cosine, normalized_mse, nt_xent
-from ssl_bench.train.fit import build_data, build_module
+from ssl_bench.train.build import build_data, build_module
 from ssl_bench.train.lightning_module import DataModuleAdapter, SSLModule
 
 

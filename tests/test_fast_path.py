@@ -19,7 +19,8 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from test_ddp import assert_same_weights, fit_one_and_two
 
 from ssl_bench.config.compose import load
-from ssl_bench.train.fit import build_data, build_module, fit
+from ssl_bench.train.build import build_data, build_module
+from ssl_bench.train.fit import fit
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 2  # TINY: n=64 in mini-batches of 32

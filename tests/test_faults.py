@@ -16,16 +16,12 @@ from conftest import REPO, TINY
 
 from ssl_bench.config.compose import load
 from ssl_bench.rundir import truncate_histories
+from ssl_bench.train.build import build_data, build_module, checkpoint_step
 from ssl_bench.train.ensemble import fit_ensemble
-from ssl_bench.train.fit import (
-    Interrupted,
-    build_data,
-    build_module,
-    checkpoint_step,
-    fit,
-)
+from ssl_bench.train.fit import fit
 from ssl_bench.train.lightning_module import Diverged
 from ssl_bench.train.recorder import RunRecorder
+from ssl_bench.train.session import Interrupted
 
 FOREVER = [*TINY[:5], "trainer.max_epochs=100000", "trainer.progress=none", "logger=none",
            "trainer.log_every_n_epochs=1", "trainer.checkpoint_every_n_epochs=5"]

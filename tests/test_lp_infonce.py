@@ -157,7 +157,7 @@ def method_and_batch(*overrides: str):
     from ssl_bench.config.compose import (
         load,  # imported here to keep the spawned workers light
     )
-    from ssl_bench.train.fit import build_data, build_module
+    from ssl_bench.train.build import build_data, build_module
 
     cfg = load("quickstart", [*TINY, "method=adaptive_infonce", "method.projector=none", *overrides])
     data = build_data(cfg)

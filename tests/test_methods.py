@@ -18,7 +18,8 @@ from ssl_bench.config import ConfigError, RunConfig
 from ssl_bench.config.compose import load
 from ssl_bench.nets.heads import LinearPredictor, PredictorKeys, ProjectorKeys
 from ssl_bench.optim import LARS, cosine_momentum, warmup_cosine
-from ssl_bench.train.fit import build_data, build_module, fit
+from ssl_bench.train.build import build_data, build_module
+from ssl_bench.train.fit import fit
 
 CIFAR_TINY = ["data.verify_checksums=false", "data.batch_size=8", "data.num_workers=0", "trainer.max_epochs=1",
               "trainer.precision=32-true", "trainer.accelerator=cpu", "trainer.threads=1", "trainer.progress=none",

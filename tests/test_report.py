@@ -148,7 +148,8 @@ def test_band_is_mean_min_max_over_seeds_aligned_on_the_epoch(tmp_path):
     with open(tmp_path / "seed2" / "metrics.jsonl", "a") as file:
         file.write('{"step": 80, "epoch": 9.0, "train/lo')
 
-    b = band([tmp_path / f"seed{seed}" for seed in values], "train/loss")
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl: its last line is cut off"):
+        b = band([tmp_path / f"seed{seed}" for seed in values], "train/loss")
     assert b.x == [2, 4, 6, 8] and b.runs == 3
     assert b.mean == pytest.approx([2.0, 1.0, 0.25, 0.25])
     assert b.low == [1.0, 0.5, 0.25, 0.125]

@@ -38,16 +38,14 @@ from ssl_bench.optim import build_optimizer
 from ssl_bench.registry import lookup
 from ssl_bench.rundir import json_value
 from ssl_bench.train.build import build_run, check_environment, on_gpu
-from ssl_bench.train.fit import (
-    Interrupted,
-    end_run,
-    resolve_run_dir,
-    run_loggers,
-    start_run_dir,
-    stop_on_signals,
-)
 from ssl_bench.train.lightning_module import SSLModule, logged_value
 from ssl_bench.train.memory import release_free_heap
+from ssl_bench.train.session import (
+    Interrupted,
+    RunSession,
+    resolve_run_dir,
+    stop_on_signals,
+)
 
 
 class MemberStrategyContext:
@@ -113,8 +111,8 @@ class Member:
     def start(self) -> None:
         """Write the run directory's ``config.yaml``, open the loggers and build the optimizers (after the
         parameters became views of the ensemble's stacked tensors)."""
-        start_run_dir(self.cfg, self.run_dir)
-        self.loggers.extend(run_loggers(self.cfg, self.run_dir, shared_process=True))
+        self.session = RunSession(self.cfg, self.run_dir, shared_process=True)
+        self.loggers.extend(self.session.loggers)
         self.optimizers = self.module.configure_optimizers()
         self.module.batch_optimizers = self.optimizers
         self.module.use_step_hooks(self.callbacks)
@@ -141,7 +139,7 @@ class Member:
         if status == "finished":
             for callback in self.callbacks:
                 callback.on_train_end(self.trainer, self.view)
-        return end_run(self.cfg, self.run_dir, self.loggers, status, epochs, ending)
+        return self.session.end(status, epochs, ending)
 
 
 def shape_signature(member: Member) -> tuple[Any, ...]:
