@@ -26,7 +26,7 @@ class Views:
 
 
 @dataclass(frozen=True)
-class Step:
+class StepInfo:
     """One optimizer step, as step hooks see it: ``index`` counts the run's optimizer steps from 0, ``epoch`` and
     ``index_in_batch`` place it (the position of its mini-batch in a multi-mini-batch batch), ``optimizer`` is the
     index of the optimizer that stepped, ``loss`` the detached loss it minimised and ``lr`` the learning rate of that

@@ -16,7 +16,7 @@ from conftest import error_line
 from lightning.pytorch.loggers import WandbLogger
 
 from datamodules.sparse_coding import SparseCodingDataModule
-from ssl_bench.batch import Step
+from ssl_bench.batch import StepInfo
 from ssl_bench.callbacks.feature_alignment import (
     FeatureAlignment,
     alignment,
@@ -199,7 +199,7 @@ def test_predictor_dynamics_cadence_per_step_and_per_epoch(tmp_path):
             with torch.no_grad():
                 head.linear.weight.copy_(torch.tensor([[5.0, 0.1 * index], [-0.01 * index, 5.0]]))
             trainer.global_step = index + 1
-            callback.on_optimizer_step(trainer, module, Step(index, epoch, i, 0, torch.tensor(0.0), 0.1))
+            callback.on_optimizer_step(trainer, module, StepInfo(index, epoch, i, 0, torch.tensor(0.0), 0.1))
         callback.on_train_epoch_end(trainer, module)
     records = lines(tmp_path / "predictor.jsonl")
     assert [(r["epoch"], r["step"]) for r in records] == [(1, 3), (2, 6), (2, 8), (3, 9), (3, 12)]
@@ -226,7 +226,7 @@ def test_predictor_dynamics_without_a_linear_head_warns_once_and_logs_nothing(tm
     with pytest.warns(UserWarning, match="method.name=byol has no linear predictor") as caught:
         callback.setup(trainer, module, "fit")
     assert len(caught) == 1
-    callback.on_optimizer_step(trainer, module, Step(0, 0, 0, 0, torch.tensor(0.0), 0.1))
+    callback.on_optimizer_step(trainer, module, StepInfo(0, 0, 0, 0, torch.tensor(0.0), 0.1))
     callback.on_train_epoch_end(trainer, module)
     assert logged == [] and not (tmp_path / "predictor.jsonl").exists()
 

@@ -15,7 +15,7 @@ import yaml
 from torch import Tensor, nn
 
 from ssl_bench import registry
-from ssl_bench.batch import Step, Views
+from ssl_bench.batch import StepInfo, Views
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import CallbackConfig, ConfigError, MethodConfig, check_positive
 from ssl_bench.methods.base import Method
@@ -61,11 +61,11 @@ class StepLog(Callback):
 
     def __init__(self, config: Config, every_n_epochs: int = 1) -> None:
         super().__init__(config, every_n_epochs)
-        self.steps: list[Step] = []
+        self.steps: list[StepInfo] = []
         self.epochs_ended: list[int] = []
         BUILT.append(self)
 
-    def on_optimizer_step(self, trainer: Any, module: Any, step: Step) -> None:
+    def on_optimizer_step(self, trainer: Any, module: Any, step: StepInfo) -> None:
         if step.index % self.config.every == 0:
             self.steps.append(step)
 

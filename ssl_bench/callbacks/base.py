@@ -11,7 +11,7 @@ from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
 
-from ssl_bench.batch import Step
+from ssl_bench.batch import StepInfo
 from ssl_bench.config import CallbackConfig, check_positive
 
 
@@ -139,7 +139,7 @@ class Callback:
     def on_train_start(self, trainer: RunContext, module: ModuleContext) -> None:
         """When training starts (also after a resume)."""
 
-    def on_optimizer_step(self, trainer: RunContext, module: ModuleContext, step: Step) -> None:
+    def on_optimizer_step(self, trainer: RunContext, module: ModuleContext, step: StepInfo) -> None:
         """After every optimizer step, called by the update loop with the step's index and loss."""
 
     def on_train_epoch_end(self, trainer: RunContext, module: ModuleContext) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssl_bench.batch import Step
+from ssl_bench.batch import StepInfo
 from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.config import ConfigError
 from ssl_bench.ops.losses import trace_loss
@@ -69,7 +69,7 @@ class LinearGap(Callback):
     def linear_outputs(self) -> Tensor:
         return self.twin(self.inputs)
 
-    def on_optimizer_step(self, trainer: Any, module: Any, step: Step) -> None:
+    def on_optimizer_step(self, trainer: Any, module: Any, step: StepInfo) -> None:
         """One gradient step of the twin on ``tr(F C F^T)`` with the step's learning rate, then its projection."""
         gradient_step(self.twin, self.inputs, self.c, step.lr)
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssl_bench.batch import Step
+from ssl_bench.batch import StepInfo
 from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.ops.losses import trace_loss
 from ssl_bench.ops.metrics import effective_rank
@@ -86,7 +86,7 @@ class OutputDynamics(Callback):
         """``F = f(inputs)^T`` (k x 2n, float64) of the data's whole matrix of anchors and positives."""
         return module.method.encoder(trainer.datamodule.inputs).double().T
 
-    def on_optimizer_step(self, trainer: Any, module: Any, step: Step) -> None:
+    def on_optimizer_step(self, trainer: Any, module: Any, step: StepInfo) -> None:
         if self.ode_outputs is None:
             return
         start = time.perf_counter()

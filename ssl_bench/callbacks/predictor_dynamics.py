@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ssl_bench.batch import Step
+from ssl_bench.batch import StepInfo
 from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.callbacks.spectrum import frozen_representations
 from ssl_bench.config import ConfigError, check_positive
@@ -202,7 +202,7 @@ class PredictorDynamics(Callback):
             self.loss, self.c = module.method.config.loss, self.view_c(trainer.datamodule)
             self.rho, self.momentum = module.optim.weight_decay, getattr(module.optim, "momentum", 0.0)
 
-    def on_optimizer_step(self, trainer: Any, module: Any, step: Step) -> None:
+    def on_optimizer_step(self, trainer: Any, module: Any, step: StepInfo) -> None:
         if self.config.regimes:
             self.elapsed += step.lr / (1.0 - self.momentum)
         every = self.config.every_n_steps

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.base import DataModule
-from ssl_bench.batch import Step, Views
+from ssl_bench.batch import StepInfo, Views
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import OptimConfig
 from ssl_bench.methods.base import Method
@@ -176,7 +176,7 @@ class SSLModule(L.LightningModule):
         self.method.after_optimizer_step(index, progress)
         if self._step_hooks:
             optimizer = self.method.optimizer_index(index)
-            step = Step(index=self.trainer.global_step - 1, epoch=self.current_epoch, index_in_batch=index,
+            step = StepInfo(index=self.trainer.global_step - 1, epoch=self.current_epoch, index_in_batch=index,
                         optimizer=optimizer, loss=loss, lr=self.batch_optimizers[optimizer].param_groups[0]["lr"])
             for callback in self._step_hooks:
                 callback.on_optimizer_step(self.trainer, self, step)
