@@ -102,7 +102,8 @@ class BoundedWandbLogger(WandbLogger):
 
     @property
     def started(self) -> bool:
-        """Whether this logger started a W&B run (which :meth:`~ssl_bench.train.session.RunSession.end` then finishes)."""
+        """Whether this logger started a W&B run (which :meth:`~ssl_bench.train.session.RunSession.end` then
+        finishes)."""
         return self.run is not None
 
     @property
