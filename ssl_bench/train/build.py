@@ -14,6 +14,7 @@ from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import ConfigError, RunConfig
 from ssl_bench.methods.base import Method
 from ssl_bench.registry import lookup
+from ssl_bench.rundir import last_checkpoint
 from ssl_bench.train.checkpoint import read_checkpoint
 from ssl_bench.train.lightning_module import CallbackAdapter, SSLModule
 
@@ -109,7 +110,7 @@ def resume_checkpoint(cfg: RunConfig) -> Path | None:
         return None if resume is None else Path(resume)
     if not cfg.run_dir:
         raise ConfigError("trainer.resume=auto needs run_dir=PATH, the run directory to continue")
-    last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(Path(cfg.run_dir))
     return last if last.is_file() else None
 
 
