@@ -64,6 +64,8 @@ class SSLModule(L.LightningModule):
         self.online_accuracy = MulticlassAccuracy(num_classes, average="micro") if num_classes else None
         self._epoch_losses: list[Tensor] = []
         self._epoch_record: dict[str, float] = {}
+        self.latest_scalars: dict[str, float] = {}
+        """The latest value of every scalar the epoch records logged."""
         self._step_hooks: list[Callback] = []
 
     def representations(self, x: Tensor) -> dict[str, Tensor]:
@@ -177,7 +179,7 @@ class SSLModule(L.LightningModule):
         if self._step_hooks:
             optimizer = self.method.optimizer_index(index)
             step = StepInfo(index=self.trainer.global_step - 1, epoch=self.current_epoch, index_in_batch=index,
-                        optimizer=optimizer, loss=loss, lr=self.batch_optimizers[optimizer].param_groups[0]["lr"])
+                            optimizer=optimizer, loss=loss, lr=self.batch_optimizers[optimizer].param_groups[0]["lr"])
             for callback in self._step_hooks:
                 callback.on_optimizer_step(self.trainer, self, step)
 
@@ -232,8 +234,8 @@ class SSLModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         """Log the epoch's record: what the callbacks logged at this epoch's end (Lightning calls their hooks first)
         and :meth:`epoch_scalars`, with ``train/loss`` averaged over the processes, to every logger with the
-        epoch's index, at the optimizer steps taken (``global_step``, the step of every run-directory record); also
-        to ``trainer.logged_metrics``, which the progress bars show."""
+        epoch's index, at the optimizer steps taken (``global_step``, the step of every run-directory record); the
+        latest value of every scalar stays in :attr:`latest_scalars`, which the progress bars show."""
         scalars = self.epoch_scalars()
         if "train/loss" in scalars and self.trainer.world_size > 1:
             scalars["train/loss"] = self.trainer.strategy.reduce(scalars["train/loss"], reduce_op="mean")
@@ -241,7 +243,7 @@ class SSLModule(L.LightningModule):
         self._epoch_record.clear()
         if record:
             record["epoch"] = self.current_epoch
-            self.trainer.logged_metrics.update(record)
+            self.latest_scalars.update(record)
             for logger in self.loggers:
                 logger.log_metrics(record, step=self.trainer.global_step)
         release_free_heap()

@@ -24,6 +24,12 @@ def postfix(metrics: Mapping[str, float], headlines: Sequence[str] = ()) -> dict
     return {key: f"{float(metrics[key]):.4f}" for key in dict.fromkeys((LOSS, headline)) if key in metrics}
 
 
+def logged_scalars(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+    """The latest value of every logged scalar: the epoch records' (the module's ``latest_scalars``) and the
+    validation loop's (Lightning's ``logged_metrics``, e.g. ``readout/online_acc``)."""
+    return {**trainer.logged_metrics, **pl_module.latest_scalars}
+
+
 class EpochProgressBar(ProgressBar):
     """One bar for the whole fit, advanced per epoch, showing the latest :func:`postfix` of the logged scalars."""
 
@@ -44,11 +50,11 @@ class EpochProgressBar(ProgressBar):
             self._bar = tqdm(total=trainer.max_epochs, initial=trainer.current_epoch, desc="fit", unit="epoch",
                              dynamic_ncols=True, file=sys.stdout, mininterval=0.5)
 
-    def _advance(self, trainer: L.Trainer, draw: bool = True) -> None:
+    def _advance(self, trainer: L.Trainer, pl_module: L.LightningModule, draw: bool = True) -> None:
         """Count the finished epochs and show the scalars logged at the end of the last one; ``draw=False`` leaves
         the drawing to the bar's ``close``, so the final line is printed once."""
         if self._bar is not None and self._bar.n < trainer.current_epoch:
-            self._bar.set_postfix(postfix(trainer.logged_metrics, self.headlines), refresh=False)
+            self._bar.set_postfix(postfix(logged_scalars(trainer, pl_module), self.headlines), refresh=False)
             if draw:
                 self._bar.update(trainer.current_epoch - self._bar.n)
             else:
@@ -57,11 +63,11 @@ class EpochProgressBar(ProgressBar):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Lightning calls the module's epoch-end hook after the callbacks', so the previous epoch's logs are
         complete only when the next one starts."""
-        self._advance(trainer)
+        self._advance(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._bar is not None:
-            self._advance(trainer, draw=False)
+            self._advance(trainer, pl_module, draw=False)
             self._bar.close()
             self._bar = None
 
@@ -82,7 +88,7 @@ class StepProgressBar(TQDMProgressBar):
         self.headlines = tuple(headlines)
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, str]:
-        return postfix(trainer.logged_metrics, self.headlines)
+        return postfix(logged_scalars(trainer, pl_module), self.headlines)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Show the scalars that the module logs at its last epoch's end (after the callbacks' epoch-end hooks)."""
