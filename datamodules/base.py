@@ -1,8 +1,8 @@
 """The base of every datamodule: the interface the runner, the methods and the metric callbacks read.
 
 A datamodule is a plain class (no Lightning import), registered by name with its ``Config``; the runner wraps it in a
-LightningDataModule (:class:`ssl_bench.train.lightning_module.DataModuleAdapter`) that forwards Lightning's hooks to it and sets
-:attr:`trainer`. Training batches are ``list[Views]`` (:class:`ssl_bench.batch.Views`).
+LightningDataModule (:class:`ssl_bench.train.lightning_module.DataModuleAdapter`) that forwards Lightning's hooks to it
+and sets :attr:`trainer`. Training batches are ``list[Views]`` (:class:`ssl_bench.batch.Views`).
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ def plot_regimes(ax: Any, readings: Sequence[dict[str, Any]], eigenvalues: int) 
     edges.append(epochs[-1] + (epochs[-1] - edges[-1]) if len(epochs) > 1 else epochs[0] + 0.5)
     for left, right, reading in zip(edges, edges[1:], readings):
         for low, high, kind in reading["intervals"]:
-            low, high = max(0.0, as_number(low) or 0.0), min(top, as_number(high) if as_number(high) is not None else top)
+            high_value = as_number(high)
+            low, high = max(0.0, as_number(low) or 0.0), min(top, top if high_value is None else high_value)
             if high > low:
                 ax.fill_between([left, right], low, high, color=REGIME_COLOURS[kind], lw=0)
     for j, column in enumerate(zip(*moduli)):

@@ -174,7 +174,8 @@ def composition_error(err: Exception, overrides: list[str], user_yaml: Path | No
         options = ", ".join(available_configs()[1][group])
         return ConfigError(f"{group}={option} is not a config of group {group}; choose one of: {options}")
     if missing:
-        return ConfigError(f"{message} (no config group {missing[1]}); the config groups are: {', '.join(CONFIG_GROUPS)}")
+        return ConfigError(f"{message} (no config group {missing[1]}); the config groups are: "
+                           f"{', '.join(CONFIG_GROUPS)}")
     if re.search(r"Could not load '[^']+'", message):
         return ConfigError(f"{message.rstrip('.')}: no such config; a defaults list names base and GROUP: OPTION "
                            "entries, e.g. `defaults: [base, _self_]`")

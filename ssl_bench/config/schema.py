@@ -23,9 +23,10 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from ssl_bench import registry
 from ssl_bench.errors import ConfigError
 
-__all__ = ["CAPABILITIES", "ensemble_key", "CallbackConfig", "ConfigError", "DataConfig", "EncoderConfig", "LoggerConfig",
-           "MethodConfig", "OptimConfig", "PartConfig", "ReferenceRow", "RunConfig", "SweepConfig", "TrainerConfig",
-           "check_choice", "check_non_negative", "check_positive", "check_range", "to_run_config", "to_yaml"]
+__all__ = ["CAPABILITIES", "ensemble_key", "CallbackConfig", "ConfigError", "DataConfig", "EncoderConfig",
+           "LoggerConfig", "MethodConfig", "OptimConfig", "PartConfig", "ReferenceRow", "RunConfig", "SweepConfig",
+           "TrainerConfig", "check_choice", "check_non_negative", "check_positive", "check_range", "to_run_config",
+           "to_yaml"]
 
 
 def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:

@@ -1,7 +1,8 @@
 """The shared base of every method: an objective over an encoder that one optimizer step minimises.
 
-A method is a plain ``nn.Module`` (torch only); :class:`ssl_bench.train.lightning_module.SSLModule` is the one LightningModule that
-trains any of them: it owns the optimizers, the learning-rate schedule, the online probe and the update loop.
+A method is a plain ``nn.Module`` (torch only); :class:`ssl_bench.train.lightning_module.SSLModule` is the one
+LightningModule that trains any of them: it owns the optimizers, the learning-rate schedule, the online probe and the
+update loop.
 """
 
 from __future__ import annotations

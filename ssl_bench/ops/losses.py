@@ -67,8 +67,8 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float | Tensor, normalize: bool
 
     With ``u = [n(z1); n(z2)]`` and ``s_ij = u_i . u_j / tau``, anchor ``i`` with positive partner ``i+`` contributes
     ``-log( exp(s_{i,i+}) / sum_{j != i} exp(s_ij) )``; the loss is the mean over the 2B anchors. A per-dimension
-    ``temperature`` (shape m) gives ``s_ij = sum_k u_ik u_jk / tau_k`` (Rusak et al. 2022). Self-similarity is excluded from
-    every denominator. Under DDP the candidates ``j`` run over the views of all processes.
+    ``temperature`` (shape m) gives ``s_ij = sum_k u_ik u_jk / tau_k`` (Rusak et al. 2022). Self-similarity is excluded
+    from every denominator. Under DDP the candidates ``j`` run over the views of all processes.
     """
     logits, positive = _nt_xent_logits(z1, z2, temperature, normalize)
     return F.cross_entropy(logits, positive)

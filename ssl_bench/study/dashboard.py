@@ -2,16 +2,17 @@
 
 A sweep's runs log to W&B (:mod:`ssl_bench.train.wandb_logging`) with the group ``EXPERIMENT/GRID_POINT`` (the
 experiment alone for a sweep without a grid), the name ``GROUP/seedS``, the tags experiment, method, data and
-``logger.tags``, and the run's config, which holds ``experiment``. The workspace selects the runs whose ``config.experiment`` is the
-sweep's experiment and whose name is ``GROUP/seedS`` for one of its grid points' groups (a regular-expression run
-search: wandb-workspaces cannot put a group such as ``E/data.n=8`` in a filter, it reads the ``=`` in the value as
-an operator), groups them by W&B group, and draws one line per grid point in every plot: the mean over its seeds
-with the min-max band across seeds, as the paper figures do.
+``logger.tags``, and the run's config, which holds ``experiment``. The workspace selects the runs whose
+``config.experiment`` is the sweep's experiment and whose name is ``GROUP/seedS`` for one of its grid points' groups (a
+regular-expression run search: wandb-workspaces cannot put a group such as ``E/data.n=8`` in a filter, it reads the
+``=`` in the value as an operator), groups them by W&B group, and draws one line per grid point in every plot: the mean
+over its seeds with the min-max band across seeds, as the paper figures do.
 
 Its sections, in order:
 
 - ``Table``: the sweep's table (:func:`ssl_bench.study.report.sweep_table_markdown`: mean ± std over seeds, the
-  paper's values beside ours, finished/failed/diverged counts) as read from the sweep directory when the workspace was built;
+  paper's values beside ours, finished/failed/diverged counts) as read from the sweep directory when the workspace
+  was built;
 - ``Final values``: the last value of each of the sweep's metrics per grid point, as bars with the min-max range;
 - ``Curves``: the sweep's metrics and ``train/loss`` against the epoch (spectrum and R^2 metrics go to their own
   sections);

@@ -10,9 +10,10 @@ Each task runs ``ssl-bench sweep-task TABLE`` in the batch step. It prepares the
 does (resume an interrupted run from ``last.ckpt``, else start from scratch), starts the run's processes with
 ``srun`` (one per GPU, through Lightning's ``SLURMEnvironment``), appends their output to the run's ``log.txt``, and
 forwards SIGUSR1 to them. SIGUSR1 (``#SBATCH --signal=USR1@90``: the warning before the time limit; or ``scancel
---signal=USR1``) makes the run stop at the end of its epoch with a checkpoint (``ssl_bench.train.session.StopAtEpochEnd``);
-the task then requeues itself with ``scontrol requeue ARRAYJOB_TASK`` and records ``requeued: true`` in the run's
-``summary.json``, whose status stays ``interrupted`` until the requeued task resumes and finishes the run.
+--signal=USR1``) makes the run stop at the end of its epoch with a checkpoint
+(``ssl_bench.train.session.StopAtEpochEnd``); the task then requeues itself with ``scontrol requeue ARRAYJOB_TASK`` and
+records ``requeued: true`` in the run's ``summary.json``, whose status stays ``interrupted`` until the requeued task
+resumes and finishes the run.
 """
 
 from __future__ import annotations

@@ -1,19 +1,19 @@
 """Many runs as one model: the members of an ensemble train together, each exactly as its own run would.
 
-A member is a whole run (its config, datamodule, :class:`~ssl_bench.train.lightning_module.SSLModule`, optimizers, run directory,
-loggers and metric callbacks), built by the code that builds a separate run. The members' parameters and buffers are
-stacked into tensors with a leading member dimension, and every member's own tensors become views of its slice. A
-mini-batch is then one backward pass for all members, of either ``torch.func.vmap`` of :meth:`SSLModule.objective`
-over (stacked parameters, stacked buffers, stacked views) through ``torch.func.functional_call`` (batch norm keeps
-per-member statistics and running averages), or the members' objectives one after another (see :class:`Ensemble`).
-Each member's optimizers step its own parameters (so learning rates, weight decay, LARS norms and optimizer state
-stay its own), or, under vmap with one elementwise optimizer setting, one optimizer steps the stacked tensors; the
-method's post-step work (weight normalisation, a target network's EMA) runs per member. Each member draws its own
-epochs from its datamodule (its seed, sparsity, masking) and logs to its own run directory and W&B run, so tables,
-reports and dashboards read an ensemble's runs like any others.
+A member is a whole run (its config, datamodule, :class:`~ssl_bench.train.lightning_module.SSLModule`, optimizers, run
+directory, loggers and metric callbacks), built by the code that builds a separate run. The members' parameters and
+buffers are stacked into tensors with a leading member dimension, and every member's own tensors become views of its
+slice. A mini-batch is then one backward pass for all members, of either ``torch.func.vmap`` of
+:meth:`SSLModule.objective` over (stacked parameters, stacked buffers, stacked views) through
+``torch.func.functional_call`` (batch norm keeps per-member statistics and running averages), or the members' objectives
+one after another (see :class:`Ensemble`). Each member's optimizers step its own parameters (so learning rates, weight
+decay, LARS norms and optimizer state stay its own), or, under vmap with one elementwise optimizer setting, one
+optimizer steps the stacked tensors; the method's post-step work (weight normalisation, a target network's EMA) runs per
+member. Each member draws its own epochs from its datamodule (its seed, sparsity, masking) and logs to its own run
+directory and W&B run, so tables, reports and dashboards read an ensemble's runs like any others.
 
-Which runs train together: :func:`ssl_bench.config.ensemble_key` and :func:`shape_signature`. A member whose loss stops being finite
-is marked ``diverged`` at that step and stops stepping; the others go on.
+Which runs train together: :func:`ssl_bench.config.ensemble_key` and :func:`shape_signature`. A member whose loss stops
+being finite is marked ``diverged`` at that step and stops stepping; the others go on.
 """
 
 from __future__ import annotations
@@ -294,13 +294,14 @@ def uses_vmap(batching: str, member: Member) -> bool:
 
 
 def fit_ensemble(cfgs: list[RunConfig], batching: str = "auto") -> list[dict[str, Any]]:
-    """Train the runs ``cfgs`` as ensembles, grouped by :func:`ssl_bench.config.ensemble_key` and :func:`shape_signature` (and with
-    vmap by the method's config but the values it holds in buffers, such as SimCLR's temperature, since vmap runs
-    the first member's code for all), one ensemble after another; return their summaries in the order of ``cfgs``.
+    """Train the runs ``cfgs`` as ensembles, grouped by :func:`ssl_bench.config.ensemble_key` and
+    :func:`shape_signature` (and with vmap by the method's config but the values it holds in buffers, such as SimCLR's
+    temperature, since vmap runs the first member's code for all), one ensemble after another; return their summaries in
+    the order of ``cfgs``.
 
-    Every member's run directory ends as :func:`ssl_bench.train.fit.fit` would leave it, without checkpoints: its summary
-    says ``finished``, ``diverged`` (at the step where its loss stopped being finite) or ``interrupted`` (SIGINT,
-    SIGTERM, or SIGUSR1 at the end of an epoch; ``resume`` is None: the run starts again from scratch) or
+    Every member's run directory ends as :func:`ssl_bench.train.fit.fit` would leave it, without checkpoints: its
+    summary says ``finished``, ``diverged`` (at the step where its loss stopped being finite) or ``interrupted``
+    (SIGINT, SIGTERM, or SIGUSR1 at the end of an epoch; ``resume`` is None: the run starts again from scratch) or
     ``failed``. ``batching``: ``vmap``, ``loop`` or ``auto`` (vmap on a GPU, loop on a CPU; see :class:`Ensemble`)."""
     groups: dict[Any, list[int]] = {}
     devices = [ensemble_device(cfg) for cfg in cfgs]  # every config checked before anything is built or written
