@@ -5,6 +5,8 @@ on its own so that the schema loads without Hydra)."""
 from ssl_bench.config.schema import (
     CAPABILITIES,
     CallbackConfig,
+    ClaimCheck,
+    ClaimConfig,
     ConfigError,
     DataConfig,
     EncoderConfig,
@@ -12,6 +14,7 @@ from ssl_bench.config.schema import (
     MethodConfig,
     OptimConfig,
     PartConfig,
+    ProfileConfig,
     ReferenceRow,
     RunConfig,
     SweepConfig,
@@ -25,7 +28,7 @@ from ssl_bench.config.schema import (
     to_yaml,
 )
 
-__all__ = ["CAPABILITIES", "CallbackConfig", "ConfigError", "ensemble_key", "DataConfig", "EncoderConfig",
-           "LoggerConfig", "MethodConfig", "OptimConfig", "PartConfig", "ReferenceRow", "RunConfig", "SweepConfig",
+__all__ = ["CAPABILITIES", "CallbackConfig", "ClaimCheck", "ClaimConfig", "ConfigError", "ensemble_key", "DataConfig", "EncoderConfig",
+           "LoggerConfig", "MethodConfig", "OptimConfig", "PartConfig", "ProfileConfig", "ReferenceRow", "RunConfig", "SweepConfig",
            "TrainerConfig", "check_choice", "check_non_negative", "check_positive", "check_range", "to_run_config",
            "to_yaml"]

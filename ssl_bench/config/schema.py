@@ -24,9 +24,9 @@ from ssl_bench import registry
 from ssl_bench.errors import ConfigError
 
 __all__ = ["CAPABILITIES", "ensemble_key", "CallbackConfig", "ConfigError", "DataConfig", "EncoderConfig",
-           "LoggerConfig", "MethodConfig", "OptimConfig", "PartConfig", "ReferenceRow", "RunConfig", "SweepConfig",
-           "TrainerConfig", "check_choice", "check_non_negative", "check_positive", "check_range", "to_run_config",
-           "to_yaml"]
+           "ClaimCheck", "ClaimConfig", "LoggerConfig", "MethodConfig", "OptimConfig", "PartConfig", "ProfileConfig",
+           "ReferenceRow", "RunConfig", "SweepConfig", "TrainerConfig", "check_choice", "check_non_negative",
+           "check_positive", "check_range", "to_run_config", "to_yaml"]
 
 
 def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
@@ -220,14 +220,106 @@ class ReferenceRow:
 
 
 @dataclass
+class ProfileConfig:
+    """A length at which a study's claims are checked: overrides applied to every run (fewer epochs, samples,
+    steps) and the seeds; ``full``, the config as written, needs no entry."""
+
+    overrides: list[str] = field(default_factory=list)
+    seeds: Optional[list[int]] = None
+    ensemble: bool = False
+    """Train the runs that differ only in seed and data values as ensembles (synthetic data only)."""
+    note: str = ""
+    """One line: what the shortening changes."""
+
+
+CHECK_KINDS = ("bound", "ordering", "agreement")
+REDUCTIONS = ("final", "max", "min")
+"""A run's value of a metric: summary.json's final value, or the max or min over its metrics.jsonl records."""
+OVER_SEEDS = ("mean", "min", "max")
+"""How the values of the finished runs that a selector pools become one number."""
+
+
+@dataclass
+class ClaimCheck:
+    """How a claim is checked over a study's table (:mod:`ssl_bench.study.claims`): ``bound`` (``min`` <= value at
+    ``at`` <= ``max``), ``ordering`` (value at ``higher`` >= ``factor`` x value of ``lower_metric`` at ``lower`` +
+    ``margin``) or ``agreement`` (|value at ``at`` - ``expected``| <= ``tolerance``; ``expected`` defaults to the
+    ``reference`` row of ``at``). A selector maps grid axes to values and pools the finished runs of every grid point
+    it matches."""
+
+    kind: str = "bound"
+    metric: str = ""
+    reduce: str = "final"
+    over_seeds: str = "mean"
+    at: dict[str, Any] = field(default_factory=dict)
+    higher: dict[str, Any] = field(default_factory=dict)
+    lower: dict[str, Any] = field(default_factory=dict)
+    lower_metric: Optional[str] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+    factor: float = 1.0
+    margin: float = 0.0
+    expected: Optional[float] = None
+    tolerance: Optional[float] = None
+
+    def validate(self, prefix: str) -> None:
+        check_choice(f"{prefix}.kind", self.kind, CHECK_KINDS)
+        check_choice(f"{prefix}.reduce", self.reduce, REDUCTIONS)
+        check_choice(f"{prefix}.over_seeds", self.over_seeds, OVER_SEEDS)
+        if not self.metric:
+            raise ConfigError(f"{prefix}.metric is missing; name the metric the claim reads, e.g. maxcos/min")
+        if self.kind == "bound" and self.min is None and self.max is None:
+            raise ConfigError(f"{prefix}: a bound needs min, max or both, e.g. {prefix}.min=0.8")
+        if self.kind == "ordering" and not (self.higher and self.lower):
+            raise ConfigError(f"{prefix}: an ordering needs the grid points of both sides, e.g. higher: {{model: A}}, "
+                              "lower: {model: B}")
+        if self.kind == "agreement" and (self.tolerance is None or self.tolerance < 0):
+            raise ConfigError(f"{prefix}.tolerance={self.tolerance} must be a number >= 0 for an agreement (the paper's "
+                              "own spread where it gives one)")
+
+
+CLAIM_ID = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+
+
+@dataclass
+class ClaimConfig:
+    """One claim of the paper that the study checks: its id (``EXPERIMENT:ID`` in full), where the paper makes it,
+    the paper's statement and numbers, the profiles at which the check is meaningful, and the check."""
+
+    id: str = ""
+    source: str = ""
+    statement: str = ""
+    paper: dict[str, float] = field(default_factory=dict)
+    profiles: list[str] = field(default_factory=lambda: ["full"])
+    check: ClaimCheck = field(default_factory=ClaimCheck)
+
+    def validate(self, prefix: str, profiles: Collection[str]) -> None:
+        if not CLAIM_ID.fullmatch(self.id):
+            raise ConfigError(f"{prefix}.id={self.id!r} must be lower-case words joined by '-', e.g. cl-beats-ncl")
+        for name in ("source", "statement"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"{prefix}.{name} is empty; say where the paper makes the claim and what it says")
+        if not self.profiles:
+            raise ConfigError(f"{prefix}.profiles is empty; name where the check is meaningful, e.g. [full]")
+        for name in self.profiles:
+            if name != "full" and name not in profiles:
+                raise ConfigError(f"{prefix}.profiles names '{name}', which sweep.profiles does not define; its "
+                                  f"profiles: {', '.join(['full', *profiles])}")
+        self.check.validate(f"{prefix}.check")
+
+
+@dataclass
 class SweepConfig:
-    """A grid of named override sets x seeds, the metrics of its table and the paper's values (``reference``);
-    see ``ssl_bench.study.sweep``."""
+    """A grid of named override sets x seeds, the metrics of its table, the paper's values (``reference``), the
+    profiles (lengths) it can run at and the paper's claims it checks; see ``ssl_bench.study.sweep`` and
+    ``ssl_bench.study.claims``."""
 
     seeds: list[int] = field(default_factory=lambda: [1])
     grid: Any = None
     metrics: list[str] = field(default_factory=lambda: ["maxcos/max", "maxcos/median", "maxcos/min"])
     reference: list[ReferenceRow] = field(default_factory=list)
+    profiles: dict[str, ProfileConfig] = field(default_factory=dict)
+    claims: list[ClaimConfig] = field(default_factory=list)
 
     def validate(self, prefix: str) -> None:
         if not self.seeds:
@@ -237,6 +329,16 @@ class SweepConfig:
         repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
         if repeated:
             raise ConfigError(f"{prefix}.seeds={self.seeds} repeats seed {repeated[0]}; list each seed once")
+        if "full" in self.profiles:
+            raise ConfigError(f"{prefix}.profiles.full: 'full' is the config as written and takes no entry; remove it")
+        for name, profile in self.profiles.items():
+            if profile.seeds is not None and not profile.seeds:
+                raise ConfigError(f"{prefix}.profiles.{name}.seeds is empty; give seeds or leave it out")
+        ids = [claim.id for claim in self.claims]
+        for index, claim in enumerate(self.claims):
+            claim.validate(f"{prefix}.claims[{index}]", self.profiles)
+            if ids.count(claim.id) > 1:
+                raise ConfigError(f"{prefix}.claims[{index}].id={claim.id} is used twice; give each claim its own id")
 
 
 @dataclass
