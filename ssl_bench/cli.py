@@ -1,4 +1,4 @@
-"""``ssl-bench fit|sweep|report|evaluate|dashboard``: compose Hydra configs, validate them, run.
+"""``ssl-bench fit|sweep|report|reproduce|evaluate|dashboard``: compose Hydra configs, validate them, run.
 
 Start-up is light: ``--help`` reads only the config folder, and composing and checking a config imports the
 registered parts' files (torch) but neither Lightning nor torchvision; those load when a run starts.
@@ -87,6 +87,9 @@ def _add_sweep(commands: Any, help_text: str) -> None:
     sub.add_argument("--ensemble", action="store_true",
                      help="train runs that differ only in seed and data values as one batched model per "
                           "process (synthetic data; see docs/ensembles.md)")
+    sub.add_argument("--profile", default=None, metavar="NAME",
+                     help="run the config's profile of this name (e.g. quick: its sweep.profiles entry's overrides "
+                          "and seeds; full: the config as written); the report checks the claims made for it")
     _add_batching(sub)
     sub.set_defaults(handler=_sweep)
 
@@ -137,6 +140,38 @@ def _add_report(commands: Any) -> None:
     sub.set_defaults(handler=_report)
 
 
+def _add_reproduce(commands: Any) -> None:
+    text = ("check the paper claims of studies at a profile: run the sweeps their claims need (only those grid "
+            "points, with the profile's overrides and seeds, as ensembles where the profile says so), then write one "
+            "report with the scoreboard first: OUT/report.md, OUT/report.html, OUT/claims.json, OUT/scoreboard.md. "
+            "Run it again with the same --out to resume (finished runs are kept)")
+    sub = commands.add_parser("reproduce", help="check studies' paper claims at a profile; one scoreboard",
+                              description=text)
+    sub.add_argument("studies", nargs="*", metavar="STUDY",
+                     help="a study (pokle2022, rusak2022, wen2022, esser2023, bao2023, jing2022), a config "
+                          "(pokle2022/table2) or a YAML file; default: every study")
+    sub.add_argument("--profile", required=True, metavar="NAME",
+                     help="quick (shortened runs that still show the effects) or full (the paper's settings)")
+    sub.add_argument("--out", type=Path, required=True, help="where the sweeps, the report and the scoreboard go")
+    sub.add_argument("--jobs", type=int, default=1, help="runs (or ensembles) in parallel processes (default 1)")
+    sub.add_argument("--dry-run", action="store_true", help="list the runs of each sweep without starting them")
+    slurm = sub.add_argument_group("SLURM (each sweep's runs as one array job; see docs/slurm.md)")
+    slurm.add_argument("--slurm", action="store_true", help="submit the runs as SLURM array jobs; run the command "
+                       "again with the same --out when they have ended, to write the report")
+    for option, metavar, kind, what in SLURM_OPTIONS:
+        slurm.add_argument(option, metavar=metavar, type=kind, default=None, help=what)
+    sub.set_defaults(overrides=[], handler=_reproduce)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    """``ssl-bench reproduce``: the studies' claims checked at a profile, one report and scoreboard."""
+    from ssl_bench.study.reproduce import reproduce
+    from ssl_bench.study.slurm import slurm_options
+
+    return reproduce(args.studies, args.profile, args.out, jobs=args.jobs, slurm=slurm_options(args),
+                     dry_run=args.dry_run)
+
+
 def _add_dashboard(commands: Any) -> None:
     text = ("save a W&B workspace for a sweep's study: its table with the paper's values, the final values and the "
             "metric curves per grid point (mean over seeds, min-max band), spectra and R^2 when the study logs them")
@@ -155,13 +190,14 @@ def _parser() -> argparse.ArgumentParser:
     help_text = configs_help()
     parser = argparse.ArgumentParser(prog="ssl-bench", description="Collapse studies of self-supervised learning.",
                                      epilog=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{fit,sweep,report,evaluate,dashboard}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{fit,sweep,report,reproduce,evaluate,dashboard}")
     _add_fit(commands, help_text)
     _add_sweep(commands, help_text)
     _add_fit_ensemble(commands)
     _add_sweep_task(commands)
     _add_evaluate(commands, help_text)
     _add_report(commands)
+    _add_reproduce(commands)
     _add_dashboard(commands)
     return parser
 
@@ -303,7 +339,7 @@ def _sweep(args: argparse.Namespace) -> int:
     cfg = load(args.config, args.overrides)
     return run_sweep(args.config, cfg, args.overrides, jobs=args.jobs, sweep_dir=args.sweep_dir,
                      dry_run=args.print_config, force=args.force, only=args.only, slurm=slurm_options(args),
-                     ensemble=args.batching if args.ensemble else None)
+                     ensemble=args.batching if args.ensemble else None, profile=args.profile)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

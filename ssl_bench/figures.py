@@ -25,15 +25,18 @@ def save_figure(figure: Any, path: Path) -> None:
     figure.savefig(path, dpi=DPI, format="png")
 
 
-def colours(count: int) -> list[Any]:
-    """A distinct colour per grid point: tab10 up to 10, tab20 up to 20, then samples of viridis."""
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = (None, "o", "s", "^", "v", "D")
+
+
+def line_styles(count: int) -> list[dict[str, Any]]:
+    """A look per line that tells many lines apart by more than shades of one colour: tab10's colours, then for each
+    further ten lines another dash pattern, then for each further forty another marker (``color``, ``ls``,
+    ``marker``)."""
     from matplotlib import colormaps
 
-    if count <= 10:
-        return [colormaps["tab10"](i) for i in range(count)]
-    if count <= 20:
-        return [colormaps["tab20"](i) for i in range(count)]
-    return [colormaps["viridis"](i / (count - 1)) for i in range(count)]
+    return [{"color": colormaps["tab10"](i % 10), "ls": LINE_STYLES[i // 10 % len(LINE_STYLES)],
+             "marker": MARKERS[i // 40 % len(MARKERS)]} for i in range(count)]
 
 
 REGIME_COLOURS = {"diverge": "#f4b6b6", "collapse": "#d9d9d9", "converge": "#bfe5bf"}

@@ -337,7 +337,7 @@ class SweepConfig:
         ids = [claim.id for claim in self.claims]
         for index, claim in enumerate(self.claims):
             claim.validate(f"{prefix}.claims[{index}]", self.profiles)
-            if ids.count(claim.id) > 1:
+            if claim.id in ids[:index]:
                 raise ConfigError(f"{prefix}.claims[{index}].id={claim.id} is used twice; give each claim its own id")
 
 

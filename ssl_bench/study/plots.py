@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ssl_bench.figures import (
     CURVE_SIZE,
     REGIME_COLUMNS,
-    colours,
+    line_styles,
     new_figure,
     plot_regimes,
     regime_legend,
@@ -28,7 +28,7 @@ from ssl_bench.figures import (
     save_figure,
 )
 from ssl_bench.rundir import as_number, read_records
-from ssl_bench.study.table import runs_cell
+from ssl_bench.study.table import plural, runs_cell
 
 if TYPE_CHECKING:
     from ssl_bench.study.table import GridPoint, Study
@@ -263,18 +263,24 @@ def _runs(n: int) -> str:
     return f"{n} run" + ("" if n == 1 else "s")
 
 
-def _colour_of(selection: Sequence[tuple[Study, Sequence[GridPoint]]]) -> dict[tuple[int, str], Any]:
-    """A colour for each grid point of the studies by its place in its study, so that a grid point keeps its colour
-    whichever points a figure shows."""
-    keys = [(i, point.label) for i, (study, _) in enumerate(selection) for point in study.points]
-    return dict(zip(keys, colours(len(keys))))
+def _style_of(selection: Sequence[tuple[Study, Sequence[GridPoint]]]) -> dict[tuple[int, str], dict[str, Any]]:
+    """A look (colour, dashes, marker: :func:`ssl_bench.figures.line_styles`) for each grid point of the studies
+    that has a finished run, by its place among those, so that a grid point keeps its look whichever of them a figure
+    shows and a partial sweep's few points get distinct colours."""
+    keys = [(i, point.label) for i, (study, _) in enumerate(selection) for point in study.points if point.finished]
+    return dict(zip(keys, line_styles(len(keys))))
 
 
-def _footnote(figure: Any, missing: list[str], what: str) -> None:
-    """Name the grid points a figure leaves out, below it (as the figure's x label, which the layout makes room
-    for)."""
-    if missing:
-        text = textwrap.fill(f"Not drawn, {what}: " + "; ".join(missing), width=int(figure.get_figwidth() * 15))
+def _footnote(figure: Any, left_out: Sequence[tuple[str, GridPoint]], what: str) -> None:
+    """Below the figure (as its x label, which the layout makes room for): the grid points it leaves out that have
+    runs, by name, and those without any run in one count."""
+    ran = [f"{name} (runs {runs_cell(point.statuses)})" for name, point in left_out
+           if any(status != "missing" for status in point.statuses)]
+    unrun = len(left_out) - len(ran)
+    parts = ([f"Not drawn, {what}: " + "; ".join(ran)] if ran else []) + (
+        [f"{plural(unrun, 'grid point')} without runs not drawn."] if unrun else [])
+    if parts:
+        text = textwrap.fill(" ".join(parts), width=int(figure.get_figwidth() * 15))
         figure.supxlabel(text, x=0.01, ha="left", fontsize=8, color="#666")
 
 
@@ -288,15 +294,16 @@ def draw_curves(selection: Sequence[tuple[Study, Sequence[GridPoint]]], metric: 
              if (b := band(point.finished, metric)) is not None]
     if not drawn:
         return None
-    colour = _colour_of(selection)
+    style = _style_of(selection)
     index = {id(study): i for i, (study, _) in enumerate(selection)}
     figure = new_figure(CURVE_SIZE)
     ax = figure.add_subplot()
     for study, point, b in drawn:
-        c = colour[index[id(study)], point.label]
-        ax.plot(b.x, b.mean, color=c, lw=1.8, marker="o" if len(b.x) == 1 else None,
+        look = style[index[id(study)], point.label]
+        ax.plot(b.x, b.mean, color=look["color"], ls=look["ls"], lw=1.8,
+                marker="o" if len(b.x) == 1 else look["marker"], markevery=max(1, len(b.x) // 8),
                 label=f"{_name(study, point, several)} ({_runs(b.runs)})")
-        ax.fill_between(b.x, b.low, b.high, color=c, alpha=0.18, lw=0)
+        ax.fill_between(b.x, b.low, b.high, color=look["color"], alpha=0.18, lw=0)
     lows, highs = [v for *_, b in drawn for v in b.low], [v for *_, b in drawn for v in b.high]
     if metric.endswith("loss") and min(lows) > 0 and max(highs) / min(lows) >= 10:
         ax.set_yscale("log")
@@ -311,7 +318,7 @@ def draw_curves(selection: Sequence[tuple[Study, Sequence[GridPoint]]], metric: 
     ax.grid(True, alpha=0.3)
     _legend(figure, _legend_title([s for s, _ in selection]), len(drawn))
     shown = {(id(study), point.label) for study, point, _ in drawn}
-    _footnote(figure, [f"{_name(study, point, several)} (runs {runs_cell(point.statuses)})"
+    _footnote(figure, [(_name(study, point, several), point)
                        for study, points in selection for point in points if (id(study), point.label) not in shown],
               f"no finished run logged {metric}")
     save_figure(figure, path)
@@ -327,9 +334,10 @@ def draw_against_axis(study: Study, points: Sequence[GridPoint], axis: str, metr
         return None
     figure = new_figure(CURVE_SIZE)
     ax = figure.add_subplot()
-    for c, (label, b) in zip(colours(len(bands)), bands.items()):
-        ax.plot(b.x, b.mean, color=c, lw=1.8, marker="o", label=f"{label} ({_runs(b.runs)})")
-        ax.fill_between(b.x, b.low, b.high, color=c, alpha=0.18, lw=0)
+    for look, (label, b) in zip(line_styles(len(bands)), bands.items()):
+        ax.plot(b.x, b.mean, color=look["color"], ls=look["ls"], lw=1.8, marker=look["marker"] or "o",
+                label=f"{label} ({_runs(b.runs)})")
+        ax.fill_between(b.x, b.low, b.high, color=look["color"], alpha=0.18, lw=0)
     xs = [x for b in bands.values() for x in b.x]
     lows, highs = [v for b in bands.values() for v in b.low], [v for b in bands.values() for v in b.high]
     if min(xs) > 0 and max(xs) / min(xs) >= 100:
@@ -358,14 +366,15 @@ def draw_spectra(study: Study, points: Sequence[GridPoint], path: Path) -> str |
     if not drawn:
         return None
     kinds = [kind for kind in SPECTRUM_KINDS if any(kind in bands for _, bands, _ in drawn)]
-    colour = _colour_of([(study, points)])
+    style = _style_of([(study, points)])
     figure = new_figure(SPECTRA_SIZE)
     axes = figure.subplots(1, len(kinds), squeeze=False)[0]
     for ax, kind in zip(axes, kinds):
         for point, bands, _ in drawn:
             if kind in bands:
-                b, c = bands[kind], colour[0, point.label]
-                ax.plot(b.x, b.mean, color=c, lw=1.8, marker="o", ms=3,
+                b, look = bands[kind], style[0, point.label]
+                c = look["color"]
+                ax.plot(b.x, b.mean, color=c, ls=look["ls"], lw=1.8, marker="o", ms=3,
                         label=f"{_name(study, point, False)} ({_runs(b.runs)})" if kind == kinds[0] else None)
                 ax.fill_between(b.x, b.low, b.high, color=c, alpha=0.18, lw=0)
         ax.set_yscale("log")
@@ -379,8 +388,7 @@ def draw_spectra(study: Study, points: Sequence[GridPoint], path: Path) -> str |
     figure.suptitle(f"{study.name}: eigen-spectra at {at} (geometric mean over finished runs, band min-max)",
                     fontsize=12)
     _legend(figure, _legend_title([study]), len(drawn))
-    _footnote(figure, [f"{_name(study, p, False)} (runs {runs_cell(p.statuses)})" for p in points
-                       if all(p is not d for d, _, _ in drawn)],
+    _footnote(figure, [(_name(study, p, False), p) for p in points if all(p is not d for d, _, _ in drawn)],
               "no finished run recorded a spectrum")
     save_figure(figure, path)
     weight = " and of the first-layer weight (divided by the largest)" if "weight" in kinds else ""
@@ -439,8 +447,8 @@ def draw_r2(study: Study, points: Sequence[GridPoint], path: Path) -> str | None
     figure.colorbar(image, ax=axes, label="adjusted R² (colours clipped to 0-1)", shrink=0.9)
     figure.suptitle(f"{study.name}: adjusted R² of a linear probe, encoder layers x ground-truth latents",
                     fontsize=12)
-    _footnote(figure, [f"{_name(study, p, False)} (runs {runs_cell(p.statuses)})" for p in points
-                       if all(p is not d for d, _ in drawn)], "no finished run recorded R²")
+    _footnote(figure, [(_name(study, p, False), p) for p in points if all(p is not d for d, _ in drawn)],
+              "no finished run recorded R²")
     save_figure(figure, path)
     return (f"{study.name}: adjusted R² of a linear map from each encoder layer (rows, the last one the output) to "
             "each ground-truth latent (columns), held out, at the last record; the mean over each grid point's "
@@ -461,12 +469,12 @@ def draw_r2_layers(study: Study, points: Sequence[GridPoint], path: Path) -> str
     drawn = [(point, bands) for point in points if (bands := r2_layer_bands(point.finished))]
     if not drawn:
         return None
-    colour = _colour_of([(study, points)])
+    style_of = _style_of([(study, points)])
     groups = list(dict.fromkeys(name for _, bands in drawn for name in bands))
     figure = new_figure(CURVE_SIZE)
     ax = figure.add_subplot()
     for point, bands in drawn:
-        c = colour[0, point.label]
+        c = style_of[0, point.label]["color"]
         for name, b in bands.items():
             style = R2_GROUP_STYLES[groups.index(name) % len(R2_GROUP_STYLES)]
             ax.plot(b.x, b.mean, color=c, ls=style, lw=1.8, marker="o", ms=3,
@@ -480,8 +488,8 @@ def draw_r2_layers(study: Study, points: Sequence[GridPoint], path: Path) -> str
     ax.grid(True, alpha=0.3)
     ax.set_title(f"{study.name}: adjusted R² per encoder layer", fontsize=12)
     _legend(figure, _legend_title([study]), sum(len(bands) for _, bands in drawn))
-    _footnote(figure, [f"{_name(study, p, False)} (runs {runs_cell(p.statuses)})" for p in points
-                       if all(p is not d for d, _ in drawn)], "no finished run recorded R²")
+    _footnote(figure, [(_name(study, p, False), p) for p in points if all(p is not d for d, _ in drawn)],
+              "no finished run recorded R²")
     save_figure(figure, path)
     return (f"{study.name}: adjusted R² of a held-out linear probe from each encoder layer (the last is the output) "
             f"to the latents, averaged over each group ({', '.join(groups)}), at the last record; per grid point the "

@@ -32,13 +32,17 @@ import jinja2
 
 from ssl_bench.config import ReferenceRow, SweepConfig
 from ssl_bench.errors import ConfigError
-from ssl_bench.rundir import STATUS_ORDER, as_number, read_config, read_summary
+from ssl_bench.rundir import STATUS_ORDER, as_number, read_config, read_summary, replace_json
 from ssl_bench.study import plots
+from ssl_bench.study.claims import VERDICTS, claim_records, claims_from_record, scoreboard, scoreboard_markdown
 from ssl_bench.study.record import read_spec, recorded_points
 from ssl_bench.study.table import GridPoint, Study, plural, runs_cell
 
 HISTORY_FILES = ("summary.json", "metrics.jsonl")
 """A directory holding one of these is a run directory."""
+
+CLAIMS = "claims.json"
+"""The claims' records and scoreboard, beside report.md when the studies check claims."""
 
 CURVE_EXTRA = ("train/loss",)
 """Metrics drawn over epochs besides the study's table metrics."""
@@ -88,8 +92,10 @@ def sweep_study(sweep_dir: Path) -> Study:
         found = [(f.parent, s) for f in sorted(sweep_dir.rglob("summary.json")) if (s := read_summary(f.parent))]
         points = _grouped([(d, s, str(s.get("group", experiment))) for d, s in found], experiment,
                           [str(g) for g in spec.get("groups", [])])
+    claims = claims_from_record(spec.get("claims", []), str(spec_file))
+    profile = spec.get("profile")
     return Study(experiment, sweep_dir, [str(a) for a in spec.get("axes", [])], [str(m) for m in spec["metrics"]],
-                 reference, points)
+                 reference, points, claims, None if profile is None else str(profile))
 
 
 def runs_study(path: Path) -> Study:
@@ -171,10 +177,21 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.3f} ± nan"
 
 
-def table_rows(study: Study) -> list[Row]:
-    """The rows of the study's table, one per grid point."""
+def has_runs(point: GridPoint) -> bool:
+    """Whether any run of the grid point has started (a grid point left out by ``--only`` has none)."""
+    return any(status != "missing" for status in point.statuses)
+
+
+def unrun_line(study: Study) -> str:
+    """One line for the grid points without any run, or '' when every grid point has one."""
+    unrun = sum(not has_runs(point) for point in study.points)
+    return f"{plural(unrun, 'other grid point')} of {len(study.points)} without runs." if unrun else ""
+
+
+def table_rows(study: Study, with_unrun: bool = True) -> list[Row]:
+    """The rows of the study's table, one per grid point (``with_unrun=False``: one per grid point with runs)."""
     rows = []
-    for point in study.points:
+    for point in study.points if with_unrun else [p for p in study.points if has_runs(p)]:
         done = [s for s, status in zip(point.summaries, point.statuses) if status == "finished" and s is not None]
         cells = []
         for metric in study.metrics:
@@ -185,18 +202,20 @@ def table_rows(study: Study) -> list[Row]:
     return rows
 
 
-def markdown_table(study: Study) -> str:
-    """The table as ``ssl-bench report`` prints it: a title line, then one row per grid point with the paper's value
-    in parentheses beside ours."""
+def markdown_table(study: Study, with_unrun: bool = True) -> str:
+    """The table as ``ssl-bench sweep`` prints it: a title line, then one row per grid point with the paper's value
+    in parentheses beside ours (``with_unrun=False``, as ``ssl-bench report`` prints it: the grid points without
+    runs summed up in one line below)."""
     lines = []
-    for row in table_rows(study):
+    for row in table_rows(study, with_unrun):
         cells = [cell + (f" ({paper:.2f})" if paper is not None else "") for cell, paper in row.cells]
         lines.append("| " + " | ".join([*row.axes, row.runs, *cells]) + " |")
     header = [*study.axes, "runs", *study.metrics]
     title = (f"{study.name}: mean ± std over the finished runs of the final values"
              + (", paper's value in parentheses" if study.reference else "")
              + "; runs: finished/all, the others by status")
-    return "\n".join([title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines])
+    unrun = [] if with_unrun or not unrun_line(study) else ["", unrun_line(study)]
+    return "\n".join([title, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines, *unrun])
 
 
 def _paper_columns(study: Study, rows: list[Row]) -> list[bool]:
@@ -205,8 +224,9 @@ def _paper_columns(study: Study, rows: list[Row]) -> list[bool]:
 
 
 def paper_table(study: Study) -> tuple[list[str], list[list[str]]]:
-    """The table for the report: header and rows, a ``paper`` column beside each metric the paper reports."""
-    rows = table_rows(study)
+    """The table for the report: header and a row per grid point with runs, a ``paper`` column beside each metric the
+    paper reports."""
+    rows = table_rows(study, with_unrun=False)
     papers = _paper_columns(study, rows)
     header = [*study.axes, "runs"]
     for metric, paper in zip(study.metrics, papers):
@@ -311,6 +331,7 @@ def _templates() -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     environment.globals["zip"] = zip
+    environment.filters["cell"] = lambda text: str(text).replace("|", "\\|")
     return environment
 
 
@@ -322,13 +343,25 @@ def _section_view(section: Section) -> dict[str, Any]:
     kinds = ["axis"] * len(study.axes) + ["runs"] + ["paper" if h == "paper" else "" for h in header[
         len(study.axes) + 1:]]
     return {"name": study.name, "dir": str(study.dir), "run_count": _run_count(study), "header": header,
-            "body": body, "kinds": kinds, "figures": section.figures, "notes": section.notes}
+            "body": body, "kinds": kinds, "unrun": unrun_line(study), "figures": section.figures,
+            "notes": section.notes}
 
 
-def render(template: str, sections: list[Section], out: Path) -> str:
-    """The report ``template`` (``report.md.j2`` or ``report.html.j2``) of ``sections``, written to ``out``."""
+def _claim_view(record: dict[str, Any]) -> dict[str, str]:
+    """What the report shows of one claim: its id, source, statement, the paper's numbers, the check, ours (or why
+    there is no verdict) and the verdict."""
+    paper = ", ".join(f"{name} {value:g}" for name, value in record["paper"].items())
+    return {"id": record["id"], "source": record["source"], "statement": record["statement"], "paper": paper,
+            "checks": record["checks"], "ours": record["reason"], "verdict": record["verdict"]}
+
+
+def render(template: str, sections: list[Section], out: Path, claims: list[dict[str, Any]]) -> str:
+    """The report ``template`` (``report.md.j2`` or ``report.html.j2``) of ``sections`` and the ``claims``' records,
+    written to ``out``."""
     return _templates().get_template(template).render(
-        sections=[_section_view(section) for section in sections], out=out, curves_note=CURVES_NOTE)
+        sections=[_section_view(section) for section in sections], out=out, curves_note=CURVES_NOTE,
+        scoreboard=scoreboard(claims) if claims else [], verdicts=VERDICTS,
+        claims=[_claim_view(record) for record in claims])
 
 
 @dataclass
@@ -338,6 +371,8 @@ class Report:
     markdown: Path
     html: Path
     sections: list[Section]
+    claims: list[dict[str, Any]]
+    """The record of every claim of the studies (also in ``claims.json`` beside the report when there are any)."""
 
     @property
     def figures(self) -> list[Path]:
@@ -354,8 +389,9 @@ def default_out(dirs: Sequence[Path]) -> Path:
 
 
 def write_report(studies: Sequence[Study], out: Path, metrics: Sequence[str] | None = None,
-                 points: Sequence[str] | None = None) -> Report:
-    """Draw every study's figures into ``out/figures`` and write ``out/report.md`` and ``out/report.html``.
+                 points: Sequence[str] | None = None, claim_studies: Sequence[Study] | None = None) -> Report:
+    """Draw every study's figures into ``out/figures`` and write ``out/report.md`` and ``out/report.html``, with the
+    claims of ``claim_studies`` (default: ``studies``) first and their records in ``out/claims.json``.
     ``metrics`` chooses the curves; ``points`` (grid point labels) the grid points drawn, in every study."""
     figures_dir = out / "figures"
     try:
@@ -366,10 +402,13 @@ def write_report(studies: Sequence[Study], out: Path, metrics: Sequence[str] | N
     stems = [_slug(study.name) for study in studies]
     stems = [stem if stems.count(stem) == 1 else f"{stem}-{i + 1}" for i, stem in enumerate(stems)]
     sections = [draw_study(study, figures_dir, stem, metrics, points) for study, stem in zip(studies, stems)]
+    claims = claim_records(list(studies if claim_studies is None else claim_studies), relative_to=out)
     markdown, page = out / "report.md", out / "report.html"
-    markdown.write_text(render("report.md.j2", sections, out), encoding="utf-8")
-    page.write_text(render("report.html.j2", sections, out), encoding="utf-8")
-    return Report(markdown, page, sections)
+    markdown.write_text(render("report.md.j2", sections, out, claims), encoding="utf-8")
+    page.write_text(render("report.html.j2", sections, out, claims), encoding="utf-8")
+    if claims:
+        replace_json(out / CLAIMS, {"scoreboard": scoreboard(claims), "claims": claims})
+    return Report(markdown, page, sections, claims)
 
 
 def curves(dirs: Sequence[Path | str], metric: str, out_png: Path | str, points: Sequence[str] | None = None) -> Path:
@@ -393,15 +432,19 @@ def report_command(dirs: Sequence[Path], out: Path | None, metrics: Sequence[str
     studies = [load_study(d) for d in dirs]
     check_points(studies, points)  # before anything is drawn
     out = out or default_out(dirs)
-    print("\n\n".join(markdown_table(study) for study in studies))
+    print("\n\n".join(markdown_table(study, with_unrun=False) for study in studies))
     report = write_report(studies, out, metrics, points)
-    print(f"report: {report.markdown} and {report.html} ({len(report.figures)} figures in {out / 'figures'})",
+    if report.claims:
+        print("\n" + scoreboard_markdown(report.claims))
+    files = [str(report.markdown), str(report.html), *([str(out / CLAIMS)] if report.claims else [])]
+    print(f"report: {', '.join(files[:-1])} and {files[-1]} ({len(report.figures)} figures in {out / 'figures'})",
           file=sys.stderr)
     return 0
 
 
-def sweep_table_markdown(sweep_dir: Path) -> str:
+def sweep_table_markdown(sweep_dir: Path, with_unrun: bool = True) -> str:
     """A markdown table with one row per grid point: how many of its runs finished (the others counted by status:
     diverged, failed, interrupted, missing) and the mean ± std over its finished runs of each final metric, with the
-    paper's value beside it. A grid point without a finished run has ``-`` cells."""
-    return markdown_table(sweep_study(sweep_dir))
+    paper's value beside it. A grid point without a finished run has ``-`` cells; with ``with_unrun=False`` the grid
+    points without any run are summed up in one line instead."""
+    return markdown_table(sweep_study(sweep_dir), with_unrun)

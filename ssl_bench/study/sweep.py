@@ -31,7 +31,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from tqdm.auto import tqdm
 
@@ -54,6 +54,7 @@ from ssl_bench.study.grid import (
     run_overrides,
     select_points,
 )
+from ssl_bench.study.claims import profile_of
 from ssl_bench.study.record import read_spec, recorded_points, write_spec
 from ssl_bench.study.report import sweep_table_markdown
 from ssl_bench.study.table import plural
@@ -203,6 +204,7 @@ class SweepPlan:
     old_dirs: list[Path]
     status: dict[Run, str]
     todo: list[Run]
+    profile: str | None = "full"
 
     @property
     def chosen(self) -> list[Run]:
@@ -225,13 +227,27 @@ def _check_options(jobs: int, ensemble: str | None, slurm: arrays.SlurmOptions |
         arrays.check_resource_overrides(overrides)
 
 
+def profile_overrides(cfg: RunConfig, profile: str | None) -> list[str]:
+    """The overrides that make the config's ``profile`` (:class:`ssl_bench.config.ProfileConfig`): its own and its
+    seeds; none for ``full``, the config as written."""
+    if profile in (None, "full"):
+        return []
+    if profile not in cfg.sweep.profiles:
+        raise ConfigError(f"--profile {profile}: {cfg.experiment} has no such profile; its profiles: "
+                          f"{', '.join(['full', *cfg.sweep.profiles])}")
+    chosen = cfg.sweep.profiles[profile]
+    seeds = [f"sweep.seeds=[{','.join(map(str, chosen.seeds))}]"] if chosen.seeds else []
+    return [*chosen.overrides, *seeds]
+
+
 def plan_sweep(config: str, cfg: RunConfig, overrides: list[str], sweep_dir: Path | None, force: bool,
-               only: list[str]) -> SweepPlan:
+               only: list[str], labels: Collection[str] | None = None) -> SweepPlan:
     """The sweep's plan; reads the sweep directory but writes nothing. Refuses a directory whose runs were made with
-    other settings (unless ``force``), and ``force`` with ``only`` when that would keep such runs."""
+    other settings (unless ``force``), and ``force`` with ``only`` when that would keep such runs. ``labels``
+    narrows the grid points chosen to those with these labels."""
     points = expand_grid(cfg.sweep.grid)
     refuse_per_run_overrides(overrides, points)
-    selected = set(select_points(points, only))
+    selected = {p for p in select_points(points, only) if labels is None or p.label in labels}
     sweep_dir = sweep_dir or Path("runs") / "sweeps" / cfg.experiment / time.strftime("%Y%m%d-%H%M%S")
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise ConfigError(f"--sweep-dir {sweep_dir} is a file; choose a directory (a new one, or a sweep's)")
@@ -278,6 +294,7 @@ def record_sweep(plan: SweepPlan, cfg: RunConfig) -> None:
         write_spec(sweep_dir, {
             "experiment": experiment, "config": plan.config, "overrides": plan.overrides,
             "metrics": list(cfg.sweep.metrics), "reference": [dataclasses.asdict(row) for row in cfg.sweep.reference],
+            "profile": plan.profile, "claims": [dataclasses.asdict(claim) for claim in cfg.sweep.claims],
             "axes": list(dict.fromkeys(a for p in points for a, _ in p.axes)),
             "groups": [p.group(experiment) for p in points],
             "seeds": plan.seeds,
@@ -372,9 +389,9 @@ def execute_local(plan: SweepPlan, jobs: int, batching: str | None) -> dict[Run,
 
 
 def summarize(plan: SweepPlan, logs: dict[Run, Path]) -> int:
-    """Print the sweep's table and save it as ``table.md``, then one line on stderr per chosen run that diverged or
+    """Print the sweep's table (its grid points without runs in one line) and save it as ``table.md``, then one line on stderr per chosen run that diverged or
     did not end for good, with its log. Returns 1 when some run did not end for good, else 0."""
-    table = sweep_table_markdown(plan.sweep_dir)
+    table = sweep_table_markdown(plan.sweep_dir, with_unrun=False)
     (plan.sweep_dir / "table.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     unfinished = 0
@@ -394,7 +411,8 @@ def summarize(plan: SweepPlan, logs: dict[Run, Path]) -> int:
 
 def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, sweep_dir: Path | None = None,
               dry_run: bool = False, force: bool = False, only: list[str] | None = None,
-              slurm: arrays.SlurmOptions | None = None, ensemble: str | None = None) -> int:
+              slurm: arrays.SlurmOptions | None = None, ensemble: str | None = None, profile: str | None = None,
+              labels: Collection[str] | None = None) -> int:
     """Run every grid point x seed that has not ended for good (``jobs`` at a time, one thread each), then print
     and save the table: :func:`plan_sweep` -> :func:`record_sweep` -> :func:`execute_local` (or a SLURM array) ->
     :func:`summarize`. ``force`` replaces every run, whatever settings the directory's runs were made with.
@@ -407,10 +425,22 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
     (:mod:`ssl_bench.train.ensemble`; :func:`ensemble_tasks`), one process each, ``jobs`` at a time; an interrupted
     run then starts again from scratch.
 
+    ``profile`` runs the config's profile of that name (its overrides come before ``overrides``);
+    ``sweep.json`` records the profile, or none when ``overrides`` change more than where the runs go
+    (:func:`ssl_bench.study.claims.profile_of`), so that the report checks each claim at its length. ``labels``
+    runs only the grid points with these labels (``ssl-bench reproduce``: those its claims need).
+
     Returns 0 when every run ended for good (finished or diverged), 1 when some failed, were interrupted or are
     missing, 130 when the sweep itself was interrupted (Ctrl-C)."""
     _check_options(jobs, ensemble, slurm, dry_run, overrides)
-    plan = plan_sweep(config, cfg, overrides, sweep_dir, force, only or [])
+    made_at = profile_of(profile, overrides)
+    if extra := profile_overrides(cfg, profile):
+        from ssl_bench.config.compose import load
+
+        overrides = [*extra, *overrides]
+        cfg = load(config, overrides)
+    plan = plan_sweep(config, cfg, overrides, sweep_dir, force, only or [], labels)
+    plan.profile = made_at
     tasks: list[dict[str, Any]] = []
     if slurm is not None:
         tasks = arrays.array_tasks(config, plan.todo, cfg.experiment, overrides, slurm)

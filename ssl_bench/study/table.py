@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssl_bench.config import ReferenceRow
+from ssl_bench.config import ClaimConfig, ReferenceRow
 from ssl_bench.rundir import STATUS_ORDER, read_summary
 
 
@@ -37,7 +37,8 @@ class GridPoint:
 
 @dataclass
 class Study:
-    """A sweep or a folder of runs: what the table shows (axes, metrics, the paper's values) and its grid points."""
+    """A sweep or a folder of runs: what the table shows (axes, metrics, the paper's values), its grid points, and
+    the paper's claims it checks with the profile its runs were made at (None: no profile's settings)."""
 
     name: str
     dir: Path
@@ -45,6 +46,8 @@ class Study:
     metrics: list[str]
     reference: list[ReferenceRow]
     points: list[GridPoint]
+    claims: list[ClaimConfig] = field(default_factory=list)
+    profile: str | None = None
 
 
 def runs_cell(statuses: list[str]) -> str:
