@@ -190,7 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     help_text = configs_help()
     parser = argparse.ArgumentParser(prog="ssl-bench", description="Collapse studies of self-supervised learning.",
                                      epilog=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{fit,sweep,report,reproduce,evaluate,dashboard}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{fit,sweep,report,reproduce,evaluate,dashboard}")
     _add_fit(commands, help_text)
     _add_sweep(commands, help_text)
     _add_fit_ensemble(commands)

@@ -132,7 +132,7 @@ def test_the_profile_of_a_sweep_is_none_once_overrides_change_its_runs():
 def test_a_malformed_claim_is_one_line_naming_it(run_cli, tmp_path, claims, error):
     config = tmp_path / "bad.yaml"
     config.write_text(f"defaults:\n  - /base\n  - _self_\nsweep:\n  claims: {claims}\n")
-    code, out, err = run_cli("sweep", "--config", config, "--dry-run")
+    code, _, err = run_cli("sweep", "--config", config, "--dry-run")
     assert code == 2
     assert error in error_line(code, err)
 
@@ -200,7 +200,19 @@ def test_a_sweep_with_overrides_beyond_the_profile_checks_no_claim(run_cli, tmp_
                            "--only", "optim.lr=0.5", "--only", "data.sparsity=0.1", "data.n=48")
     assert code == 0, err
     assert json.loads((sweep_dir / "sweep.json").read_text())["profile"] is None
-    code, out, err = run_cli("report", sweep_dir)
+    code, _, err = run_cli("report", sweep_dir)
     assert code == 0, err
     verdicts = [r["verdict"] for r in json.loads((sweep_dir / "report" / "claims.json").read_text())["claims"]]
     assert verdicts == ["not checked at this length"] * 3
+
+
+@pytest.mark.slow
+def test_the_quick_profile_of_every_study_gives_the_committed_verdicts(run_cli, tmp_path):
+    """The quick profile as a regression test: every claim's verdict as in docs/claims/quick.json."""
+    from claims_docs import committed
+
+    out = tmp_path / "quick"
+    code, _, err = run_cli("reproduce", "--profile", "quick", "--out", out, "--jobs", "2")
+    assert code == 0, err
+    ours = {r["id"]: r["verdict"] for r in json.loads((out / "claims.json").read_text())["claims"]}
+    assert ours == {claim_id: record["verdict"] for claim_id, record in committed()["quick"].items()}

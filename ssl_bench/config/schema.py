@@ -274,8 +274,8 @@ class ClaimCheck:
             raise ConfigError(f"{prefix}: an ordering needs the grid points of both sides, e.g. higher: {{model: A}}, "
                               "lower: {model: B}")
         if self.kind == "agreement" and (self.tolerance is None or self.tolerance < 0):
-            raise ConfigError(f"{prefix}.tolerance={self.tolerance} must be a number >= 0 for an agreement (the paper's "
-                              "own spread where it gives one)")
+            raise ConfigError(f"{prefix}.tolerance={self.tolerance} must be a number >= 0 for an agreement (the "
+                              "paper's own spread where it gives one)")
 
 
 CLAIM_ID = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")

@@ -29,7 +29,7 @@ from typing import Any
 from ssl_bench.config import ClaimCheck, ClaimConfig, ReferenceRow
 from ssl_bench.errors import ConfigError
 from ssl_bench.rundir import as_number, read_records
-from ssl_bench.study.table import GridPoint, Study, plural
+from ssl_bench.study.table import Study, plural
 
 VERDICTS = ("holds", "fails", "not run", "not checked at this length")
 """Every verdict, in the scoreboard's order."""
@@ -87,7 +87,8 @@ def run_value(run_dir: Path, summary: dict[str, Any], metric: str, reduce: str) 
     if reduce == "final":
         metrics = summary.get("metrics")
         return as_number(metrics.get(metric)) if isinstance(metrics, dict) else None
-    values = [v for record in read_records(run_dir, "metrics.jsonl") if (v := as_number(record.get(metric))) is not None]
+    values = [v for record in read_records(run_dir, "metrics.jsonl")
+              if (v := as_number(record.get(metric))) is not None]
     if not values:
         return None
     return max(values) if reduce == "max" else min(values)

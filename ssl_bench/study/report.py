@@ -32,9 +32,21 @@ import jinja2
 
 from ssl_bench.config import ReferenceRow, SweepConfig
 from ssl_bench.errors import ConfigError
-from ssl_bench.rundir import STATUS_ORDER, as_number, read_config, read_summary, replace_json
+from ssl_bench.rundir import (
+    STATUS_ORDER,
+    as_number,
+    read_config,
+    read_summary,
+    replace_json,
+)
 from ssl_bench.study import plots
-from ssl_bench.study.claims import VERDICTS, claim_records, claims_from_record, scoreboard, scoreboard_markdown
+from ssl_bench.study.claims import (
+    VERDICTS,
+    claim_records,
+    claims_from_record,
+    scoreboard,
+    scoreboard_markdown,
+)
 from ssl_bench.study.record import read_spec, recorded_points
 from ssl_bench.study.table import GridPoint, Study, plural, runs_cell
 

@@ -389,8 +389,9 @@ def execute_local(plan: SweepPlan, jobs: int, batching: str | None) -> dict[Run,
 
 
 def summarize(plan: SweepPlan, logs: dict[Run, Path]) -> int:
-    """Print the sweep's table (its grid points without runs in one line) and save it as ``table.md``, then one line on stderr per chosen run that diverged or
-    did not end for good, with its log. Returns 1 when some run did not end for good, else 0."""
+    """Print the sweep's table (its grid points without runs in one line) and save it as ``table.md``, then one
+    line on stderr per chosen run that diverged or did not end for good, with its log. Returns 1 when some run did
+    not end for good, else 0."""
     table = sweep_table_markdown(plan.sweep_dir, with_unrun=False)
     (plan.sweep_dir / "table.md").write_text(table + "\n", encoding="utf-8")
     print(table)

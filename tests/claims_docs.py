@@ -1,0 +1,137 @@
+"""The claims sections of the study pages (``docs/<study>.md``) and the README's Studies section, written from the
+committed scoreboards of ``ssl-bench reproduce``: ``docs/claims/quick.json`` (the latest quick run) and
+``docs/claims/full.json`` (the full-profile runs made). ``tests/test_claims_docs.py`` fails when a section differs
+from what these files say, when a config's claim is missing from them, and when prose calls a claim reproduced that
+a committed scoreboard says fails.
+
+After a new ``ssl-bench reproduce --profile quick --out OUT`` (or ``full``), copy ``OUT/claims.json`` to
+``docs/claims/PROFILE.json`` and ``OUT/scoreboard.md`` to ``docs/scoreboard-PROFILE.md``, then rewrite the sections:
+
+    python tests/claims_docs.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PROFILES = ("quick", "full")
+BEGIN = "<!-- claims: written by `python tests/claims_docs.py` from docs/claims/*.json; do not edit by hand -->"
+END = "<!-- /claims -->"
+CLAIM_ID = re.compile(r"`([a-z]+[0-9]{4}/[a-z0-9_]+:[a-z0-9-]+)`")
+PROSE_VERDICT = re.compile(r"not reproduced|not shown|reproduced|partly|holds|fails", re.IGNORECASE)
+"""Verdict words of prose, longest first, so that "not reproduced" is not read as "reproduced"."""
+
+
+def committed() -> dict[str, dict[str, dict[str, Any]]]:
+    """Per profile, the committed claim records by id ({} for a profile never run)."""
+    records: dict[str, dict[str, dict[str, Any]]] = {}
+    for profile in PROFILES:
+        path = DOCS / "claims" / f"{profile}.json"
+        claims = json.loads(path.read_text(encoding="utf-8"))["claims"] if path.is_file() else []
+        records[profile] = {record["id"]: record for record in claims}
+    return records
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def verdict_cell(record: dict[str, Any] | None) -> str:
+    """A claim's verdict at one profile: with ours when it holds or fails; ``not run`` when that profile's scoreboard
+    does not list it."""
+    if record is None:
+        return "not run"
+    if record["verdict"] in ("holds", "fails"):
+        return f"**{record['verdict']}**: {_cell(record['reason'])}"
+    return record["verdict"]
+
+
+def ordered_ids(records: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    return list(dict.fromkeys(i for profile in PROFILES for i in records[profile]))
+
+
+def study_block(study: str, records: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The claims table of one study page."""
+    lines = [BEGIN, "", "| claim | source | statement | paper | check | quick | full |",
+             "|---|---|---|---|---|---|---|"]
+    for claim_id in ordered_ids(records):
+        shown = next(records[p][claim_id] for p in PROFILES if claim_id in records[p])
+        if shown["study"] != study:
+            continue
+        paper = ", ".join(f"{name} {value:g}" for name, value in shown["paper"].items())
+        lines.append(f"| `{claim_id}` | {_cell(shown['source'])} | {_cell(shown['statement'])} | {_cell(paper)} | "
+                     f"{_cell(shown['checks'])} | {verdict_cell(records['quick'].get(claim_id))} | "
+                     f"{verdict_cell(records['full'].get(claim_id))} |")
+    return "\n".join([*lines, "", END])
+
+
+def readme_block(records: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The README's scoreboard: per study, the claims that hold / fail / were not run / not checked, per profile."""
+    studies = list(dict.fromkeys(record["study"] for profile in PROFILES for record in records[profile].values()))
+    ids = ordered_ids(records)
+    lines = [BEGIN, "", "| study | claims | quick: holds / fails / not run / not checked | full: holds / fails / not "
+             "run / not checked |", "|---|---|---|---|"]
+    for study in [*studies, "total"]:
+        chosen = [i for i in ids if study == "total" or
+                  next(records[p][i] for p in PROFILES if i in records[p])["study"] == study]
+        cells = []
+        for profile in PROFILES:
+            verdicts = [records[profile][i]["verdict"] if i in records[profile] else "not run" for i in chosen]
+            cells.append(" / ".join(str(verdicts.count(v)) for v in
+                                    ("holds", "fails", "not run", "not checked at this length")))
+        name = f"**{study}**" if study == "total" else f"[{study}](docs/{study}.md#claims)"
+        lines.append(f"| {name} | {len(chosen)} | {cells[0]} | {cells[1]} |")
+    return "\n".join([*lines, "", END])
+
+
+def replace_block(text: str, block: str, where: Path) -> str:
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{where} has no claims section; add the two lines {BEGIN!r} and {END!r} where it goes")
+    head, rest = text.split(BEGIN, 1)
+    return head + block + rest.split(END, 1)[1]
+
+
+def pages() -> dict[Path, str]:
+    """Every page with a claims section and the section it should hold."""
+    records = committed()
+    studies = {record["study"] for profile in PROFILES for record in records[profile].values()}
+    blocks = {ROOT / "README.md": readme_block(records)}
+    blocks.update({DOCS / f"{study}.md": study_block(study, records) for study in sorted(studies)})
+    return blocks
+
+
+def prose_conflicts(text: str, records: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Claim ids that a line of prose (outside the generated section) calls reproduced or holding while a committed
+    scoreboard says the claim fails: the verdict word is the last one before the id on its line."""
+    outside = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), "", text, flags=re.DOTALL)
+    conflicts = []
+    for line in outside.splitlines():
+        start = 0
+        for match in CLAIM_ID.finditer(line):
+            words = PROSE_VERDICT.findall(line[start:match.start()])
+            start = match.end()
+            said = words[-1].lower() if words else None
+            failing = [p for p in PROFILES if records[p].get(match.group(1), {}).get("verdict") == "fails"]
+            if said in ("reproduced", "holds") and failing:
+                conflicts.append(f"{match.group(1)} ({said}; fails at {', '.join(failing)})")
+    return conflicts
+
+
+def main() -> int:
+    for path, block in pages().items():
+        text = path.read_text(encoding="utf-8")
+        updated = replace_block(text, block, path)
+        if updated != text:
+            path.write_text(updated, encoding="utf-8")
+            print(f"rewrote the claims section of {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

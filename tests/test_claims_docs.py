@@ -1,0 +1,41 @@
+"""The docs state the verdicts of the committed scoreboards (tests/claims_docs.py): the generated claims sections,
+every configured claim in the latest quick scoreboard, and no prose calling a failing claim reproduced."""
+
+from __future__ import annotations
+
+import pytest
+from claims_docs import BEGIN, END, PROFILES, ROOT, committed, pages, prose_conflicts
+
+from ssl_bench.config.compose import available_configs, load
+
+RECORDS = committed()
+
+
+@pytest.mark.parametrize("page", sorted(pages(), key=str), ids=lambda path: path.name)
+def test_the_claims_section_states_the_committed_verdicts(page):
+    text = page.read_text(encoding="utf-8")
+    assert BEGIN in text and END in text, f"{page.name} has no claims section"
+    section = BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END
+    assert section == pages()[page], f"{page.name}: run `python tests/claims_docs.py` (the claims section differs " \
+                                     "from docs/claims/*.json)"
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_no_page_calls_a_failing_claim_reproduced(page):
+    assert prose_conflicts(page.read_text(encoding="utf-8"), RECORDS) == []
+
+
+def test_every_configured_claim_is_in_the_latest_quick_scoreboard():
+    experiments, _ = available_configs()
+    configured = {f"{name}:{claim.id}" for name in experiments for claim in load(name, []).sweep.claims}
+    assert configured, "no config holds a claim"
+    missing = sorted(configured - set(RECORDS["quick"]))
+    assert not missing, f"claims not in docs/claims/quick.json (run `ssl-bench reproduce --profile quick`): {missing}"
+
+
+def test_the_prose_check_reads_the_verdict_word_nearest_each_id():
+    records = {profile: {} for profile in PROFILES}
+    records["quick"] = {"a2000/t:x": {"verdict": "fails"}, "a2000/t:y": {"verdict": "holds"}}
+    assert prose_conflicts("**Reproduced** (`a2000/t:x`)", records) == ["a2000/t:x (reproduced; fails at quick)"]
+    assert prose_conflicts("**Not reproduced** (`a2000/t:x`); **reproduced** (`a2000/t:y`)", records) == []
+    assert prose_conflicts(f"{BEGIN}\n| `a2000/t:x` | holds |\n{END}", records) == []
