@@ -140,13 +140,14 @@ def read_side(study: Study, role: str, selector: dict[str, Any], metric: str, ch
 
 
 def expected_value(check: ClaimCheck, reference: list[ReferenceRow]) -> float | None:
-    """An agreement's expected value: its own, else the reference row whose match equals its ``at``."""
+    """An agreement's expected value: its own, else that of the first reference row whose every match pair is one
+    of ``at``'s (a row for ``{model: A}`` gives the paper's value at ``{model: A, data.mask_prob: 0.5}``)."""
     if check.expected is not None:
         return check.expected
+    at = {str(k): str(v) for k, v in check.at.items()}
     for row in reference:
-        if {str(k): str(v) for k, v in row.match.items()} == {str(k): str(v) for k, v in check.at.items()}:
-            value = row.values.get(check.metric)
-            return None if value is None else float(value)
+        if check.metric in row.values and all(at.get(str(k)) == str(v) for k, v in row.match.items()):
+            return float(row.values[check.metric])
     return None
 
 
