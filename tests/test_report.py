@@ -314,3 +314,25 @@ def test_html_report_escapes_what_the_runs_name(tmp_path, run_cli):
     assert f"<h2>{escaped}</h2>" in page and f"<th>{escaped}</th>" in page
     assert '<p class="note">No finished run logged maxcos/min.</p>' in page
     assert f"## {script}" in (tmp_path / "runs" / "report" / "report.md").read_text()
+
+
+def test_a_figure_names_the_left_out_points_with_runs_and_counts_the_rest(tmp_path):
+    from matplotlib.figure import Figure
+
+    from ssl_bench.study import plots
+    from ssl_bench.study.table import GridPoint
+
+    failed = GridPoint("model=B", {"model": "B"}, [tmp_path / "b"], [{"status": "failed"}])
+    unrun = [GridPoint(f"model=C{i}", {"model": f"C{i}"}, [tmp_path / f"c{i}"], [None]) for i in range(48)]
+    figure = Figure(figsize=(8, 5))
+    plots._footnote(figure, [("B", failed), *((p.label, p) for p in unrun)], "no finished run logged m")
+    text = " ".join(figure._supxlabel.get_text().split())
+    assert text == "Not drawn, no finished run logged m: B (runs 0/1 (1 failed)) 48 grid points without runs not drawn."
+
+
+def test_up_to_forty_lines_differ_in_colour_or_dashes():
+    from ssl_bench.figures import line_styles
+
+    looks = [(style["color"], style["ls"], style["marker"]) for style in line_styles(49)]
+    assert len(set(looks[:40])) == 40 and len(set(looks)) == 49
+    assert {style["ls"] for style in line_styles(20)} == {"-", "--"}
