@@ -88,7 +88,8 @@ def test_each_kind_of_check_pools_the_finished_runs_of_the_selected_points(tmp_p
 
 
 @pytest.mark.parametrize(("study_profile", "check", "reason"), [
-    ("full", {"kind": "bound", "at": {"model": "C"}, "min": 0.0}, "no finished run with m at model=C"),
+    ("full", {"kind": "bound", "at": {"model": "C"}, "min": 0.0}, "no finished run with m at model=C (runs 0/1 (1 "
+                                                                    "missing))"),
     ("full", {"kind": "bound", "at": {"model": "Z"}, "min": 0.0}, "no finished run with m at no grid point"),
     ("full", {"kind": "agreement", "at": {"model": "B"}, "tolerance": 0.1}, "the paper gives no value"),
     ("quick", {"kind": "bound", "at": {"model": "A"}, "min": 0.0}, "meaningful at full; these runs were made at "

@@ -29,7 +29,7 @@ from typing import Any
 from ssl_bench.config import ClaimCheck, ClaimConfig, ReferenceRow
 from ssl_bench.errors import ConfigError
 from ssl_bench.rundir import as_number, read_records
-from ssl_bench.study.table import Study, plural
+from ssl_bench.study.table import Study, plural, runs_cell
 
 VERDICTS = ("holds", "fails", "not run", "not checked at this length")
 """Every verdict, in the scoreboard's order."""
@@ -216,8 +216,9 @@ def evaluate(study: Study, claim: ClaimConfig, relative_to: Path | None = None) 
     if empty:
         side = empty[0]
         where = ", ".join(side.points) or "no grid point (the selector matches none)"
-        return {**record, "verdict": "not run",
-                "reason": f"no finished run with {side.metric} at {where}"}
+        statuses = [s for point in study.points if point.label in side.points for s in point.statuses]
+        return {**record, "verdict": "not run", "reason": f"no finished run with {side.metric} at {where}"
+                + (f" (runs {runs_cell(statuses)})" if statuses else "")}
     expected = expected_value(check, study.reference) if check.kind == "agreement" else None
     if check.kind == "agreement" and expected is None:
         return {**record, "verdict": "not run", "reason": "the paper gives no value for this grid point"}
