@@ -222,7 +222,8 @@ class ReferenceRow:
 @dataclass
 class ProfileConfig:
     """A length at which a study's claims are checked: overrides applied to every run (fewer epochs, samples,
-    steps) and the seeds; ``full``, the config as written, needs no entry."""
+    steps) and the seeds. ``full`` is the config as written; its entry, if any, only says how to run it
+    (``ensemble``) and what it is (``note``)."""
 
     overrides: list[str] = field(default_factory=list)
     seeds: Optional[list[int]] = None
@@ -302,9 +303,9 @@ class ClaimConfig:
         if not self.profiles:
             raise ConfigError(f"{prefix}.profiles is empty; name where the check is meaningful, e.g. [full]")
         for name in self.profiles:
-            if name != "full" and name not in profiles:
+            if name not in ("full", *profiles):
                 raise ConfigError(f"{prefix}.profiles names '{name}', which sweep.profiles does not define; its "
-                                  f"profiles: {', '.join(['full', *profiles])}")
+                                  f"profiles: {', '.join(dict.fromkeys(['full', *profiles]))}")
         self.check.validate(f"{prefix}.check")
 
 
@@ -329,8 +330,10 @@ class SweepConfig:
         repeated = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
         if repeated:
             raise ConfigError(f"{prefix}.seeds={self.seeds} repeats seed {repeated[0]}; list each seed once")
-        if "full" in self.profiles:
-            raise ConfigError(f"{prefix}.profiles.full: 'full' is the config as written and takes no entry; remove it")
+        full = self.profiles.get("full")
+        if full is not None and (full.overrides or full.seeds is not None):
+            raise ConfigError(f"{prefix}.profiles.full is the config as written: it takes no overrides or seeds (only "
+                              "ensemble and note); change the config itself instead")
         for name, profile in self.profiles.items():
             if profile.seeds is not None and not profile.seeds:
                 raise ConfigError(f"{prefix}.profiles.{name}.seeds is empty; give seeds or leave it out")

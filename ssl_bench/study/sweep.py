@@ -230,11 +230,11 @@ def _check_options(jobs: int, ensemble: str | None, slurm: arrays.SlurmOptions |
 def profile_overrides(cfg: RunConfig, profile: str | None) -> list[str]:
     """The overrides that make the config's ``profile`` (:class:`ssl_bench.config.ProfileConfig`): its own and its
     seeds; none for ``full``, the config as written."""
-    if profile in (None, "full"):
+    if profile is None or (profile == "full" and profile not in cfg.sweep.profiles):
         return []
     if profile not in cfg.sweep.profiles:
         raise ConfigError(f"--profile {profile}: {cfg.experiment} has no such profile; its profiles: "
-                          f"{', '.join(['full', *cfg.sweep.profiles])}")
+                          f"{', '.join(dict.fromkeys(['full', *cfg.sweep.profiles]))}")
     chosen = cfg.sweep.profiles[profile]
     seeds = [f"sweep.seeds=[{','.join(map(str, chosen.seeds))}]"] if chosen.seeds else []
     return [*chosen.overrides, *seeds]
