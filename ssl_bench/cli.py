@@ -155,6 +155,8 @@ def _add_reproduce(commands: Any) -> None:
     sub.add_argument("--out", type=Path, required=True, help="where the sweeps, the report and the scoreboard go")
     sub.add_argument("--jobs", type=int, default=1, help="runs (or ensembles) in parallel processes (default 1)")
     sub.add_argument("--dry-run", action="store_true", help="list the runs of each sweep without starting them")
+    sub.add_argument("--wandb", action="store_true",
+                     help="log the runs to W&B with the configs' logger settings (default: no W&B, logger=none)")
     slurm = sub.add_argument_group("SLURM (each sweep's runs as one array job; see docs/slurm.md)")
     slurm.add_argument("--slurm", action="store_true", help="submit the runs as SLURM array jobs; run the command "
                        "again with the same --out when they have ended, to write the report")
@@ -169,7 +171,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from ssl_bench.study.slurm import slurm_options
 
     return reproduce(args.studies, args.profile, args.out, jobs=args.jobs, slurm=slurm_options(args),
-                     dry_run=args.dry_run)
+                     dry_run=args.dry_run, wandb=args.wandb)
 
 
 def _add_dashboard(commands: Any) -> None:

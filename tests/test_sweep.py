@@ -109,6 +109,9 @@ def test_sweep_dir_remembers_settings_refuses_others_and_force_replaces(run_cli,
     code, out, err = run_cli(*args)  # the same settings: nothing to run
     assert code == 0, err
     assert "1 already finished; running 0" in out and mtimes(sweep_dir) == before
+    code, out, err = run_cli(*args[:-2], "logger.mode=offline", "--sweep-dir", sweep_dir)  # where runs log: no change
+    assert code == 0, err
+    assert "1 already finished; running 0" in out and mtimes(sweep_dir) == before
 
     code, out, err = run_cli(*args[:-2], "data.n=128", "--sweep-dir", sweep_dir, "--force")
     assert code == 0, err

@@ -105,9 +105,10 @@ def unswept(target: Target, out: Path, profile: str) -> Study:
 
 
 def reproduce(names: list[str], profile: str, out: Path, jobs: int = 1, slurm: arrays.SlurmOptions | None = None,
-              dry_run: bool = False) -> int:
-    """Run the sweeps the claims need, then write the combined report and the scoreboard; returns the worst exit code
-    of the sweeps (0: every run ended for good; claims that fail do not change it: they are results)."""
+              dry_run: bool = False, wandb: bool = False) -> int:
+    """Run the sweeps the claims need (logging to W&B only with ``wandb``: the configs' logger), then write the
+    combined report and the scoreboard; returns the worst exit code of the sweeps (0: every run ended for good;
+    claims that fail do not change it: they are results)."""
     from ssl_bench.study.sweep import run_sweep
 
     targets = plan_targets(study_configs(names), profile)
@@ -120,7 +121,7 @@ def reproduce(names: list[str], profile: str, out: Path, jobs: int = 1, slurm: a
         since = time.monotonic()
         for target in chosen:
             chosen_profile = target.cfg.sweep.profiles.get(profile)
-            code = run_sweep(target.config, target.cfg, [], jobs=jobs, sweep_dir=out / target.cfg.experiment,
+            code = run_sweep(target.config, target.cfg, [] if wandb else ["logger=none"], jobs=jobs, sweep_dir=out / target.cfg.experiment,
                              dry_run=dry_run, slurm=slurm, profile=profile, labels=target.labels,
                              ensemble="auto" if chosen_profile and chosen_profile.ensemble and slurm is None else None)
             worst = max(worst, code)

@@ -54,7 +54,7 @@ from ssl_bench.study.grid import (
     run_overrides,
     select_points,
 )
-from ssl_bench.study.claims import profile_of
+from ssl_bench.study.claims import is_neutral, profile_of
 from ssl_bench.study.record import read_spec, recorded_points, write_spec
 from ssl_bench.study.report import sweep_table_markdown
 from ssl_bench.study.table import plural
@@ -153,13 +153,15 @@ def _previous_runs(sweep_dir: Path, runs: list[Run]) -> tuple[dict[str, dict[str
 
 def _changes(previous: dict[str, dict[str, Any]], old_seeds: list[int], settings: dict[str, dict[str, Any]],
              seeds: list[int]) -> list[str]:
-    """How this sweep differs from the runs already in its directory; growing the grid or the seeds is no change."""
+    """How this sweep differs from the runs already in its directory; growing the grid or the seeds is no change, nor
+    is a change of where and how the runs are logged and placed (:data:`ssl_bench.study.claims.NEUTRAL_KEYS`, e.g.
+    the logger), which leaves their results as they are."""
     changes: list[str] = []
     for label, old in previous.items():
         if label not in settings:
             changes.append(f"grid point {label or '(no grid)'} dropped")
             continue
-        changes += [c for c in setting_changes(old, settings[label]) if c not in changes]
+        changes += [c for c in setting_changes(old, settings[label]) if c not in changes and not is_neutral(c)]
     if not set(old_seeds) <= set(seeds):
         changes.append(f"sweep.seeds: {json.dumps(old_seeds)} -> {json.dumps(seeds)}")
     return changes
