@@ -125,7 +125,8 @@ def reproduce(names: list[str], profile: str, out: Path, jobs: int = 1, slurm: a
                              dry_run=dry_run, slurm=slurm, profile=profile, labels=target.labels,
                              ensemble="auto" if chosen_profile and chosen_profile.ensemble and slurm is None else None)
             worst = max(worst, code)
-        print(f"reproduce: {study} done in {(time.monotonic() - since) / 60:.1f} min", flush=True)
+        if not dry_run:
+            print(f"reproduce: {study} done in {(time.monotonic() - since) / 60:.1f} min", flush=True)
     if dry_run:
         return worst
     swept = [load_study(out / t.cfg.experiment) for t in targets if t.checked]
