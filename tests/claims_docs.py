@@ -24,7 +24,7 @@ PROFILES = ("quick", "full")
 BEGIN = "<!-- claims: written by `python tests/claims_docs.py` from docs/claims/*.json; do not edit by hand -->"
 END = "<!-- /claims -->"
 CLAIM_ID = re.compile(r"`([a-z]+[0-9]{4}/[a-z0-9_]+:[a-z0-9-]+)`")
-PROSE_VERDICT = re.compile(r"not reproduced|not shown|reproduced|partly|holds|fails", re.IGNORECASE)
+PROSE_VERDICT = re.compile(r"not reproduced|not shown|reproduced|partly|holds?|fails?", re.IGNORECASE)
 """Verdict words of prose, longest first, so that "not reproduced" is not read as "reproduced"."""
 
 
@@ -116,9 +116,9 @@ def prose_conflicts(text: str, records: dict[str, dict[str, dict[str, Any]]]) ->
         for match in CLAIM_ID.finditer(line):
             words = PROSE_VERDICT.findall(line[start:match.start()])
             start = match.end()
-            said = words[-1].lower() if words else None
+            said = words[-1].lower().rstrip("s") if words else None
             failing = [p for p in PROFILES if records[p].get(match.group(1), {}).get("verdict") == "fails"]
-            if said in ("reproduced", "holds") and failing:
+            if said in ("reproduced", "hold") and failing:
                 conflicts.append(f"{match.group(1)} ({said}; fails at {', '.join(failing)})")
     return conflicts
 
