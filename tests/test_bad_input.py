@@ -115,7 +115,7 @@ CASES = [
          "[--config CONFIG] [--jobs JOBS] [--sweep-dir SWEEP_DIR] [--print-config] [--slurm] [--status DIR] "
          "[--partition P] [--gpus-per-task G] [--cpus-per-task C] [--mem M] [--time T] [--max-parallel K] "
          "[--account A] [--qos Q] [--nodes N] [--extra-sbatch OPTS] [--force] [--only AXIS=V1,V2] [--ensemble] "
-         "[--batching {auto,vmap,loop}] [overrides ...]",
+         "[--profile NAME] [--batching {auto,vmap,loop}] [overrides ...]",
          command="sweep"),
     case("--config quickstart --jobs -1", "--jobs=-1 must be >= 1", command="sweep"),
 ]

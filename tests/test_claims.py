@@ -197,7 +197,7 @@ def test_a_sweep_with_overrides_beyond_the_profile_checks_no_claim(run_cli, tmp_
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_STUDY)
     sweep_dir = tmp_path / "sweep"
-    code, _, err = run_cli("sweep", "--config", config, "--profile", "quick", "--sweep-dir", sweep_dir,
+    code, _, err = run_cli("sweep", "--config", config, "--profile", "quick", "--sweep-dir", sweep_dir, "--jobs", "2",
                            "--only", "optim.lr=0.5", "--only", "data.sparsity=0.1", "data.n=48")
     assert code == 0, err
     assert json.loads((sweep_dir / "sweep.json").read_text())["profile"] is None
