@@ -71,11 +71,20 @@ def study_block(study: str, records: dict[str, dict[str, dict[str, Any]]]) -> st
     return "\n".join([*lines, "", END])
 
 
+def made(profile: str) -> str:
+    """Where and when the committed scoreboard of ``profile`` was made: the line ``ssl-bench reproduce`` wrote under
+    its title in ``docs/scoreboard-PROFILE.md``."""
+    path = DOCS / f"scoreboard-{profile}.md"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    return lines[2].split(":")[0] if len(lines) > 2 else "never run"
+
+
 def readme_block(records: dict[str, dict[str, dict[str, Any]]]) -> str:
     """The README's scoreboard: per study, the claims that hold / fail / were not run / not checked, per profile."""
     studies = list(dict.fromkeys(record["study"] for profile in PROFILES for record in records[profile].values()))
     ids = ordered_ids(records)
-    lines = [BEGIN, "", "| study | claims | quick: holds / fails / not run / not checked | full: holds / fails / not "
+    lines = [BEGIN, "", *(f"- {profile}: {made(profile)}" for profile in PROFILES), "",
+             "| study | claims | quick: holds / fails / not run / not checked | full: holds / fails / not "
              "run / not checked |", "|---|---|---|---|"]
     for study in [*studies, "total"]:
         chosen = [i for i in ids if study == "total" or
