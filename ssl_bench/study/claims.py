@@ -29,7 +29,7 @@ from typing import Any
 from ssl_bench.config import ClaimCheck, ClaimConfig, ReferenceRow
 from ssl_bench.errors import ConfigError
 from ssl_bench.rundir import as_number, read_records
-from ssl_bench.study.table import Study, plural, runs_cell
+from ssl_bench.study.table import Study, matches, plural, reference_value, runs_cell
 
 VERDICTS = ("holds", "fails", "not run", "not checked at this length")
 """Every verdict, in the scoreboard's order."""
@@ -72,11 +72,6 @@ def full_id(study: Study, claim: ClaimConfig) -> str:
 def study_of(experiment: str) -> str:
     """The study (author and year) of an experiment: ``pokle2022/table2`` -> ``pokle2022``."""
     return experiment.split("/", 1)[0]
-
-
-def matches(axes: dict[str, str], selector: dict[str, Any]) -> bool:
-    """Whether a grid point's ``axes`` take every value of ``selector`` (compared as text, as labels show them)."""
-    return all(str(axes.get(str(axis))) == str(value) for axis, value in selector.items())
 
 
 def selectors(check: ClaimCheck) -> list[dict[str, Any]]:
@@ -143,15 +138,8 @@ def read_side(study: Study, role: str, selector: dict[str, Any], metric: str, ch
 
 
 def expected_value(check: ClaimCheck, reference: list[ReferenceRow]) -> float | None:
-    """An agreement's expected value: its own, else that of the first reference row whose every match pair is one
-    of ``at``'s (a row for ``{model: A}`` gives the paper's value at ``{model: A, data.mask_prob: 0.5}``)."""
-    if check.expected is not None:
-        return check.expected
-    at = {str(k): str(v) for k, v in check.at.items()}
-    for row in reference:
-        if check.metric in row.values and all(at.get(str(k)) == str(v) for k, v in row.match.items()):
-            return float(row.values[check.metric])
-    return None
+    """An agreement's expected value: its own, else the paper's value at its ``at`` (:func:`reference_value`)."""
+    return check.expected if check.expected is not None else reference_value(reference, check.at, check.metric)
 
 
 def sides_of(study: Study, check: ClaimCheck) -> list[Side]:

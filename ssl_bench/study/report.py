@@ -48,7 +48,7 @@ from ssl_bench.study.claims import (
     scoreboard_markdown,
 )
 from ssl_bench.study.record import read_spec, recorded_points
-from ssl_bench.study.table import GridPoint, Study, plural, runs_cell
+from ssl_bench.study.table import GridPoint, Study, plural, reference_value, runs_cell
 
 HISTORY_FILES = ("summary.json", "metrics.jsonl")
 """A directory holding one of these is a run directory."""
@@ -171,14 +171,6 @@ class Row:
     axes: list[str]
     runs: str
     cells: list[tuple[str, float | None]]
-
-
-def reference_value(rows: list[ReferenceRow], axes: dict[str, str], metric: str) -> float | None:
-    """The paper's ``metric`` for the table row with these grid ``axes``, if a reference row matches them."""
-    for row in rows:
-        if all(str(axes.get(k)) == str(v) for k, v in row.match.items()) and metric in row.values:
-            return float(row.values[metric])
-    return None
 
 
 def _mean_std(values: list[float]) -> str:

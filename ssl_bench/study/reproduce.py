@@ -19,10 +19,10 @@ from pathlib import Path
 
 from ssl_bench.config import ConfigError, RunConfig
 from ssl_bench.study import slurm as arrays
-from ssl_bench.study.claims import matches, scoreboard_markdown, selectors, study_of
+from ssl_bench.study.claims import scoreboard_markdown, selectors, study_of
 from ssl_bench.study.grid import expand_grid
 from ssl_bench.study.report import load_study, write_report
-from ssl_bench.study.table import Study, plural
+from ssl_bench.study.table import Study, matches, plural
 
 STUDY_FOLDER = re.compile(r"[a-z]+[0-9]{4}")
 """A study's config folder: author and year (``pokle2022``)."""

@@ -50,6 +50,20 @@ class Study:
     profile: str | None = None
 
 
+def matches(axes: dict[str, str], selector: dict[str, Any]) -> bool:
+    """Whether a grid point's ``axes`` take every value of ``selector`` (compared as text, as labels show them)."""
+    return all(str(axes.get(str(axis))) == str(value) for axis, value in selector.items())
+
+
+def reference_value(rows: list[ReferenceRow], axes: dict[str, Any], metric: str) -> float | None:
+    """The paper's ``metric`` at the grid point with these ``axes``: the value of the first reference row whose
+    match it satisfies (a row for ``{model: A}`` serves ``{model: A, data.mask_prob: 0.5}``), if one gives it."""
+    for row in rows:
+        if matches(axes, row.match) and metric in row.values:
+            return float(row.values[metric])
+    return None
+
+
 def runs_cell(statuses: list[str]) -> str:
     """``finished/all``, then the other runs by status: ``2/5 (1 diverged, 2 missing)``."""
     counts = Counter(statuses)
