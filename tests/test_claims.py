@@ -10,7 +10,8 @@ import pytest
 from conftest import error_line
 
 from ssl_bench.config import ClaimCheck, ClaimConfig, ReferenceRow
-from ssl_bench.study.claims import VERDICTS, evaluate, profile_of
+from ssl_bench.study.claims import VERDICTS, evaluate
+from ssl_bench.study.sweep import profile_of
 from ssl_bench.study.table import GridPoint, Study
 
 TINY_STUDY = """\

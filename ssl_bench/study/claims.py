@@ -34,25 +34,6 @@ from ssl_bench.study.table import Study, matches, plural, reference_value, runs_
 VERDICTS = ("holds", "fails", "not run", "not checked at this length")
 """Every verdict, in the scoreboard's order."""
 
-NEUTRAL_KEYS = ("logger", "trainer.progress", "trainer.accelerator", "trainer.devices", "trainer.num_nodes",
-                "trainer.strategy", "data.root", "data.num_workers")
-"""Config keys whose overrides change where and how a sweep runs but not its results' length: a sweep with only
-these overrides (and a profile's) still runs at that profile."""
-
-
-def is_neutral(setting: str) -> bool:
-    """Whether an override or a setting change (``KEY=VALUE``, ``KEY: OLD -> NEW``) is of a :data:`NEUTRAL_KEYS`
-    key."""
-    key = setting.split("=", 1)[0].split(":", 1)[0].strip().lstrip("+~")
-    return any(key == neutral or key.startswith(f"{neutral}.") for neutral in NEUTRAL_KEYS)
-
-
-def profile_of(profile: str | None, overrides: list[str]) -> str | None:
-    """The profile a sweep's runs are made at: ``profile`` (``full`` when none is named), or None when overrides
-    other than :data:`NEUTRAL_KEYS` change the runs, which then match no profile's claims."""
-    return profile or "full" if all(is_neutral(override) for override in overrides) else None
-
-
 def claims_from_record(records: Any, where: str) -> list[ClaimConfig]:
     """The claims that ``sweep.json`` records (``dataclasses.asdict`` of each :class:`ClaimConfig`)."""
     if not isinstance(records, list):

@@ -54,7 +54,6 @@ from ssl_bench.study.grid import (
     run_overrides,
     select_points,
 )
-from ssl_bench.study.claims import is_neutral, profile_of
 from ssl_bench.study.record import read_spec, recorded_points, write_spec
 from ssl_bench.study.report import sweep_table_markdown
 from ssl_bench.study.table import plural
@@ -116,8 +115,26 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+NEUTRAL_KEYS = ("logger", "trainer.progress", "trainer.accelerator", "trainer.devices", "trainer.num_nodes",
+                "trainer.strategy", "data.root", "data.num_workers")
+"""Config keys that change where and how a sweep's runs log and run but not their results: a change of one keeps
+the finished runs, and a sweep with only these overrides (and a profile's) still runs at that profile."""
+
+
+def is_neutral(key: str) -> bool:
+    """Whether the dotted ``key`` is one of :data:`NEUTRAL_KEYS` or below one."""
+    return any(key == neutral or key.startswith(f"{neutral}.") for neutral in NEUTRAL_KEYS)
+
+
+def profile_of(profile: str | None, overrides: list[str]) -> str | None:
+    """The profile a sweep's runs are made at: ``profile`` (``full`` when none is named), or None when overrides
+    of other keys than :data:`NEUTRAL_KEYS` change the runs, which then match no profile's claims."""
+    return profile or "full" if all(is_neutral(_override_key(override)) for override in overrides) else None
+
+
 def setting_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The keys whose values differ, as ``key: old -> new`` (``unset`` where a side lacks the key)."""
+    """The keys whose values differ, but :data:`NEUTRAL_KEYS`, as ``key: old -> new`` (``unset`` where a side lacks
+    the key)."""
     unset = object()
 
     def show(value: Any) -> str:
@@ -125,7 +142,8 @@ def setting_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
     before, after = _flat(old), _flat(new)
     return [f"{key}: {show(before.get(key, unset))} -> {show(after.get(key, unset))}"
-            for key in dict.fromkeys([*before, *after]) if before.get(key, unset) != after.get(key, unset)]
+            for key in dict.fromkeys([*before, *after])
+            if before.get(key, unset) != after.get(key, unset) and not is_neutral(key)]
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -154,14 +172,13 @@ def _previous_runs(sweep_dir: Path, runs: list[Run]) -> tuple[dict[str, dict[str
 def _changes(previous: dict[str, dict[str, Any]], old_seeds: list[int], settings: dict[str, dict[str, Any]],
              seeds: list[int]) -> list[str]:
     """How this sweep differs from the runs already in its directory; growing the grid or the seeds is no change, nor
-    is a change of where and how the runs are logged and placed (:data:`ssl_bench.study.claims.NEUTRAL_KEYS`, e.g.
-    the logger), which leaves their results as they are."""
+    is a change of where and how the runs log and run (:func:`setting_changes`)."""
     changes: list[str] = []
     for label, old in previous.items():
         if label not in settings:
             changes.append(f"grid point {label or '(no grid)'} dropped")
             continue
-        changes += [c for c in setting_changes(old, settings[label]) if c not in changes and not is_neutral(c)]
+        changes += [c for c in setting_changes(old, settings[label]) if c not in changes]
     if not set(old_seeds) <= set(seeds):
         changes.append(f"sweep.seeds: {json.dumps(old_seeds)} -> {json.dumps(seeds)}")
     return changes
@@ -430,7 +447,7 @@ def run_sweep(config: str, cfg: RunConfig, overrides: list[str], jobs: int = 1, 
 
     ``profile`` runs the config's profile of that name (its overrides come before ``overrides``);
     ``sweep.json`` records the profile, or none when ``overrides`` change more than where the runs go
-    (:func:`ssl_bench.study.claims.profile_of`), so that the report checks each claim at its length. ``labels``
+    (:func:`profile_of`), so that the report checks each claim at its length. ``labels``
     runs only the grid points with these labels (``ssl-bench reproduce``: those its claims need).
 
     Returns 0 when every run ended for good (finished or diverged), 1 when some failed, were interrupted or are
