@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ssl_bench.study.claims import markdown_cell
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PROFILES = ("quick", "full")
@@ -38,17 +40,13 @@ def committed() -> dict[str, dict[str, dict[str, Any]]]:
     return records
 
 
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|")
-
-
 def verdict_cell(record: dict[str, Any] | None) -> str:
     """A claim's verdict at one profile: with ours when it holds or fails; ``not run`` when that profile's scoreboard
     does not list it."""
     if record is None:
         return "not run"
     if record["verdict"] in ("holds", "fails"):
-        return f"**{record['verdict']}**: {_cell(record['reason'])}"
+        return f"**{record['verdict']}**: {markdown_cell(record['reason'])}"
     return record["verdict"]
 
 
@@ -65,9 +63,9 @@ def study_block(study: str, records: dict[str, dict[str, dict[str, Any]]]) -> st
         if shown["study"] != study:
             continue
         paper = ", ".join(f"{name} {value:g}" for name, value in shown["paper"].items())
-        lines.append(f"| `{claim_id}` | {_cell(shown['source'])} | {_cell(shown['statement'])} | {_cell(paper)} | "
-                     f"{_cell(shown['checks'])} | {verdict_cell(records['quick'].get(claim_id))} | "
-                     f"{verdict_cell(records['full'].get(claim_id))} |")
+        cells = [f"`{claim_id}`", *map(markdown_cell, (shown["source"], shown["statement"], paper, shown["checks"])),
+                 *(verdict_cell(records[profile].get(claim_id)) for profile in PROFILES)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([*lines, "", END])
 
 

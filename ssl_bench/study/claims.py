@@ -222,3 +222,16 @@ def scoreboard_markdown(records: list[dict[str, Any]]) -> str:
         cells = [f"**{row['study']}**" if row["study"] == "total" else row["study"], *(str(row[h]) for h in header[1:])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def markdown_cell(text: object) -> str:
+    """``text`` for a cell of a markdown table: its pipes escaped."""
+    return str(text).replace("|", "\\|")
+
+
+def claims_markdown(records: list[dict[str, Any]]) -> str:
+    """Every claim's id, source, verdict and ours (or why it has none), as a markdown table."""
+    lines = ["| claim | source | verdict | ours |", "|---|---|---|---|"]
+    lines += [f"| `{r['id']}` | {markdown_cell(r['source'])} | {r['verdict']} | {markdown_cell(r['reason'])} |"
+              for r in records]
+    return "\n".join(lines)

@@ -44,6 +44,7 @@ from ssl_bench.study.claims import (
     VERDICTS,
     claim_records,
     claims_from_record,
+    markdown_cell,
     scoreboard,
     scoreboard_markdown,
 )
@@ -335,7 +336,7 @@ def _templates() -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     environment.globals["zip"] = zip
-    environment.filters["cell"] = lambda text: str(text).replace("|", "\\|")
+    environment.filters["cell"] = markdown_cell
     return environment
 
 

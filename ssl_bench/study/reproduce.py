@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ssl_bench.config import ConfigError, RunConfig
 from ssl_bench.study import slurm as arrays
-from ssl_bench.study.claims import scoreboard_markdown, selectors, study_of
+from ssl_bench.study.claims import claims_markdown, scoreboard_markdown, selectors, study_of
 from ssl_bench.study.grid import expand_grid
 from ssl_bench.study.report import load_study, write_report
 from ssl_bench.study.table import Study, matches, plural
@@ -121,8 +121,9 @@ def reproduce(names: list[str], profile: str, out: Path, jobs: int = 1, slurm: a
         since = time.monotonic()
         for target in chosen:
             chosen_profile = target.cfg.sweep.profiles.get(profile)
-            code = run_sweep(target.config, target.cfg, [] if wandb else ["logger=none"], jobs=jobs, sweep_dir=out / target.cfg.experiment,
-                             dry_run=dry_run, slurm=slurm, profile=profile, labels=target.labels,
+            code = run_sweep(target.config, target.cfg, [] if wandb else ["logger=none"], jobs=jobs,
+                             sweep_dir=out / target.cfg.experiment, dry_run=dry_run, slurm=slurm, profile=profile,
+                             labels=target.labels,
                              ensemble="auto" if chosen_profile and chosen_profile.ensemble and slurm is None else None)
             worst = max(worst, code)
         if not dry_run:
@@ -137,16 +138,9 @@ def reproduce(names: list[str], profile: str, out: Path, jobs: int = 1, slurm: a
     (out / SCOREBOARD).write_text(
         f"# Scoreboard: profile {profile}\n\n{time.strftime('%Y-%m-%d')}, {machine()}: {minutes:.1f} min (runs "
         f"finished before this command were kept, not trained again).\n\n{board}\n\n"
-        + claims_table(report.claims) + "\n", encoding="utf-8")
+        + claims_markdown(report.claims) + "\n", encoding="utf-8")
     print(board)
     print(f"reproduce: {profile} profile of {', '.join(studies)} in {minutes:.1f} min; {out / 'report.md'}, "
           f"{out / 'claims.json'}, {out / SCOREBOARD}", flush=True)
     return worst
 
-
-def claims_table(records: list[dict[str, object]]) -> str:
-    """Every claim's id, source, verdict and ours (or why it has none), as a markdown table."""
-    lines = ["| claim | source | verdict | ours |", "|---|---|---|---|"]
-    lines += [f"| `{r['id']}` | {r['source']} | {r['verdict']} | {str(r['reason']).replace('|', chr(92) + '|')} |"
-              for r in records]
-    return "\n".join(lines)
