@@ -222,7 +222,8 @@ def test_the_quick_profile_of_every_study_gives_the_committed_verdicts(run_cli, 
 
 def test_the_full_profile_takes_no_overrides(run_cli, tmp_path):
     config = tmp_path / "bad.yaml"
-    config.write_text("defaults:\n  - /base\n  - _self_\nsweep:\n  profiles: {full: {overrides: [trainer.max_epochs=2]}}\n")
+    config.write_text("defaults:\n  - /base\n  - _self_\n"
+                      "sweep:\n  profiles: {full: {overrides: [trainer.max_epochs=2]}}\n")
     code, _, err = run_cli("sweep", "--config", config, "--dry-run")
     assert code == 2
     assert error_line(code, err).startswith("sweep.profiles.full is the config as written: it takes no overrides")

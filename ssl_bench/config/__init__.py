@@ -28,7 +28,7 @@ from ssl_bench.config.schema import (
     to_yaml,
 )
 
-__all__ = ["CAPABILITIES", "CallbackConfig", "ClaimCheck", "ClaimConfig", "ConfigError", "ensemble_key", "DataConfig", "EncoderConfig",
-           "LoggerConfig", "MethodConfig", "OptimConfig", "PartConfig", "ProfileConfig", "ReferenceRow", "RunConfig", "SweepConfig",
-           "TrainerConfig", "check_choice", "check_non_negative", "check_positive", "check_range", "to_run_config",
-           "to_yaml"]
+__all__ = ["CAPABILITIES", "CallbackConfig", "ClaimCheck", "ClaimConfig", "ConfigError", "ensemble_key", "DataConfig",
+           "EncoderConfig", "LoggerConfig", "MethodConfig", "OptimConfig", "PartConfig", "ProfileConfig", "ReferenceRow",
+           "RunConfig", "SweepConfig", "TrainerConfig", "check_choice", "check_non_negative", "check_positive",
+           "check_range", "to_run_config", "to_yaml"]
