@@ -150,11 +150,9 @@ def recomputed(record: dict, out: Path) -> dict:
     """A claim's sides recomputed from the summaries of the run directories that claims.json names."""
     sides = []
     for side in record["sides"]:
-        values = [json.loads((out / run["dir"] / "summary.json").read_text())["metrics"][side["metric"]]
-                  for run in side["runs"]]
-        seeds = [json.loads((out / run["dir"] / "summary.json").read_text())["seed"] for run in side["runs"]]
-        assert seeds == [run["seed"] for run in side["runs"]]
-        sides.append(statistics.fmean(values))
+        summaries = [json.loads((out / run["dir"] / "summary.json").read_text()) for run in side["runs"]]
+        assert [summary["seed"] for summary in summaries] == [run["seed"] for run in side["runs"]]
+        sides.append(statistics.fmean(summary["metrics"][side["metric"]] for summary in summaries))
     return dict(zip(["higher", "lower"] if len(sides) == 2 else ["value"], sides))
 
 
