@@ -112,6 +112,11 @@ def test_reduce_reads_the_max_or_min_over_the_run_history(tmp_path):
     study = Study("toy2022/t", tmp_path, ["model"], ["m"], [], [point("model=A", [(run_dir, summary)])], [], "full")
     assert evaluate(study, claim(kind="bound", at={}, reduce="max", min=0.5))["ours"] == {"value": 0.6}
     assert evaluate(study, claim(kind="bound", at={}, reduce="final", min=0.5))["verdict"] == "fails"
+    rose = claim(kind="ordering", higher={"model": "A"}, lower={"model": "A"}, reduce="max", lower_reduce="first",
+                 margin=0.4)
+    record = evaluate(study, rose)
+    assert (record["verdict"], record["ours"]) == ("holds", {"higher": 0.6, "lower": 0.1})
+    assert "max over epochs of m at model=A >= first over epochs of m at model=A + 0.4" == record["checks"]
 
 
 def test_the_profile_of_a_sweep_is_none_once_overrides_change_its_runs():

@@ -234,8 +234,9 @@ class ProfileConfig:
 
 
 CHECK_KINDS = ("bound", "ordering", "agreement")
-REDUCTIONS = ("final", "max", "min")
-"""A run's value of a metric: summary.json's final value, or the max or min over its metrics.jsonl records."""
+REDUCTIONS = ("final", "max", "min", "first")
+"""A run's value of a metric: summary.json's final value, the max or min over its metrics.jsonl records, or the
+first of them (where training started, e.g. a warm start's level)."""
 OVER_SEEDS = ("mean", "min", "max")
 """How the values of the finished runs that a selector pools become one number."""
 
@@ -244,7 +245,8 @@ OVER_SEEDS = ("mean", "min", "max")
 class ClaimCheck:
     """How a claim is checked over a study's table (:mod:`ssl_bench.study.claims`): ``bound`` (``min`` <= value at
     ``at`` <= ``max``), ``ordering`` (value at ``higher`` >= ``factor`` x value of ``lower_metric`` at ``lower`` +
-    ``margin``) or ``agreement`` (|value at ``at`` - ``expected``| <= ``tolerance``; ``expected`` defaults to the
+    ``margin``, the lower side reduced by ``lower_reduce``, so that "ends above where it started" reads one grid
+    point twice) or ``agreement`` (|value at ``at`` - ``expected``| <= ``tolerance``; ``expected`` defaults to the
     ``reference`` row of ``at``). A selector maps grid axes to values and pools the finished runs of every grid point
     it matches."""
 
@@ -256,6 +258,7 @@ class ClaimCheck:
     higher: dict[str, Any] = field(default_factory=dict)
     lower: dict[str, Any] = field(default_factory=dict)
     lower_metric: Optional[str] = None
+    lower_reduce: Optional[str] = None
     min: Optional[float] = None
     max: Optional[float] = None
     factor: float = 1.0
@@ -266,6 +269,8 @@ class ClaimCheck:
     def validate(self, prefix: str) -> None:
         check_choice(f"{prefix}.kind", self.kind, CHECK_KINDS)
         check_choice(f"{prefix}.reduce", self.reduce, REDUCTIONS)
+        if self.lower_reduce is not None:
+            check_choice(f"{prefix}.lower_reduce", self.lower_reduce, REDUCTIONS)
         check_choice(f"{prefix}.over_seeds", self.over_seeds, OVER_SEEDS)
         if not self.metric:
             raise ConfigError(f"{prefix}.metric is missing; name the metric the claim reads, e.g. maxcos/min")

@@ -3,10 +3,10 @@
 A claim is checked at the profiles it names (``quick``, ``full``: :class:`ssl_bench.config.ProfileConfig`); the
 sweep records the profile its runs were made at in ``sweep.json``. Its check reads one number per selector: the
 value of ``metric`` of every finished run of every grid point the selector matches (summary.json's final value, or
-the max / min over metrics.jsonl with ``reduce``), pooled into their mean (or min / max, ``over_seeds``). Then
+the max / min / first of metrics.jsonl with ``reduce``), pooled into their mean (or min / max, ``over_seeds``). Then
 
 - ``bound``: ``min <= v(at) <= max``;
-- ``ordering``: ``v(higher) >= factor * v'(lower) + margin`` (``v'`` reads ``lower_metric``);
+- ``ordering``: ``v(higher) >= factor * v'(lower) + margin`` (``v'`` reads ``lower_metric`` with ``lower_reduce``);
 - ``agreement``: ``|v(at) - expected| <= tolerance`` (``expected``: the paper's value in the ``reference`` row of
   ``at`` unless given).
 
@@ -61,7 +61,7 @@ def selectors(check: ClaimCheck) -> list[dict[str, Any]]:
 
 
 def run_value(run_dir: Path, summary: dict[str, Any], metric: str, reduce: str) -> float | None:
-    """A finished run's value of ``metric``: its final value (``reduce=final``), or the max / min over its
+    """A finished run's value of ``metric``: its final value (``reduce=final``), or the max / min / first of its
     metrics.jsonl records; None when it did not record the metric."""
     if reduce == "final":
         metrics = summary.get("metrics")
@@ -70,6 +70,8 @@ def run_value(run_dir: Path, summary: dict[str, Any], metric: str, reduce: str) 
               if (v := as_number(record.get(metric))) is not None]
     if not values:
         return None
+    if reduce == "first":
+        return values[0]
     return max(values) if reduce == "max" else min(values)
 
 
@@ -104,14 +106,15 @@ def _shown(path: Path, relative_to: Path | None) -> str:
     return str(path)
 
 
-def read_side(study: Study, role: str, selector: dict[str, Any], metric: str, check: ClaimCheck) -> Side:
+def read_side(study: Study, role: str, selector: dict[str, Any], metric: str, check: ClaimCheck,
+              reduce: str) -> Side:
     """The value of ``metric`` at the grid points ``selector`` matches: their finished runs pooled."""
     points = [point for point in study.points if matches(point.axes, selector)]
     runs = []
     for point in points:
         for run_dir, summary, status in zip(point.runs, point.summaries, point.statuses):
             if status == "finished" and summary is not None:
-                value = run_value(run_dir, summary, metric, check.reduce)
+                value = run_value(run_dir, summary, metric, reduce)
                 if value is not None:
                     runs.append({"dir": run_dir, "point": point.label, "seed": summary.get("seed"), "value": value})
     value = pooled([run["value"] for run in runs], check.over_seeds) if runs else None
@@ -125,9 +128,10 @@ def expected_value(check: ClaimCheck, reference: list[ReferenceRow]) -> float | 
 
 def sides_of(study: Study, check: ClaimCheck) -> list[Side]:
     if check.kind == "ordering":
-        return [read_side(study, "higher", check.higher, check.metric, check),
-                read_side(study, "lower", check.lower, check.lower_metric or check.metric, check)]
-    return [read_side(study, "at", check.at, check.metric, check)]
+        return [read_side(study, "higher", check.higher, check.metric, check, check.reduce),
+                read_side(study, "lower", check.lower, check.lower_metric or check.metric, check,
+                          check.lower_reduce or check.reduce)]
+    return [read_side(study, "at", check.at, check.metric, check, check.reduce)]
 
 
 def describe(check: ClaimCheck) -> str:
@@ -135,15 +139,17 @@ def describe(check: ClaimCheck) -> str:
     def where(selector: dict[str, Any]) -> str:
         return ",".join(f"{k}={v}" for k, v in selector.items()) or "every grid point"
 
-    what = check.metric if check.reduce == "final" else f"{check.reduce} over epochs of {check.metric}"
-    if check.over_seeds != "mean":
-        what = f"{check.over_seeds} over runs of {what}"
+    def reduced(metric: str, reduce: str) -> str:
+        text = metric if reduce == "final" else f"{reduce} over epochs of {metric}"
+        return text if check.over_seeds == "mean" else f"{check.over_seeds} over runs of {text}"
+
+    what = reduced(check.metric, check.reduce)
     if check.kind == "bound":
         low = "" if check.min is None else f"{check.min:g} <= "
         high = "" if check.max is None else f" <= {check.max:g}"
         return f"{low}{what} at {where(check.at)}{high}"
     if check.kind == "ordering":
-        lower = what.replace(check.metric, check.lower_metric or check.metric)
+        lower = reduced(check.lower_metric or check.metric, check.lower_reduce or check.reduce)
         scaled = "" if check.factor == 1 else f"{check.factor:g} x "
         plus = "" if check.margin == 0 else f" + {check.margin:g}"
         return f"{what} at {where(check.higher)} >= {scaled}{lower} at {where(check.lower)}{plus}"
