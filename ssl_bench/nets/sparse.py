@@ -63,7 +63,10 @@ class SparseEncoder(nn.Module):
         """Width ``m``, one or two layers, batch norm, activation (:class:`SparseLayer`); Gaussian init
         ``N(0, init_std^2)`` (null: ``1/(p d)``), biases PyTorch's default or ``zero`` (the text); a warm start from
         the dictionary's columns plus noise of std ``warm_start_noise`` or ``p^(-warm_start_c/2)``; row or column
-        weight normalization after every optimizer step."""
+        weight normalization after every optimizer step; ``fixed_bias`` sets every bias to one value that training
+        leaves unchanged (Thm. 3). ``trainable=first_layer`` trains only the first layer's
+        ``W`` and ``b``: a second layer and batch norm's scale and shift keep their initial values, as in Pokle et
+        al.'s runs, whose optimizers held only ``Wo`` / ``Wt`` (official code before its last commit)."""
 
         width: int = 50
         layers: int = 1
@@ -76,6 +79,8 @@ class SparseEncoder(nn.Module):
         warm_start_noise: Optional[float] = None
         warm_start_c: Optional[float] = None
         weight_norm: str = "none"
+        trainable: str = "all"
+        fixed_bias: Optional[float] = None
         needs = ("vectors",)
 
         @property
@@ -94,6 +99,9 @@ class SparseEncoder(nn.Module):
             check_activation(f"{prefix}.activation", "sparse", self.activation)
             check_choice(f"{prefix}.bias_init", self.bias_init, ("default", "zero"))
             check_choice(f"{prefix}.weight_norm", self.weight_norm, ("none", "row", "column"))
+            check_choice(f"{prefix}.trainable", self.trainable, ("all", "first_layer"))
+            if self.fixed_bias is not None:
+                check_non_negative(f"{prefix}.fixed_bias", self.fixed_bias)
             if self.init_std is not None:
                 check_positive(f"{prefix}.init_std", self.init_std)
             if self.warm_start_noise is not None and self.warm_start_c is not None:
@@ -120,6 +128,11 @@ class SparseEncoder(nn.Module):
             noise = warm_start_noise(data.input_dim, config.warm_start_noise, config.warm_start_c)
             encoder.warm_start(data.dictionary, noise, generator)
         encoder.normalize_weights(config.weight_norm)
+        if config.trainable == "first_layer":
+            encoder.requires_grad_(False)
+            encoder.layers[0].linear.requires_grad_(True)
+        if config.fixed_bias is not None:
+            encoder.fix_biases(config.fixed_bias)
         return encoder
 
     @property
@@ -166,6 +179,13 @@ class SparseEncoder(nn.Module):
         columns = torch.randint(d, (m,), generator=generator) if m > d else torch.arange(m)
         atoms = dictionary.detach().cpu()[:, columns].T
         weight.copy_((atoms + noise_std * torch.randn(atoms.shape, generator=generator)).to(weight))
+
+    @torch.no_grad()
+    def fix_biases(self, value: float) -> None:
+        """Every bias set to ``value`` and left untrained (Thm. 3, Assumption 4: ``b`` fixed during optimization)."""
+        for layer in self.layers:
+            if layer.linear.bias is not None:
+                layer.linear.bias.fill_(value).requires_grad_(False)
 
     def after_optimizer_step(self) -> None:
         if self.weight_norm != "none":
