@@ -8,6 +8,12 @@ After a new ``ssl-bench reproduce --profile quick --out OUT`` (or ``full``), cop
 ``docs/claims/PROFILE.json`` and ``OUT/scoreboard.md`` to ``docs/scoreboard-PROFILE.md``, then rewrite the sections:
 
     python tests/claims_docs.py
+
+Full-length runs come a few studies at a time: ``--merge OUT/claims.json PROFILE`` takes into the committed
+scoreboard every claim that OUT's runs judged (holds or fails) and keeps the committed verdict of the others, then
+rewrites ``docs/scoreboard-PROFILE.md`` and the sections:
+
+    python tests/claims_docs.py --merge runs/full/claims.json full
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from ssl_bench.study.claims import markdown_cell
+from ssl_bench.study.claims import claims_markdown, markdown_cell, scoreboard, scoreboard_markdown
+from ssl_bench.study.reproduce import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -30,11 +38,11 @@ PROSE_VERDICT = re.compile(r"not reproduced|not shown|reproduced|partly|holds?|f
 """Verdict words of prose, longest first, so that "not reproduced" is not read as "reproduced"."""
 
 
-def committed() -> dict[str, dict[str, dict[str, Any]]]:
+def committed(docs: Path = DOCS) -> dict[str, dict[str, dict[str, Any]]]:
     """Per profile, the committed claim records by id ({} for a profile never run)."""
     records: dict[str, dict[str, dict[str, Any]]] = {}
     for profile in PROFILES:
-        path = DOCS / "claims" / f"{profile}.json"
+        path = docs / "claims" / f"{profile}.json"
         claims = json.loads(path.read_text(encoding="utf-8"))["claims"] if path.is_file() else []
         records[profile] = {record["id"]: record for record in claims}
     return records
@@ -130,7 +138,29 @@ def prose_conflicts(text: str, records: dict[str, dict[str, dict[str, Any]]]) ->
     return conflicts
 
 
+def merge(new_claims: Path, profile: str, docs: Path = DOCS) -> None:
+    """Take every claim that ``new_claims`` (a report's claims.json) judged into ``docs/claims/PROFILE.json``,
+    keep the committed record of the others, and rewrite ``docs/scoreboard-PROFILE.md`` from the result."""
+    path = docs / "claims" / f"{profile}.json"
+    kept = committed(docs)[profile]
+    judged = {record["id"]: record for record in json.loads(new_claims.read_text(encoding="utf-8"))["claims"]
+              if record["verdict"] in ("holds", "fails") or record["id"] not in kept}
+    records = list({**kept, **judged}.values())
+    verdicts = sum(record["verdict"] in ("holds", "fails") for record in judged.values())
+    path.write_text(json.dumps({"scoreboard": scoreboard(records), "claims": records}, indent=2) + "\n",
+                    encoding="utf-8")
+    board = docs / f"scoreboard-{profile}.md"
+    board.write_text(
+        f"# Scoreboard: profile {profile}\n\n{time.strftime('%Y-%m-%d')}, {machine()}: {verdicts} claims judged "
+        f"by the runs of {new_claims.parent}, the others as committed before.\n\n{scoreboard_markdown(records)}\n\n"
+        + claims_markdown(records) + "\n", encoding="utf-8")
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--merge"]:
+        if len(sys.argv) != 4 or sys.argv[3] not in PROFILES:
+            raise SystemExit(f"usage: python tests/claims_docs.py --merge CLAIMS_JSON {{{','.join(PROFILES)}}}")
+        merge(Path(sys.argv[2]), sys.argv[3])
     for path, block in pages().items():
         text = path.read_text(encoding="utf-8")
         updated = replace_block(text, block, path)

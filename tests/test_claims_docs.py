@@ -3,9 +3,11 @@ every configured claim in the latest quick scoreboard, and no prose calling a fa
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
-from claims_docs import BEGIN, END, PROFILES, ROOT, committed, pages, prose_conflicts
+from claims_docs import BEGIN, END, PROFILES, ROOT, committed, merge, pages, prose_conflicts
 
 from ssl_bench.config.compose import CONFIG_DIR, available_configs
 
@@ -42,3 +44,24 @@ def test_the_prose_check_reads_the_verdict_word_nearest_each_id():
     assert prose_conflicts("**Reproduced** (`a2000/t:x`)", records) == ["a2000/t:x (reproduced; fails at quick)"]
     assert prose_conflicts("**Not reproduced** (`a2000/t:x`); **reproduced** (`a2000/t:y`)", records) == []
     assert prose_conflicts(f"{BEGIN}\n| `a2000/t:x` | holds |\n{END}", records) == []
+
+
+def test_a_merge_takes_the_judged_claims_and_keeps_the_committed_verdicts_of_the_others(tmp_path):
+    def record(claim_id: str, verdict: str) -> dict:
+        return {"id": claim_id, "study": claim_id.split("/")[0], "source": "Table 1", "statement": "s", "paper": {},
+                "checks": "c", "verdict": verdict, "reason": "r"}
+
+    (tmp_path / "claims").mkdir()
+    old = [record("a2022/t:kept", "holds"), record("a2022/t:rejudged", "holds"), record("b2022/t:unrun", "fails")]
+    (tmp_path / "claims" / "full.json").write_text(json.dumps({"scoreboard": [], "claims": old}))
+    new = [record("a2022/t:rejudged", "fails"), record("b2022/t:unrun", "not run"), record("c2022/t:new", "not run")]
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "claims.json").write_text(json.dumps({"claims": new}))
+    merge(tmp_path / "report" / "claims.json", "full", tmp_path)
+    merged = committed(tmp_path)["full"]
+    assert {i: r["verdict"] for i, r in merged.items()} == {
+        "a2022/t:kept": "holds", "a2022/t:rejudged": "fails", "b2022/t:unrun": "fails", "c2022/t:new": "not run"}
+    board = json.loads((tmp_path / "claims" / "full.json").read_text())["scoreboard"]
+    assert board[-1] == {"study": "total", "claims": 4, "holds": 1, "fails": 2, "not run": 1,
+                         "not checked at this length": 0}
+    assert "1 claims judged" in (tmp_path / "scoreboard-full.md").read_text().splitlines()[2]
