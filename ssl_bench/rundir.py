@@ -48,6 +48,7 @@ HISTORIES = {
     "spectra.jsonl": "singular values of the representations (callbacks.spectrum)",
     "r2.jsonl": "R^2 of the latents from each layer (callbacks.r2_probe)",
     "alignment.jsonl": "alignment of features with the ground truth (callbacks.feature_alignment)",
+    "weight_alignment.jsonl": "|V2^T U1| of two stacked linear layers and their spectra (callbacks.weight_alignment)",
     "predictor.jsonl": "the linear prediction head, per step or epoch (callbacks.predictor_dynamics)",
     "regimes.jsonl": "the head's eigenvalue regimes (callbacks.predictor_dynamics with regimes)",
     "dynamics.jsonl": "output dynamics against theory (callbacks.output_dynamics)",

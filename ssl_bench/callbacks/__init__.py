@@ -10,6 +10,7 @@ from ssl_bench.callbacks import (  # noqa: F401  (each registers its callback)
     r2_probe,
     readout,
     spectrum,
+    weight_alignment,
 )
 from ssl_bench.callbacks.base import Callback
 

@@ -17,8 +17,18 @@ from ssl_bench.registry import register
 
 
 def output_gap(nonlinear: Tensor, linear: Tensor) -> tuple[float, float]:
-    """``(||F_sigma - F_lin||_F / sqrt(n), ||F_sigma - F_lin||_F / ||F_lin||_F)`` for outputs (n x k, one row per data
-    point): the root-mean-square distance per point and the relative distance."""
+    """``(rms, relative)`` for the outputs ``F_sigma`` and ``F_lin`` (n x k, one row per data point):
+
+        rms      = ||F_sigma - F_lin||_F / sqrt(n)   (the root-mean-square of |f_sigma(x_i) - f_lin(x_i)|)
+        relative = ||F_sigma - F_lin||_F / ||F_lin||_F
+
+    ``rms`` is Fig. 2's quantity: Theorem 1 bounds the absolute difference ``|f_sigma(x) - f_lin(x)|`` of
+    ``f_sigma(x) = V sigma(W x)`` and ``f_lin(x) = V W x`` at a uniformly random semi-orthogonal initialisation by a
+    universal constant times a term in the input dimension d and the width L that vanishes as L grows, for
+    ``sigma(0) = 0``, ``sigma'(0) = 1`` and ``sigma''`` continuous at 0 (tanh). ``relative`` divides by the outputs,
+    which shrink with the width too (``||V W x||`` is about ``sqrt(k / L) ||x||``), and for ReLU,
+    ``ReLU(u) - u = -ReLU(-u)`` is as large as ``u`` itself (``||ReLU(-u)|| ~ ||u|| / sqrt(2)`` for symmetric ``u``),
+    so ReLU's relative gap stays of order one at any width while its absolute gap falls."""
     difference = (nonlinear - linear).double().norm()
     return (difference / len(linear) ** 0.5).item(), (difference / linear.double().norm()).item()
 
@@ -31,10 +41,10 @@ class LinearGap(Callback):
     ``trace_matrix``), one step after each of the run's optimizer steps with its learning rate.
 
     Logs ``linear_gap/init_rms`` and ``linear_gap/init_relative`` once (Theorem 1: at a random semi-orthogonal
-    initialisation the gap vanishes as the width grows for an activation with ``sigma(0) = 0`` and ``sigma'(0) = 1``,
-    e.g. tanh), then every ``every_n_epochs`` epochs (null: ``trainer.metrics_every_n_epochs``) and at the last
-    ``linear_gap/rms`` and ``linear_gap/relative`` (:func:`output_gap` on the whole set) and the twin's
-    ``linear_gap/linear_loss`` (Conjecture 1: the gap stays small during training).
+    initialisation the absolute gap ``init_rms`` vanishes as the width grows for an activation with ``sigma(0) = 0``
+    and ``sigma'(0) = 1``, e.g. tanh), then every ``every_n_epochs`` epochs (null: ``trainer.metrics_every_n_epochs``)
+    and at the last ``linear_gap/rms`` (Fig. 2's quantity) and ``linear_gap/relative`` (:func:`output_gap` on the
+    whole set) and the twin's ``linear_gap/linear_loss`` (Conjecture 1: the gap stays small during training).
     """
 
     @dataclass
