@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from ssl_bench.config.compose import CONFIG_DIR, available_configs
 from ssl_bench.study.claims import claims_markdown, markdown_cell, scoreboard, scoreboard_markdown
 from ssl_bench.study.reproduce import machine
 
@@ -36,6 +39,13 @@ END = "<!-- /claims -->"
 CLAIM_ID = re.compile(r"`([a-z]+[0-9]{4}/[a-z0-9_]+:[a-z0-9-]+)`")
 PROSE_VERDICT = re.compile(r"not reproduced|not shown|reproduced|partly|holds?|fails?", re.IGNORECASE)
 """Verdict words of prose, longest first, so that "not reproduced" is not read as "reproduced"."""
+
+
+def configured() -> set[str]:
+    """The full id of every claim in the experiment configs."""
+    return {f"{name}:{claim['id']}" for name in available_configs()[0]
+            for claim in ((yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text()) or {}).get("sweep") or {})
+            .get("claims", [])}
 
 
 def committed(docs: Path = DOCS) -> dict[str, dict[str, dict[str, Any]]]:
@@ -140,9 +150,11 @@ def prose_conflicts(text: str, records: dict[str, dict[str, dict[str, Any]]]) ->
 
 def merge(new_claims: Path, profile: str, docs: Path = DOCS) -> None:
     """Take every claim that ``new_claims`` (a report's claims.json) judged into ``docs/claims/PROFILE.json``,
-    keep the committed record of the others, and rewrite ``docs/scoreboard-PROFILE.md`` from the result."""
+    keep the committed record of the others that a config still holds, and rewrite ``docs/scoreboard-PROFILE.md``
+    from the result."""
     path = docs / "claims" / f"{profile}.json"
-    kept = committed(docs)[profile]
+    claims = configured()
+    kept = {i: record for i, record in committed(docs)[profile].items() if i in claims}
     judged = {record["id"]: record for record in json.loads(new_claims.read_text(encoding="utf-8"))["claims"]
               if record["verdict"] in ("holds", "fails") or record["id"] not in kept}
     records = list({**kept, **judged}.values())

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 
+import claims_docs
 import pytest
-import yaml
-from claims_docs import BEGIN, END, PROFILES, ROOT, committed, merge, pages, prose_conflicts
-
-from ssl_bench.config.compose import CONFIG_DIR, available_configs
+from claims_docs import BEGIN, END, PROFILES, ROOT, committed, configured, merge, pages, prose_conflicts
 
 RECORDS = committed()
 
@@ -29,12 +27,9 @@ def test_no_page_calls_a_failing_claim_reproduced(page):
 
 
 def test_every_configured_claim_is_in_the_latest_quick_scoreboard():
-    experiments, _ = available_configs()
-    configured = {f"{name}:{claim['id']}" for name in experiments
-                  for claim in ((yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text()) or {}).get("sweep") or {})
-                  .get("claims", [])}
-    assert configured, "no config holds a claim"
-    missing = sorted(configured - set(RECORDS["quick"]))
+    claims = configured()
+    assert claims, "no config holds a claim"
+    missing = sorted(claims - set(RECORDS["quick"]))
     assert not missing, f"claims not in docs/claims/quick.json (run `ssl-bench reproduce --profile quick`): {missing}"
 
 
@@ -46,13 +41,15 @@ def test_the_prose_check_reads_the_verdict_word_nearest_each_id():
     assert prose_conflicts(f"{BEGIN}\n| `a2000/t:x` | holds |\n{END}", records) == []
 
 
-def test_a_merge_takes_the_judged_claims_and_keeps_the_committed_verdicts_of_the_others(tmp_path):
+def test_a_merge_takes_the_judged_claims_and_keeps_the_committed_verdicts_of_the_others(tmp_path, monkeypatch):
     def record(claim_id: str, verdict: str) -> dict:
         return {"id": claim_id, "study": claim_id.split("/")[0], "source": "Table 1", "statement": "s", "paper": {},
                 "checks": "c", "verdict": verdict, "reason": "r"}
 
     (tmp_path / "claims").mkdir()
-    old = [record("a2022/t:kept", "holds"), record("a2022/t:rejudged", "holds"), record("b2022/t:unrun", "fails")]
+    old = [record("a2022/t:kept", "holds"), record("a2022/t:rejudged", "holds"), record("b2022/t:unrun", "fails"),
+           record("a2022/t:no-longer-configured", "holds")]
+    monkeypatch.setattr(claims_docs, "configured", lambda: {"a2022/t:kept", "a2022/t:rejudged", "b2022/t:unrun"})
     (tmp_path / "claims" / "full.json").write_text(json.dumps({"scoreboard": [], "claims": old}))
     new = [record("a2022/t:rejudged", "fails"), record("b2022/t:unrun", "not run"), record("c2022/t:new", "not run")]
     (tmp_path / "report").mkdir()
