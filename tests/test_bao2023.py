@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from ssl_bench.callbacks.predictor_dynamics import (
+    converging_fraction,
     eigenvalue_regime,
     isotropic_view_c,
+    parabola_gaps,
     predicted_eigenvalues,
     representation_norms,
     signed_eigenvalues,
@@ -61,6 +63,44 @@ def test_norms_and_commutator_on_hand_made_matrices():
     assert signed_eigenvalues(psi).tolist() == [2.0, -1.0, 0.5]
 
 
+def test_parabola_gaps_are_s_minus_p_squared_in_the_common_eigenbasis():
+    basis = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))[0]
+    p, s = torch.tensor([0.5, -2.0, 1.0, 0.1], dtype=torch.float64), torch.tensor([1.0, 3.0, 0.2, 0.0],
+                                                                                   dtype=torch.float64)
+    psi, gram = basis @ torch.diag(p) @ basis.T, basis @ torch.diag(s) @ basis.T
+    assert torch.allclose(parabola_gaps(psi, gram), torch.tensor([3.0 - 4.0, 0.2 - 1.0, 1.0 - 0.25, -0.01],
+                                                                 dtype=torch.float64))  # |p| descending
+    assert torch.allclose(parabola_gaps(psi, psi @ psi), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+
+
+def test_phi_phi_t_minus_psi_t_psi_decays_at_2_rho_for_a_free_predictor():
+    """Eq. 6's mechanism: with weight decay rho, small gradient steps on any loss of the product Psi Phi (here the
+    cosine loss with a stop-gradient target) shrink Phi Phi^T - Psi^T Psi by exp(-2 rho t), asymmetric Psi or not."""
+    generator = torch.Generator().manual_seed(0)
+    phi = (torch.randn(6, 10, dtype=torch.float64, generator=generator) / 10**0.5).requires_grad_()
+    psi = (torch.randn(6, 6, dtype=torch.float64, generator=generator) / 6**0.5).requires_grad_()
+    x = torch.randn(256, 10, dtype=torch.float64, generator=generator)
+    rho, lr, steps = 0.5, 1e-3, 800
+    start = (phi @ phi.T - psi.T @ psi).detach()
+    for _ in range(steps):
+        target = (x + 0.5 * torch.randn(x.shape, dtype=x.dtype, generator=generator)) @ phi.T.detach()
+        loss = -torch.nn.functional.cosine_similarity(x @ phi.T @ psi.T, target).mean()
+        grads = torch.autograd.grad(loss, (phi, psi))
+        with torch.no_grad():
+            for weight, grad in zip((phi, psi), grads):
+                weight -= lr * (grad + rho * weight)
+    end = (phi @ phi.T - psi.T @ psi).detach()
+    assert torch.allclose(end, start * (1 - lr * rho) ** (2 * steps), rtol=0, atol=1e-3)  # O(lr^2) per step
+    assert not torch.allclose(psi, psi.T, atol=1e-2)
+
+
+def test_converging_fraction_counts_eigenvalue_moduli_above_p3():
+    acute = [(-float("inf"), -1.0, "diverge"), (-1.0, 0.2, "collapse"), (0.2, float("inf"), "converge")]
+    p = torch.tensor([0.5, 0.3, 0.1, -0.4], dtype=torch.float64)
+    assert converging_fraction(p, acute) == 0.75
+    assert converging_fraction(p, [(-float("inf"), -1.0, "diverge"), (-1.0, float("inf"), "collapse")]) == 0.0
+
+
 def test_c_comes_from_isotropic_gaussian_views_only():
     from datamodules.gaussian import GaussianDataModule
     from datamodules.strong_weak import StrongWeakDataModule
@@ -102,13 +142,13 @@ def fit_bao(run_cli, run_dir: Path, *overrides: str) -> tuple[dict, list[dict]]:
 
 
 def test_l2_loss_collapses_above_the_threshold_and_not_below(run_cli, tmp_path):
-    strong, records = fit_bao(run_cli, tmp_path / "strong", "method.loss=l2", "optim.weight_decay=0.5",
-                              "trainer.max_epochs=20")
+    _, records = fit_bao(run_cli, tmp_path / "strong", "method.loss=l2", "optim.weight_decay=0.5",
+                         "trainer.max_epochs=20")
     assert {r["regime"] for r in records} == {"collapse"}
     first, last = (abs(r["eigenvalues_signed"][0]) for r in (records[0], records[-1]))
     assert last < first / 10  # on its way to 0: with lr 0.01 the 20 epochs are a gradient-flow time of about 8
-    weak, records = fit_bao(run_cli, tmp_path / "weak", "method.loss=l2", "optim.weight_decay=0.01",
-                            "trainer.max_epochs=20")
+    _, records = fit_bao(run_cli, tmp_path / "weak", "method.loss=l2", "optim.weight_decay=0.01",
+                         "trainer.max_epochs=20")
     assert {r["regime"] for r in records} == {"stable"} and abs(records[-1]["eigenvalues_signed"][0]) > 0.1
 
 
@@ -129,15 +169,33 @@ def test_cosine_loss_bifurcates_from_collapse_to_acute(run_cli, tmp_path):
     assert 0 < summary["metrics"]["predictor/ode_error"] < 1
 
 
+def test_trained_network_approaches_the_parabola_at_2_rho(run_cli, tmp_path):
+    """Eq. 6 on the trained network (bao2023/parabola: small constant steps): the gap s_j - p_j^2 decays at the rate
+    2 rho in gradient-flow time; a free predictor gets asymmetric, the symmetric one does not."""
+    code, _, err = run_cli("fit", "--config", "bao2023/parabola", "logger=none", "trainer.progress=none",
+                           "~callbacks.spectrum", "optim.weight_decay=0.5", "trainer.max_epochs=10",
+                           "method.predictor_symmetric=false", f"run_dir={tmp_path / 'run'}")
+    assert code == 0, err[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "regimes.jsonl").read_text().splitlines()]
+    assert "parabola_rate" not in records[0] and records[-1]["parabola_gap"] < 0.6 * records[0]["parabola_gap"]
+    assert records[-1]["parabola_rate"] == pytest.approx(2 * 0.5, rel=0.1)
+    metrics = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]
+    assert metrics["predictor/asymmetry"] > 1e-4 and 0 <= metrics["predictor/converging"] <= 1
+
+
 @pytest.mark.parametrize("override, message", [
-    ("callbacks.predictor_dynamics.norms=false", "callbacks.predictor_dynamics.regimes=true needs "
-                                                 "callbacks.predictor_dynamics.norms=true"),
+    ("callbacks.predictor_dynamics.norms=false",
+     "callbacks.predictor_dynamics.regimes=true needs callbacks.predictor_dynamics.norms=true"),
+    ("callbacks.predictor_dynamics.regimes=false callbacks.predictor_dynamics.norms=false "
+     + "callbacks.predictor_dynamics.parabola=true",
+     "callbacks.predictor_dynamics.parabola=true needs callbacks.predictor_dynamics.norms=true"),
     ("method.loss=mse_bn", "it needs method.loss=cosine or l2 (method.loss=mse_bn)"),
     ("data.noise_from=32", "needs c = 1 + sigma^2 of isotropic Gaussian views, which this data does not define: "
-                           "set callbacks.predictor_dynamics.augmentation_c"),
+     + "set callbacks.predictor_dynamics.augmentation_c"),
 ])
 def test_regimes_need_norms_and_a_bao_loss(run_cli, tmp_path, override, message):
-    code, _, err = run_cli("fit", "--config", "bao2023/linear", "logger=none", override, f"run_dir={tmp_path / 'r'}")
+    code, _, err = run_cli("fit", "--config", "bao2023/linear", "logger=none", *override.split(),
+                           f"run_dir={tmp_path / 'r'}")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 

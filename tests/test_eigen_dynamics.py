@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -90,7 +91,7 @@ def test_intervals_partition_the_line(params: tuple[float, ...], kinds: list[str
     found = intervals(*params)
     assert [kind for *_, kind in found] == kinds
     assert found[0][0] == -np.inf and found[-1][1] == np.inf
-    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(found, found[1:]))
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in pairwise(found))
     assert set(cosine_equilibria(*params).values) >= {low for low, *_ in found[1:]}
 
 

@@ -1,5 +1,5 @@
 """The dynamics of a linear prediction head W (m x m): off-diagonal, distance to the identity, eigenvalues and
-asymmetry (Wen & Li 2022; Bao 2023), and Bao's norms, commutator and eigenvalue regimes."""
+asymmetry (Wen & Li 2022; Bao 2023), and Bao's norms, commutator, eigenvalue regimes and invariant parabola."""
 
 from __future__ import annotations
 
@@ -81,6 +81,30 @@ def signed_eigenvalues(psi: Tensor) -> Tensor:
     return values[values.abs().argsort(descending=True)]
 
 
+def parabola_gaps(psi: Tensor, gram: Tensor) -> Tensor:
+    """Bao 2023's distances to the invariant parabola (Eq. 6), ``u_j^T (Phi Phi^T - Psi^T Psi) u_j`` for the
+    eigenvectors ``u_j`` of ``(Psi + Psi^T) / 2`` (largest eigenvalue modulus first), given ``gram = Phi Phi^T``
+    (float64). For a symmetric ``Psi`` commuting with ``Phi Phi^T`` they are ``s_j - p_j^2``. Under gradient flow on
+    any loss of the product ``Psi Phi`` with weight decay ``rho``, ``d(Phi Phi^T - Psi^T Psi)/dt =
+    -2 rho (Phi Phi^T - Psi^T Psi)``, so each decays as ``exp(-2 rho t)``; projecting ``Psi`` onto the symmetric
+    matrices after each step leaves the diagonal in its eigenbasis decaying at the same rate."""
+    psi, gram = psi.detach().double().cpu(), gram.detach().double().cpu()
+    values, vectors = torch.linalg.eigh((psi + psi.T) / 2)
+    vectors = vectors[:, values.abs().argsort(descending=True)]
+    return torch.einsum("ij,ik,kj->j", vectors, gram - psi.T @ psi, vectors)
+
+
+def converging_fraction(p: Tensor, spans: list[tuple[float, float, str]]) -> float:
+    """The fraction of the eigenvalues' moduli ``|p_j|`` (Bao 2023's convention, App. D.1) inside an interval that
+    converges to a non-zero root: above the unstable ``p_3`` of Eq. (7) in Acute (Fig. 5: the eigenvalues lie far
+    above ``p_3``, so they do not collapse), above ``p_-`` of Eq. (8); 0 when there is none (Collapse)."""
+    moduli, mask = p.abs(), torch.zeros_like(p, dtype=torch.bool)
+    for low, high, kind in spans:
+        if kind == "converge":
+            mask |= (moduli > low) & (moduli < high)
+    return mask.double().mean().item()
+
+
 def eigenvalue_regime(loss: str, rho: float, c: float, norms: dict[str, float]
                       ) -> tuple[str, list[tuple[float, float, str]]]:
     """The regime and the intervals of ``p`` that diverge, collapse or converge (:mod:`ssl_bench.ops.eigen_dynamics`)
@@ -148,8 +172,16 @@ class PredictorDynamics(Callback):
     (0 collapse, 1 acute, 2 stable) and the intervals of ``p`` that diverge, collapse or converge; and the signed
     eigenvalues of the last reading, advanced along that ODE (its norms held) over the time elapsed since (the sum
     of the steps' ``lr / (1 - momentum)``, gradient flow's time), are compared with the trained ones:
-    ``predictor/ode_error = ||p_ode - p|| / ||p||``. These readings go to ``regimes.jsonl``, and to every W&B logger
-    as the image ``predictor/regimes``: the eigenvalues' moduli over the readings on the intervals as background.
+    ``predictor/ode_error = ||p_ode - p|| / ||p||``; ``predictor/converging`` is the fraction of the eigenvalues that
+    lie in an interval converging to a non-zero root (:func:`converging_fraction`, Fig. 5). These readings go to
+    ``regimes.jsonl``, and to every W&B logger as the image ``predictor/regimes``: the eigenvalues' moduli over the
+    readings on the intervals as background.
+
+    With ``parabola`` (Bao 2023, Eq. 6; a linear, bias-free encoder ``Phi`` on ``x ~ N(0, I)``), each epoch-end
+    reading also logs ``predictor/parabola_gap``, the norm of :func:`parabola_gaps` (``||s - p^2||`` in the common
+    eigenbasis) with ``Phi Phi^T = Z^T Z`` exactly, ``Z`` the representations of the standard basis; and, from the
+    second reading on, ``predictor/parabola_rate = ln(gap_1 / gap) / (t - t_1)``, its mean decay rate since the
+    first reading over gradient-flow time, ``2 rho`` under Eq. 6.
     """
 
     @dataclass
@@ -159,6 +191,7 @@ class PredictorDynamics(Callback):
         regimes: bool = False
         samples: int = 4096
         augmentation_c: Optional[float] = None
+        parabola: bool = False
 
         def validate(self, prefix: str) -> None:
             super().validate(prefix)
@@ -168,13 +201,16 @@ class PredictorDynamics(Callback):
             check_positive(f"{prefix}.samples", self.samples)
             if self.regimes and not self.norms:
                 raise ConfigError(f"{prefix}.regimes=true needs {prefix}.norms=true (Eq. 7 reads the norms)")
+            if self.parabola and not self.norms:
+                raise ConfigError(f"{prefix}.parabola=true needs {prefix}.norms=true (Eq. 6 is read at their readings)")
 
     def __init__(self, config: Config, every_n_epochs: int = 1) -> None:
         super().__init__(config, every_n_epochs)
         self.pending: list[tuple[int, int, Tensor]] = []
         self.linear = False
-        self.elapsed = 0.0
+        self.elapsed = self.clock = 0.0
         self.last: dict[str, Any] | None = None
+        self.parabola_start: tuple[float, float] | None = None
         self.regime_history: list[dict[str, Any]] = []
 
     def view_c(self, data: Any) -> float | None:
@@ -198,13 +234,15 @@ class PredictorDynamics(Callback):
         if not self.linear:
             warnings.warn(f"callbacks.predictor_dynamics: method.name={module.method.config.name} has no linear "
                           "predictor (module.method.predictor.weight, m x m); it logs nothing", stacklevel=2)
+        self.momentum = getattr(module.optim, "momentum", 0.0)
         if self.config.regimes:
             self.loss, self.c = module.method.config.loss, self.view_c(trainer.datamodule)
-            self.rho, self.momentum = module.optim.weight_decay, getattr(module.optim, "momentum", 0.0)
+            self.rho = module.optim.weight_decay
 
     def on_optimizer_step(self, trainer: Any, module: Any, step: StepInfo) -> None:
-        if self.config.regimes:
+        if self.config.regimes or self.config.parabola:
             self.elapsed += step.lr / (1.0 - self.momentum)
+            self.clock += step.lr / (1.0 - self.momentum)
         every = self.config.every_n_steps
         if self.linear and every and (step.index + 1) % every == 0 and trainer.is_global_zero:
             self.pending.append((step.epoch + 1, step.index + 1, linear_head(module.method).detach().clone()))
@@ -231,13 +269,16 @@ class PredictorDynamics(Callback):
         inputs = trainer.datamodule.evaluation_inputs(self.config.samples)
         z = frozen_representations(module.method, inputs.split(1024), module.device)["projector"].double()
         norms = representation_norms(weight, z.T @ z / len(z))
-        scalars_ = {f"predictor/{key}": value for key, value in norms.items()}
-        record: dict[str, Any] = {"epoch": trainer.current_epoch + 1, "step": trainer.global_step, **norms}
+        parabola = self._parabola(trainer, module, weight) if self.config.parabola else {}
+        scalars_ = {f"predictor/{key}": value for key, value in {**norms, **parabola}.items()}
+        record: dict[str, Any] = {"epoch": trainer.current_epoch + 1, "step": trainer.global_step, **norms, **parabola}
         if self.config.regimes:
             p = signed_eigenvalues(weight)
             regime, spans = eigenvalue_regime(self.loss, self.rho, self.c, norms)
             scalars_["predictor/regime"] = REGIME_CODES[regime]
-            record.update(regime=regime, intervals=[[json_value(a), json_value(b), kind] for a, b, kind in spans],
+            scalars_["predictor/converging"] = converging_fraction(p, spans)
+            record.update(regime=regime, converging=scalars_["predictor/converging"],
+                          intervals=[[json_value(a), json_value(b), kind] for a, b, kind in spans],
                           eigenvalues_signed=[json_value(v) for v in p.tolist()])
             if self.last is not None and self.elapsed > 0:
                 predicted = predicted_eigenvalues(self.loss, self.last["p"], self.rho, self.c, self.last["norms"],
@@ -254,6 +295,19 @@ class PredictorDynamics(Callback):
             append_records(trainer.default_root_dir, "regimes.jsonl", [record])
             if self.config.regimes:
                 self._draw(trainer)
+
+    def _parabola(self, trainer: Any, module: Any, weight: Tensor) -> dict[str, float]:
+        """``parabola_gap`` and (after the first reading) ``parabola_rate`` of Eq. 6 (see the class)."""
+        dim = trainer.datamodule.evaluation_inputs(1).shape[-1]
+        z = frozen_representations(module.method, [torch.eye(dim)], module.device)["projector"].double()
+        gap = parabola_gaps(weight, z.T @ z).norm().item()
+        if self.parabola_start is None:
+            self.parabola_start = (gap, self.clock)
+            return {"parabola_gap": gap}
+        start_gap, start_time = self.parabola_start
+        if gap <= 0 or self.clock <= start_time:
+            return {"parabola_gap": gap}
+        return {"parabola_gap": gap, "parabola_rate": math.log(start_gap / gap) / (self.clock - start_time)}
 
     def _draw(self, trainer: Any) -> None:
         """The eigenvalues over the readings on their regime intervals, to every W&B logger."""
@@ -295,10 +349,14 @@ class PredictorDynamics(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         last = None if self.last is None else {"p": self.last["p"].tolist(), "norms": self.last["norms"]}
-        return {"elapsed": self.elapsed, "last": last, "regime_history": self.regime_history}
+        return {"elapsed": self.elapsed, "clock": self.clock, "parabola_start": self.parabola_start, "last": last,
+                "regime_history": self.regime_history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.elapsed, self.regime_history = state.get("elapsed", 0.0), list(state.get("regime_history", []))
+        self.clock = state.get("clock", 0.0)
+        start = state.get("parabola_start")
+        self.parabola_start = None if start is None else (float(start[0]), float(start[1]))
         last = state.get("last")
         self.last = None if last is None else {"p": torch.tensor(last["p"], dtype=torch.float64),
                                                "norms": last["norms"]}

@@ -47,8 +47,10 @@ negative; a multiple root has slope 0 and is not stable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, TypeVar
+from itertools import pairwise
+from typing import Literal, TypeVar
 
 import numpy as np
 from torch import Tensor
@@ -116,7 +118,7 @@ def _intervals(coefficients: np.ndarray) -> list[tuple[float, float, Kind]]:
     edges = np.concatenate([[-np.inf], values, [np.inf]])
     out: list[tuple[float, float, Kind]] = []
     limits: list[float] = []
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in pairwise(edges):
         probe = (low + high) / 2 if np.isfinite(low + high) else (
             high - max(1.0, abs(high)) if np.isfinite(high) else low + max(1.0, abs(low)))
         limit = high if np.polyval(coefficients, probe) > 0 else low
