@@ -11,6 +11,7 @@ from ssl_bench.callbacks import (  # noqa: F401  (each registers its callback)
     readout,
     spectrum,
     weight_alignment,
+    weight_geometry,
 )
 from ssl_bench.callbacks.base import Callback
 
