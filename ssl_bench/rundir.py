@@ -52,6 +52,7 @@ HISTORIES = {
     "predictor.jsonl": "the linear prediction head, per step or epoch (callbacks.predictor_dynamics)",
     "regimes.jsonl": "the head's eigenvalue regimes (callbacks.predictor_dynamics with regimes)",
     "dynamics.jsonl": "output dynamics against theory (callbacks.output_dynamics)",
+    "gradient_spectra.jsonl": "singular values of the loss's gradient (callbacks.gradient_spectrum)",
 }
 """The histories a run directory may hold, with what each records (and who writes it)."""
 

@@ -130,7 +130,8 @@ def test_evaluate_refuses_other_methods(run_cli):
 
 def test_every_rusak2022_config_loads_with_seeds_and_the_papers_table1():
     names = [n for n in available_configs()[0] if n.startswith("rusak2022/") and n != "rusak2022/table2_cifar10"]
-    assert names == ["rusak2022/linear", "rusak2022/nonlinear_box", "rusak2022/nonlinear_sphere", "rusak2022/table1"]
+    assert names == ["rusak2022/gradient_spectrum", "rusak2022/linear", "rusak2022/nonlinear_box",
+                     "rusak2022/nonlinear_sphere", "rusak2022/table1"]
     for name in names:
         cfg = load(name, [])
         assert list(cfg.sweep.seeds) == [1, 2, 3] and cfg.sweep.metrics, name
@@ -140,8 +141,11 @@ def test_every_rusak2022_config_loads_with_seeds_and_the_papers_table1():
         8, "linear", False, True)
     points = {p.axes[1][1]: p for p in expand_grid(linear.sweep.grid) if p.axes[0][1] == "box"}
     assert sorted(points) == ["dc0", "dc1", "dc1-tau", "dc2", "dc2-tau", "dc4", "dc4-tau"]
-    tau = load("rusak2022/linear", list(points["dc2-tau"].overrides))
-    assert (tau.data.n_content, tau.method.temperature_groups) == (2, [2, 6])
+    tau = {dict(p.axes)["tau_c"]: p for p in expand_grid(linear.sweep.grid) if dict(p.axes)["setting"] == "dc2-tau"}
+    assert sorted(tau) == ["0.01", "0.03", "0.1", "0.3"]
+    smallest = load("rusak2022/linear", list(tau["0.01"].overrides))
+    assert (smallest.data.n_content, smallest.method.temperature_groups, smallest.method.temperatures) == (
+        2, [2, 6], [0.01, 1.0])
     table1 = load("rusak2022/table1", [])
     assert table1.encoder.name == "inverse"
     values = {row.match["space"]: row.values for row in table1.sweep.reference}
@@ -150,3 +154,129 @@ def test_every_rusak2022_config_loads_with_seeds_and_the_papers_table1():
     sphere = [p for p in expand_grid(table1.sweep.grid) if dict(p.axes)["space"] == "sphere"][0]
     trained = load("rusak2022/table1", list(sphere.overrides))
     assert (trained.encoder.name, trained.encoder.output, trained.data.style_noise) == ("mlp", "sphere", "vmf")
+
+
+# -- the gradient spectrum (App. C, Lemmas 6-7, Prop. 2; App. D.3, Prop. 5) ------------------------------------------
+
+
+def gradient_case(tmp_path, weight: str, batch_size: int | None = None, content: int = 2):
+    """The gradient-spectrum callback on a linear g (d = 8) and f = W x with ``W = A^-1`` ("inverse"), ``W = D A^-1``
+    with ``D`` keeping the content latents only ("collapsed": Prop. 4's optimum) or a NaN ``W`` ("diverged"): the
+    logged scalars, the data and the method."""
+    from ssl_bench.callbacks.gradient_spectrum import GradientSpectrum
+    from ssl_bench.registry import lookup
+
+    cfg = load("rusak2022/gradient_spectrum", [*SMALL, "data.batch_size=256", f"data.n_content={content}"])
+    data = InvertibleMLPDataModule(cfg.data, seed=1)
+    encoder = lookup("encoder", cfg.encoder.name)
+    method = lookup("method", "adaptive_infonce").from_config(
+        cfg.method, lambda: encoder.from_config(cfg.encoder, data, torch.Generator()), 8)
+    keep = {"inverse": torch.ones(8), "collapsed": (torch.arange(8) < content).double() * 5,
+            "diverged": torch.full((8,), float("nan"))}[weight]
+    with torch.no_grad():
+        method.encoder.first_layer_weight.copy_((keep[:, None] * data.inverse_weights[0]).float())
+    callback = GradientSpectrum(GradientSpectrum.Config(batch_size=batch_size), 1)
+    callback.check(data, method, cfg.optim)
+    logged: dict[str, float] = {}
+    trainer = SimpleNamespace(datamodule=data, current_epoch=0, max_epochs=1, global_step=0, is_global_zero=True,
+                              default_root_dir=str(tmp_path))
+    module = SimpleNamespace(method=method, device=torch.device("cpu"),
+                             log=lambda name, value, **_: logged.__setitem__(name, value))
+    callback.setup(trainer, module, "fit")
+    callback.on_train_epoch_end(trainer, module)
+    return logged, data, method
+
+
+def test_largest_gap_counts_the_values_above_the_widest_relative_gap():
+    from ssl_bench.callbacks.gradient_spectrum import largest_gap
+
+    assert largest_gap(torch.tensor([10.0, 9.0, 1.0, 0.9])) == 2
+    assert largest_gap(torch.tensor([5.0, 0.5, 0.4, 0.3])) == 1
+    assert largest_gap(torch.tensor([3.0, 2.0, 0.0, 0.0])) == 2  # a rank-2 spectrum
+    assert largest_gap(torch.tensor([0.0, 0.0])) == 0 and largest_gap(torch.tensor([1.0])) == 0
+
+
+def test_latent_gradient_is_the_gradient_of_w_in_latent_coordinates():
+    """For f = W x and x = A z, Gamma = sum_i dL/du_i z_i^T equals dL/dW A^-T (the coordinates of Eq. 15)."""
+    from ssl_bench.callbacks.gradient_spectrum import latent_gradient
+
+    generator = torch.Generator().manual_seed(0)
+    a, w = torch.randn(4, 4, generator=generator, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64,
+                                                                                  generator=generator)
+    z1, z2 = torch.rand(32, 4, generator=generator, dtype=torch.float64), torch.rand(32, 4, dtype=torch.float64,
+                                                                                   generator=generator)
+    w.requires_grad_()
+    u1, u2 = z1 @ a.T @ w.T, z2 @ a.T @ w.T
+    grads = torch.autograd.grad(lp_info_nce(u1, u2, 1.0).loss, [u1, u2, w])
+    torch.testing.assert_close(latent_gradient(grads[:2], (z1, z2)), grads[2] @ torch.linalg.inv(a).T)
+
+
+def test_content_energy_shares_and_ratio():
+    from ssl_bench.callbacks.gradient_spectrum import content_energy
+
+    gamma = torch.tensor([[3.0, 0.0, 1.0], [0.0, 0.0, 1.0]])  # column energies 9, 0, 2
+    out = content_energy(gamma, {"content": [0], "style": [1, 2]})
+    assert out["content_share"] == pytest.approx(9 / 11) and out["content_ratio"] == pytest.approx(9 / 1)
+    assert "content_ratio" not in content_energy(gamma, {"content": [0, 1, 2]})
+
+
+def test_collapsed_optimum_has_gradient_rank_at_most_dc(tmp_path):
+    """Prop. 5: at f = D g^-1 with rank(D) = d_c the gradient passes through D (Eq. 22) and has rank d_c; the
+    uncollapsed g^-1 has a full-rank gradient."""
+    collapsed, _, method = gradient_case(tmp_path, "collapsed")
+    assert collapsed["grad/output_rank"] == 2 and collapsed["grad/weight_rank"] == 2
+    assert all(p.grad is None for p in method.parameters())  # the callback leaves the optimizer's gradients alone
+    inverse, _, _ = gradient_case(tmp_path, "inverse")
+    assert inverse["grad/output_rank"] == 8 and inverse["grad/weight_rank"] == 8
+    records = [json.loads(line) for line in (tmp_path / "gradient_spectra.jsonl").read_text().splitlines()]
+    assert [len(r["weight"]) for r in records] == [8, 8] and len(records[0]["latent"]) == 8
+
+
+def test_collapsed_gradient_lies_in_the_content_columns(tmp_path):
+    """Lemma 7 / Prop. 2 at the collapsed optimum: the gradient is a function of the content latents, so the style
+    columns of Gamma hold only their sample correlation with it, and the spectrum's largest gap falls after d_c."""
+    logged, _, _ = gradient_case(tmp_path, "collapsed", content=3)
+    assert logged["grad/content_share"] > 0.9 and logged["grad/content_ratio"] > 10
+    assert logged["grad/latent_gap_rank"] == 3
+
+
+def test_few_pairs_give_a_rank_deficient_gradient(tmp_path):
+    """Lemma 6: the gradient of W from B pairs is a sum of 2B outer products that sum to 0 (a translation-invariant
+    similarity), so its rank is at most 2B - 1 < d = 8 for B = 2."""
+    two, _, _ = gradient_case(tmp_path, "inverse", batch_size=2)
+    many, _, _ = gradient_case(tmp_path, "inverse", batch_size=256)
+    assert two["grad/weight_rank"] <= 3 and many["grad/weight_rank"] == 8
+    assert many["grad/weight_effective_rank"] > two["grad/weight_effective_rank"] + 2
+
+
+def test_a_diverged_encoder_logs_nan_and_records_nothing(tmp_path):
+    logged, _, _ = gradient_case(tmp_path, "diverged")
+    assert len(logged) == 8 and all(math.isnan(value) for value in logged.values())
+    assert not (tmp_path / "gradient_spectra.jsonl").exists()
+
+
+def test_gradient_spectrum_refuses_a_method_without_loss_terms():
+    from ssl_bench.callbacks.gradient_spectrum import GradientSpectrum
+
+    method = SimpleNamespace(encoder=torch.nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="needs a method with loss_terms"):
+        GradientSpectrum(GradientSpectrum.Config(), 1).check(small_data(), method, None)
+
+
+@pytest.mark.parametrize("name", ["rusak2022/gradient_spectrum", "rusak2022/linear", "rusak2022/nonlinear_box",
+                                  "rusak2022/nonlinear_sphere", "rusak2022/table1"])
+def test_configs_train_as_cl_ica_main_mlp(name):
+    """cl-ica's main_mlp.py: n_steps 100001 x more_unsupervised 3 = 300,003 steps at batch 6144, Adam lr 1e-4; where
+    f is an MLP, its encoders.get_mlp: hidden widths 10n, 50n x 4, 10n (n = 10) and LeakyReLU slope 0.01."""
+    cfg = load(name, [])
+    assert cfg.data.steps_per_epoch * cfg.trainer.max_epochs == 300_003
+    assert (cfg.data.batch_size, cfg.optim.lr, cfg.optim.weight_decay) == (6144, 1e-4, 0.0)
+    points = expand_grid(cfg.sweep.grid)
+    trained = load(name, list(points[0].overrides))
+    if trained.encoder.name == "mlp" and trained.encoder.widths:
+        widths = [w * trained.data.d for w in trained.encoder.widths]
+        assert (widths, trained.encoder.negative_slope) == ([100, 500, 500, 500, 500, 100], 0.01)
+    if name.startswith("rusak2022/nonlinear"):
+        assert {dict(p.axes)["tau_c"] for p in points} == {"equal", "0.3", "0.1", "0.03", "0.01"}
+        paper_text = load(name, ["encoder.widths=[1,1,1,1,1,1]", "encoder.negative_slope=0.2"]).encoder
+        assert (paper_text.widths, paper_text.negative_slope) == ([1, 1, 1, 1, 1, 1], 0.2)
