@@ -10,7 +10,8 @@ After a new ``ssl-bench reproduce --profile quick --out OUT`` (or ``full``), cop
     python tests/claims_docs.py
 
 Full-length runs come a few studies at a time: ``--merge OUT/claims.json PROFILE`` takes into the committed
-scoreboard every claim that OUT's runs judged (holds or fails) and keeps the committed verdict of the others, then
+scoreboard every claim of OUT's report that its runs reached (any verdict but ``not run``) and keeps the committed
+record of the others, then
 rewrites ``docs/scoreboard-PROFILE.md`` and the sections:
 
     python tests/claims_docs.py --merge runs/full/claims.json full
@@ -149,14 +150,14 @@ def prose_conflicts(text: str, records: dict[str, dict[str, dict[str, Any]]]) ->
 
 
 def merge(new_claims: Path, profile: str, docs: Path = DOCS) -> None:
-    """Take every claim that ``new_claims`` (a report's claims.json) judged into ``docs/claims/PROFILE.json``,
-    keep the committed record of the others that a config still holds, and rewrite ``docs/scoreboard-PROFILE.md``
+    """Take every claim of ``new_claims`` (a report's claims.json) that its runs reached into
+    ``docs/claims/PROFILE.json``, keep the committed record of the others that a config still holds, and rewrite ``docs/scoreboard-PROFILE.md``
     from the result."""
     path = docs / "claims" / f"{profile}.json"
     claims = configured()
     kept = {i: record for i, record in committed(docs)[profile].items() if i in claims}
     judged = {record["id"]: record for record in json.loads(new_claims.read_text(encoding="utf-8"))["claims"]
-              if record["verdict"] in ("holds", "fails") or record["id"] not in kept}
+              if record["verdict"] != "not run" or record["id"] not in kept}
     records = list({**kept, **judged}.values())
     verdicts = sum(record["verdict"] in ("holds", "fails") for record in judged.values())
     path.write_text(json.dumps({"scoreboard": scoreboard(records), "claims": records}, indent=2) + "\n",
