@@ -151,8 +151,8 @@ def prose_conflicts(text: str, records: dict[str, dict[str, dict[str, Any]]]) ->
 
 def merge(new_claims: Path, profile: str, docs: Path = DOCS) -> None:
     """Take every claim of ``new_claims`` (a report's claims.json) that its runs reached into
-    ``docs/claims/PROFILE.json``, keep the committed record of the others that a config still holds, and rewrite ``docs/scoreboard-PROFILE.md``
-    from the result."""
+    ``docs/claims/PROFILE.json``, keep the committed record of the others that a config still holds, and rewrite
+    ``docs/scoreboard-PROFILE.md`` from the result."""
     path = docs / "claims" / f"{profile}.json"
     claims = configured()
     kept = {i: record for i, record in committed(docs)[profile].items() if i in claims}
