@@ -1,6 +1,7 @@
 """The claims sections of the study pages (``docs/<study>.md``) and the README's Studies section, written from the
 committed scoreboards of ``ssl-bench reproduce``: ``docs/claims/quick.json`` (the latest quick run) and
-``docs/claims/full.json`` (the full-profile runs made). ``tests/test_claims_docs.py`` fails when a section differs
+``docs/claims/full.json`` (the full-length runs made: at profile full, or at a full-length variant such as
+pokle2022's release_scripts for the claims that name it). ``tests/test_claims_docs.py`` fails when a section differs
 from what these files say, when a config's claim is missing from them, and when prose calls a claim reproduced that
 a committed scoreboard says fails.
 
@@ -10,8 +11,8 @@ After a new ``ssl-bench reproduce --profile quick --out OUT`` (or ``full``), cop
     python tests/claims_docs.py
 
 Full-length runs come a few studies at a time: ``--merge OUT/claims.json PROFILE`` takes into the committed
-scoreboard every claim of OUT's report that its runs reached (any verdict but ``not run``) and keeps the committed
-record of the others, then
+scoreboard every claim of OUT's report that its runs judged (holds, fails, or not checked at a length made at
+PROFILE itself) and keeps the committed record of the others, then
 rewrites ``docs/scoreboard-PROFILE.md`` and the sections:
 
     python tests/claims_docs.py --merge runs/full/claims.json full
@@ -59,14 +60,16 @@ def committed(docs: Path = DOCS) -> dict[str, dict[str, dict[str, Any]]]:
     return records
 
 
-def verdict_cell(record: dict[str, Any] | None) -> str:
-    """A claim's verdict at one profile: with ours when it holds or fails; ``not run`` when that profile's scoreboard
-    does not list it."""
+def verdict_cell(record: dict[str, Any] | None, profile: str) -> str:
+    """A claim's verdict in the column of ``profile``: with ours when it holds or fails, and the profile its runs
+    were made at where that is another (a full-length variant such as pokle2022's release_scripts); ``not run`` when
+    that scoreboard does not list it."""
     if record is None:
         return "not run"
+    made_at = "" if record.get("profile") in (None, profile) else f" (profile {record['profile']})"
     if record["verdict"] in ("holds", "fails"):
-        return f"**{record['verdict']}**: {markdown_cell(record['reason'])}"
-    return record["verdict"]
+        return f"**{record['verdict']}**{made_at}: {markdown_cell(record['reason'])}"
+    return record["verdict"] + made_at
 
 
 def ordered_ids(records: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
@@ -83,7 +86,7 @@ def study_block(study: str, records: dict[str, dict[str, dict[str, Any]]]) -> st
             continue
         paper = ", ".join(f"{name} {value:g}" for name, value in shown["paper"].items())
         cells = [f"`{claim_id}`", *map(markdown_cell, (shown["source"], shown["statement"], paper, shown["checks"])),
-                 *(verdict_cell(records[profile].get(claim_id)) for profile in PROFILES)]
+                 *(verdict_cell(records[profile].get(claim_id), profile) for profile in PROFILES)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([*lines, "", END])
 
@@ -150,14 +153,15 @@ def prose_conflicts(text: str, records: dict[str, dict[str, dict[str, Any]]]) ->
 
 
 def merge(new_claims: Path, profile: str, docs: Path = DOCS) -> None:
-    """Take every claim of ``new_claims`` (a report's claims.json) that its runs reached into
+    """Take every claim of ``new_claims`` (a report's claims.json) that its runs judged into
     ``docs/claims/PROFILE.json``, keep the committed record of the others that a config still holds, and rewrite
     ``docs/scoreboard-PROFILE.md`` from the result."""
     path = docs / "claims" / f"{profile}.json"
     claims = configured()
     kept = {i: record for i, record in committed(docs)[profile].items() if i in claims}
     judged = {record["id"]: record for record in json.loads(new_claims.read_text(encoding="utf-8"))["claims"]
-              if record["verdict"] != "not run" or record["id"] not in kept}
+              if record["id"] not in kept or record["verdict"] in ("holds", "fails")
+              or (record["verdict"] == "not checked at this length" and record.get("profile") == profile)}
     records = list({**kept, **judged}.values())
     verdicts = sum(record["verdict"] in ("holds", "fails") for record in judged.values())
     path.write_text(json.dumps({"scoreboard": scoreboard(records), "claims": records}, indent=2) + "\n",
