@@ -45,7 +45,7 @@ def test_callback_share_times_each_callback(capsys):
     assert [module.evaluations(e, 2) for e in (1, 2, 3, 4, 5)] == [1, 1, 2, 2, 3]  # multiples of 2 and the last
     shares = module.main(["--config", "rusak2022/nonlinear_box", "--epochs", "3", "--every", "2", "data.batch_size=64",
                           "data.steps_per_epoch=2", "data.condition_draws=100", "callbacks.r2_probe.samples=128",
-                          "callbacks.r2_probe.batch_size=128"])
+                          "callbacks.r2_probe.batch_size=128", "~callbacks.gradient_spectrum"])
     assert set(shares) == {"r2_probe"} and shares["r2_probe"] > 0
     out = capsys.readouterr().out
     assert "(2 evaluations)" in out and "| r2_probe |" in out

@@ -201,17 +201,19 @@ def test_all_experiment_configs_compose_and_validate():
 def test_table2_grid_size():
     cfg = load("pokle2022/table2", [])
     points = expand_grid(cfg.sweep.grid)
-    # block 1: 2 models x 3 sparsities; block 2: 4 models x 3 sparsities x 4 mask probabilities
-    assert len(points) == 2 * 3 + 4 * 3 * 4
+    # block 1: 2 models x 3 sparsities; block 2: 5 models x 3 sparsities x 4 mask probabilities
+    assert len(points) == 2 * 3 + 5 * 3 * 4
     assert cfg.sweep.seeds == [1, 2, 3, 4, 5]
     # one grid point per model composes into a valid config with the model's settings
     firsts = {dict(p.axes)["model"]: p for p in reversed(points)}
-    assert set(firsts) == {"CL-linear", "CL-basic", "NCL-linear", "NCL-basic", "NCL-simplified", "NCL-basic-2L"}
+    assert set(firsts) == {"CL-linear", "CL-basic", "NCL-linear", "NCL-basic", "NCL-simplified", "NCL-basic-2L",
+                           "NCL-basic-2L-first-layer"}
     for model, point in firsts.items():
         run = load("pokle2022/table2", list(point.overrides))
         assert run.method.name == ("simclr" if model.startswith("CL") else "byol")
-        assert run.encoder.layers == (2 if model.endswith("2L") else 1)
-        assert run.encoder.batch_norm == (model in {"CL-basic", "NCL-basic", "NCL-basic-2L"})
+        assert run.encoder.layers == (2 if "2L" in model else 1)
+        assert run.encoder.batch_norm == (model in {"CL-basic", "NCL-basic", "NCL-basic-2L", "NCL-basic-2L-first-layer"})
+        assert run.encoder.trainable == ("first_layer" if model.endswith("first-layer") else "all")
 
 
 @pytest.mark.slow
