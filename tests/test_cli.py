@@ -212,7 +212,8 @@ def test_table2_grid_size():
         run = load("pokle2022/table2", list(point.overrides))
         assert run.method.name == ("simclr" if model.startswith("CL") else "byol")
         assert run.encoder.layers == (2 if "2L" in model else 1)
-        assert run.encoder.batch_norm == (model in {"CL-basic", "NCL-basic", "NCL-basic-2L", "NCL-basic-2L-first-layer"})
+        assert run.encoder.batch_norm == (model in {"CL-basic", "NCL-basic", "NCL-basic-2L",
+                                                    "NCL-basic-2L-first-layer"})
         assert run.encoder.trainable == ("first_layer" if model.endswith("first-layer") else "all")
 
 
@@ -488,7 +489,7 @@ def test_sweep_dry_run_lists_runs(run_cli, tmp_path):
     code, out, err = run_cli("sweep", "--config", "pokle2022/table1", "--sweep-dir", tmp_path / "s", "--print-config")
     assert code == 0
     lines = out.strip().splitlines()
-    assert len(lines) == 2 * 3 * 5  # 2 models x 3 sparsities x 5 seeds
+    assert len(lines) == (2 + 5) * 3 * 5  # SimCLR's 2 mask schemes, SimSiam's 5 masking probabilities x 3 x 5 seeds
     assert not (tmp_path / "s").exists()
 
 

@@ -234,7 +234,8 @@ class PredictorDynamics(Callback):
         if not self.linear:
             warnings.warn(f"callbacks.predictor_dynamics: method.name={module.method.config.name} has no linear "
                           "predictor (module.method.predictor.weight, m x m); it logs nothing", stacklevel=2)
-        self.momentum = getattr(module.optim, "momentum", 0.0)
+        if self.config.regimes or self.config.parabola:
+            self.momentum = getattr(module.optim, "momentum", 0.0)
         if self.config.regimes:
             self.loss, self.c = module.method.config.loss, self.view_c(trainer.datamodule)
             self.rho = module.optim.weight_decay
