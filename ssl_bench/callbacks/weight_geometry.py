@@ -12,14 +12,13 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from ssl_bench.callbacks.base import CadenceConfig, Callback
+from ssl_bench.ops.metrics import cosine_matrix
 from ssl_bench.registry import register
 
 
 def cosines(rows: Tensor, columns: Tensor) -> Tensor:
-    """``C_ij = <r_i, c_j> / (||r_i|| ||c_j||)`` for the rows of ``rows`` (m x p) and the columns of ``columns``
-    (p x d), in float64 (zero vectors give zero cosines)."""
-    r, c = rows.detach().double().cpu(), columns.detach().double().cpu()
-    return (r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ (c / c.norm(dim=0, keepdim=True).clamp_min(1e-12))
+    """:func:`ssl_bench.ops.metrics.cosine_matrix` on the CPU (the assignment runs in scipy)."""
+    return cosine_matrix(rows.cpu(), columns)
 
 
 def matching(cos: Tensor) -> dict[str, float]:

@@ -8,6 +8,14 @@ import torch
 from torch import Tensor
 
 
+def cosine_matrix(rows: Tensor, columns: Tensor) -> Tensor:
+    """``C_ij = <r_i, c_j> / (||r_i|| ||c_j||)`` for the rows of ``rows`` (m x p) and the columns of ``columns``
+    (p x d), in float64 on ``rows``' device, without gradients (zero vectors give zero cosines)."""
+    r = rows.detach().double()
+    c = columns.detach().to(r)
+    return (r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ (c / c.norm(dim=0, keepdim=True).clamp_min(1e-12))
+
+
 def max_cosine(weight: Tensor, dictionary: Tensor, absolute: bool = True) -> dict[str, float]:
     """Max-cosine of Pokle et al. 2022 (Eq. 12).
 
@@ -20,9 +28,7 @@ def max_cosine(weight: Tensor, dictionary: Tensor, absolute: bool = True) -> dic
     if weight.ndim != 2 or dictionary.ndim != 2 or weight.shape[1] != dictionary.shape[0]:
         raise ValueError(f"weight must be m x p and dictionary p x d; got {tuple(weight.shape)} and "
                          f"{tuple(dictionary.shape)}")
-    w = weight.detach().double()
-    m = dictionary.detach().to(w)
-    cos = (w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ (m / m.norm(dim=0, keepdim=True).clamp_min(1e-12))
+    cos = cosine_matrix(weight, dictionary)
     per_atom = (cos.abs() if absolute else cos).max(dim=0).values
     return {"max": per_atom.max().item(), "median": torch.quantile(per_atom, 0.5).item(),
             "min": per_atom.min().item()}
