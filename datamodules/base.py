@@ -7,6 +7,7 @@ and sets :attr:`trainer`. Training batches are ``list[Views]`` (:class:`ssl_benc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -63,9 +64,27 @@ class DataModule:
         """A fixed set of at most ``num_samples`` unaugmented inputs, for spectra."""
         raise NotImplementedError
 
+    def evaluation_views(self, num_samples: int, views: int) -> Tensor | None:
+        """``views`` augmented views of each of the first ``num_samples`` evaluation inputs, drawn by the data's own
+        augmentation from a fixed stream (the same views at every evaluation): ``(n, views, *input_shape)``, for
+        LiDAR and alignment; None where the data has no augmentation to draw from."""
+        return None
+
     def readout_dataloaders(self, batch_size: int) -> tuple[Any, Any] | None:
         """(train, test) loaders of ``(inputs, labels)`` for the linear readout, or None without labels."""
         return None
+
+
+EVALUATION_VIEWS_STREAM = 2**33
+"""The generator of :meth:`DataModule.evaluation_views` is seeded with ``seed + 2**33``, beside the held-out and
+evaluation streams (``seed + 2**32``)."""
+
+
+def stacked_views(draw_pair: Callable[[], tuple[Tensor, Tensor]], views: int) -> Tensor:
+    """``views`` views of every sample from ``ceil(views / 2)`` calls of ``draw_pair`` (each two views of the same
+    samples, as a training batch's view1 and view2), stacked on dim 1: ``(n, views, ...)``."""
+    drawn = [view for _ in range(-(-views // 2)) for view in draw_pair()]
+    return torch.stack(drawn[:views], dim=1)
 
 
 def collate_views(items: list[tuple[Tensor, Tensor, Any]]) -> list[Views]:

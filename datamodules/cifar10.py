@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.base import DataModule, collate_views
+from datamodules.base import EVALUATION_VIEWS_STREAM, DataModule, collate_views, stacked_views
 from datamodules.epochs import epoch_seed, shard
 from datamodules.gpu_augment import BatchedViews, ViewParams, ViewRecipe
 from ssl_bench.batch import Views
@@ -400,6 +400,20 @@ class CIFAR10DataModule(DataModule):
         """The first ``num_samples`` test images (fewer if the split is smaller), normalized, (N, 3, 32, 32) on CPU."""
         images = torch.from_numpy(self.split(train=False).data[:num_samples]).permute(0, 3, 1, 2)
         return self.eval_transform(images).as_subclass(Tensor).contiguous()
+
+    def evaluation_views(self, num_samples: int, views: int) -> Tensor:
+        """``views`` training augmentations (:class:`~datamodules.gpu_augment.BatchedViews`, batched on the trainer's
+        device) of each of the first ``num_samples`` test images, normalized: ``(n, views, 3, 32, 32)``."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        images = torch.from_numpy(self.split(train=False).data[:num_samples]).permute(0, 3, 1, 2).contiguous()
+        images = images.to(device)
+        generator = torch.Generator().manual_seed(self.seed + EVALUATION_VIEWS_STREAM)
+
+        def pair() -> tuple[Tensor, ...]:
+            params = [p.to(device) for p in self.batched_views.sample(len(images), generator)]
+            return self.batched_views.views(images, params)
+
+        return stacked_views(pair, views)
 
 
 def write_cifar10_batches(root: str | Path, n_train: int, n_test: int, seed: int = 0) -> Path:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from datamodules.base import DataModule
+from datamodules.base import EVALUATION_VIEWS_STREAM, DataModule, stacked_views
 from datamodules.epochs import WholeEpochs, epoch_seed, mini_batches
 from ssl_bench.batch import Views
 from ssl_bench.config import ConfigError, DataConfig, check_non_negative, check_positive
@@ -95,6 +95,13 @@ class GaussianDataModule(DataModule):
         device = self.noise_mask.device
         generator = torch.Generator(device=device).manual_seed(self.seed + 2**32)
         return torch.randn(num_samples, self.input_dim, generator=generator, device=device)
+
+    def evaluation_views(self, num_samples: int, views: int) -> Tensor:
+        """``views`` noisy views (:func:`noise_views`) of each of the ``num_samples`` evaluation inputs,
+        ``(n, views, d)``."""
+        x = self.evaluation_inputs(num_samples)
+        generator = torch.Generator(device=x.device).manual_seed(self.seed + EVALUATION_VIEWS_STREAM)
+        return stacked_views(lambda: noise_views(x, self.noise_std, self.noise_mask, generator), views)
 
     def epoch_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[Views]:
         """Epoch ``epoch``'s samples (fresh, or the fixed set shuffled) with two noisy views, split into mini-batches;

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from datamodules.base import DataModule
+from datamodules.base import EVALUATION_VIEWS_STREAM, DataModule
 from datamodules.epochs import WholeEpochs, epoch_seed, shard
 from ssl_bench.batch import Views
 from ssl_bench.config import (
@@ -404,10 +404,22 @@ class InvertibleMLPDataModule(DataModule):
     def evaluation_inputs(self, num_samples: int) -> Tensor:
         """The first ``num_samples`` (at most ``eval_samples``) of a fixed set ``g(z)``, ``z`` from the marginal on a
         stream of its own."""
+        return self.mixing(self.evaluation_latents()[:num_samples])
+
+    def evaluation_latents(self) -> Tensor:
+        """The ``eval_samples`` latents ``z`` behind :meth:`evaluation_inputs` (drawn once)."""
         if self._evaluation is None:
-            z = self.sample_marginal(self.config.eval_samples, _stream(self.seed, 2, self.device))
-            self._evaluation = self.mixing(z)
-        return self._evaluation[:num_samples]
+            self._evaluation = self.sample_marginal(self.config.eval_samples, _stream(self.seed, 2, self.device))
+        return self._evaluation
+
+    def evaluation_views(self, num_samples: int, views: int) -> Tensor:
+        """Views of each of the first ``num_samples`` evaluation latents ``z`` as training pairs them: ``g(z)``
+        first, then ``views - 1`` observations ``g(z~)``, ``z~ ~ p(z~ | z)`` drawn independently
+        (:meth:`sample_conditional`): ``(n, views, d)``."""
+        z = self.evaluation_latents()[:num_samples]
+        generator = torch.Generator(device=z.device).manual_seed(self.seed + EVALUATION_VIEWS_STREAM)
+        latents = [z, *(self.sample_conditional(z, generator) for _ in range(views - 1))]
+        return torch.stack([self.mixing(view) for view in latents], dim=1)
 
     def latent_probe_data(self, num_samples: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """``((x_train, z_train), (x_test, z_test))``: two independent draws of ``num_samples`` latents from the

@@ -157,6 +157,11 @@ class PairsDataModule(DataModule):
         """The first ``num_samples`` anchors (all n if fewer)."""
         return self.anchors[:num_samples]
 
+    def evaluation_views(self, num_samples: int, views: int) -> Tensor | None:
+        """The fixed pairs ``(anchor, positive)`` of the first ``num_samples`` anchors, ``(n, 2, d)``, when
+        ``views`` is 2 (the data has no other views); None otherwise."""
+        return torch.stack((self.anchors, self.positives), dim=1)[:num_samples] if views == 2 else None
+
     def readout_dataloaders(self, batch_size: int) -> tuple[DataLoader, DataLoader]:
         """(train, test) loaders of ``(anchor, label)``: the first ``floor(4 n / 5)`` anchors of the (random) anchor
         order and the rest; each batch is one slice of the device tensors."""

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
-from datamodules.base import DataModule
+from datamodules.base import EVALUATION_VIEWS_STREAM, DataModule, stacked_views
 from datamodules.epochs import WholeEpochs, epoch_seed, mini_batches
 from ssl_bench.batch import Views
 from ssl_bench.config import (
@@ -191,6 +191,13 @@ class SparseCodingDataModule(DataModule):
     def evaluation_inputs(self, num_samples: int) -> Tensor:
         """The first ``num_samples`` unaugmented inputs ``x`` (all n if fewer)."""
         return self.inputs[:num_samples]
+
+    def evaluation_views(self, num_samples: int, views: int) -> Tensor:
+        """``views`` masked views of each of the first ``num_samples`` inputs (``data.augmentation`` at
+        ``data.mask_prob``, pairs as in training), ``(n, views, p)``."""
+        x = self.evaluation_inputs(num_samples)
+        generator = torch.Generator(device=x.device).manual_seed(self.seed + EVALUATION_VIEWS_STREAM)
+        return stacked_views(lambda: mask_views(x, self.augmentation, self.mask_prob, generator), views)
 
     def readout_dataloaders(self, batch_size: int) -> tuple[DataLoader, DataLoader] | None:
         """Train and test loaders of ``(x, index of the active atom)`` for one-hot latents, None otherwise.

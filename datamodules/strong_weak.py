@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from datamodules.base import DataModule
+from datamodules.base import EVALUATION_VIEWS_STREAM, DataModule, stacked_views
 from datamodules.epochs import WholeEpochs, epoch_seed, mini_batches
 from datamodules.sparse_coding import make_dictionary
 from ssl_bench.batch import Views
@@ -134,8 +134,18 @@ class StrongWeakDataModule(DataModule):
     def evaluation_inputs(self, num_samples: int) -> Tensor:
         """``num_samples`` unaugmented samples (flattened), drawn from a generator seeded with ``seed + 2**32`` (a
         stream no epoch starts), on the features' device."""
-        generator = torch.Generator(device=self.features.device).manual_seed(self.seed + 2**32)
-        return self.draw(num_samples, generator)[0].flatten(1)
+        return self.evaluation_samples(num_samples).flatten(1)
+
+    def evaluation_samples(self, num_samples: int) -> Tensor:
+        """The samples behind :meth:`evaluation_inputs`, unflattened (n x P x d)."""
+        return self.draw(num_samples, torch.Generator(device=self.features.device).manual_seed(self.seed + 2**32))[0]
+
+    def evaluation_views(self, num_samples: int, views: int) -> Tensor:
+        """``views`` patch partitions (:func:`partition_views`, flattened) of each of the ``num_samples``
+        evaluation samples, ``(n, views, P d)``."""
+        x = self.evaluation_samples(num_samples)
+        generator = torch.Generator(device=x.device).manual_seed(self.seed + EVALUATION_VIEWS_STREAM)
+        return stacked_views(lambda: tuple(view.flatten(1) for view in partition_views(x, generator)), views)
 
     def epoch_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[Views]:
         """Epoch ``epoch``'s samples (fresh, or the fixed set shuffled) partitioned into two views and split into

@@ -213,6 +213,21 @@ def test_r2_section_and_no_spectra_without_the_callback(tmp_path):
     assert workspace.settings.max_runs == 2
 
 
+def test_collapse_diagnostics_have_their_section(tmp_path):
+    """The collapse callback's diagnostics, after and before the projector, and the kNN accuracy: their own section,
+    out of Curves and Spectra."""
+    spec = {"experiment": "study", "metrics": ["collapse/rankme", "collapse/lidar", "maxcos/min"],
+            "reference": [], "axes": ["model"], "groups": ["study/model=a"], "seeds": [1],
+            "points": [{"label": "model=a", "group": "study/model=a", "dir": "model=a", "axes": {"model": "a"},
+                        "overrides": [], "settings": {"callbacks": {"collapse": {"views": 4}}}}]}
+    (tmp_path / "sweep.json").write_text(json.dumps(spec))
+    workspace = build_workspace(tmp_path, "proj")
+    assert [s.name for s in workspace.sections] == ["Table", "Final values", "Curves", "Collapse diagnostics"]
+    assert [p.y for p in panels(workspace, "Curves")] == [["maxcos/min"], ["train/loss"]]
+    shown = [p.y[0] for p in panels(workspace, "Collapse diagnostics")]
+    assert {"collapse/rankme", "collapse/lidar_backbone", "readout/knn_acc", "collapse/alpha_req"} <= set(shown)
+
+
 def test_dynamics_callbacks_have_their_sections(tmp_path):
     """Feature alignment, the predictor with Bao's norms and regimes, Esser's output dynamics and linear gap: each its
     own section, their metrics out of Curves."""

@@ -2,6 +2,7 @@
 truth and a small model interface, never a method's class."""
 
 from ssl_bench.callbacks import (  # noqa: F401  (each registers its callback)
+    collapse,
     feature_alignment,
     gradient_spectrum,
     linear_gap,

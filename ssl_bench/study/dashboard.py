@@ -19,6 +19,9 @@ Its sections, in order:
 - ``Spectra``, when the study runs the spectrum callback: effective rank, rank and the std of the l2-normalised
   embedding after the projector and before it (``_backbone``), the first-layer weight's ranks with
   ``spectrum.weights``, and the log singular values against rank (the line series the callback logs);
+- ``Collapse diagnostics``, when the study runs the collapse callback: RankMe, LiDAR, alpha-ReQ, stable rank, NESum,
+  effective rank, std, uniformity, Wasserstein uniformity and alignment after the projector and before it, and the
+  kNN accuracy;
 - ``R^2``, when the study runs the r2_probe callback: the output's adjusted R^2 per latent group, the same for every
   layer (``r2/layerK/GROUP``), and the heatmaps (layers x latents);
 - ``Feature alignment`` (feature_alignment, Wen & Li 2022): every neuron's alignment with every feature, the features
@@ -50,8 +53,16 @@ GROUP_BY = "Group"
 SPECTRUM = ["spectrum/effective_rank", "spectrum/rank", "collapse/std_l2"]
 """The spectrum callback's scalars for the projector's output; the backbone's carry the suffix ``_backbone``."""
 
+DIAGNOSTICS = ["collapse/rankme", "collapse/lidar", "collapse/alpha_req", "collapse/stable_rank", "collapse/nesum",
+               "collapse/effective_rank", "collapse/std", "collapse/uniformity", "collapse/wasserstein_uniformity",
+               "collapse/alignment"]
+"""The label-free diagnostics of ``callbacks.collapse`` (each also with a ``_backbone`` suffix)."""
+
 WEIGHT_SPECTRUM = ["spectrum/weight_effective_rank", "spectrum/weight_rank"]
 """The spectrum callback's scalars for the first-layer weight (``callbacks.spectrum.weights=true``)."""
+
+SPECTRUM_PREFIXES = ("spectrum/", "collapse/std_l2")
+"""The spectrum callback's metrics (the other ``collapse/`` ones belong to the collapse callback)."""
 
 SPECTRUM_CHART = "spectrum/log_singular_values"
 """The key of the callback's line series (log singular value against rank); W&B keeps its data in ``KEY_table``."""
@@ -141,7 +152,7 @@ def _spectra_section(spec: dict[str, Any], metrics: list[str], panels: Panels) -
 
     scalars = [*SPECTRUM, *(f"{m}_backbone" for m in SPECTRUM),
                *(WEIGHT_SPECTRUM if _callback_setting(spec, "spectrum", "weights") else [])]
-    scalars += [m for m in metrics if m.startswith(("spectrum/", "collapse/")) and m not in scalars]
+    scalars += [m for m in metrics if m.startswith(SPECTRUM_PREFIXES) and m not in scalars]
     chart = wr.CustomChart(query={"summaryTable": {"tableKey": f"{SPECTRUM_CHART}_table"}},
                            chart_name="wandb/lineseries/v0",
                            chart_fields={"step": "step", "lineKey": "lineKey", "lineVal": "lineVal"},
@@ -204,8 +215,12 @@ def _sections(sweep_dir: Path, spec: dict[str, Any], panels: Panels) -> list[Any
         _section("Curves", [panels.curve(m) for m in dict.fromkeys([*metrics, "train/loss"])
                             if not m.startswith(OWN_SECTION)]),
     ]
-    if "spectrum" in callbacks or any(m.startswith(("spectrum/", "collapse/")) for m in metrics):
+    if "spectrum" in callbacks or any(m.startswith(SPECTRUM_PREFIXES) for m in metrics):
         sections.append(_spectra_section(spec, metrics, panels))
+    if "collapse" in callbacks:
+        sections.append(_section("Collapse diagnostics", [
+            *(panels.curve(m) for m in DIAGNOSTICS), *(panels.curve(f"{m}_backbone") for m in DIAGNOSTICS),
+            panels.curve("readout/knn_acc"), panels.curve("readout/knn_acc_backbone")]))
     if "r2_probe" in callbacks or any(m.startswith("r2/") for m in metrics):
         sections.append(_r2_section(metrics, panels))
     if "feature_alignment" in callbacks:

@@ -61,6 +61,19 @@ DESCRIPTIONS = {
     "spectrum/rank_backbone": "numerical rank of the backbone embedding",
     "collapse/std_l2": "std of the l2-normalised embedding x sqrt(dim): 1 no collapse, 0 complete",
     "collapse/std_l2_backbone": "std of the l2-normalised backbone embedding x sqrt(dim)",
+    "collapse/rankme": "RankMe (Garrido et al. 2023): smooth rank of the raw embedding",
+    "collapse/alpha_req": "alpha-ReQ (Agrawal et al. 2022): power-law decay of the eigenspectrum",
+    "collapse/alpha_req_r2": "R² of alpha-ReQ's log-log fit",
+    "collapse/lidar": "LiDAR (Thilak et al. 2024): rank of the LDA matrix of augmented views",
+    "collapse/stable_rank": "stable rank ||Z||_F² / sigma_1²",
+    "collapse/nesum": "NESum (He & Ozay 2022): eigenvalues summed over the largest",
+    "collapse/effective_rank": "entropy rank of the l2-normalised covariance (Jing et al.'s spectrum)",
+    "collapse/std": "std of the l2-normalised embedding (solo-learn's z_std): 1/sqrt(dim) no collapse, 0 complete",
+    "collapse/uniformity": "uniformity (Wang & Isola 2020): lower is more uniform",
+    "collapse/wasserstein_uniformity": "W2 to N(0, I/d) (Fang et al. 2024): lower is more uniform",
+    "collapse/alignment": "alignment of two views (Wang & Isola 2020): lower is more aligned",
+    "readout/knn_acc": "weighted kNN accuracy (Wu et al. 2018) after the projector",
+    "readout/knn_acc_backbone": "weighted kNN accuracy (Wu et al. 2018) of the backbone",
 }
 
 
@@ -74,6 +87,8 @@ def metric_description(metric: str) -> str:
     output = re.fullmatch(r"r2/(\w+)", metric)
     if output:
         return f"adjusted R² of the {output[1]} latents from the encoder's output"
+    if metric.endswith("_backbone") and metric.removesuffix("_backbone") in DESCRIPTIONS:
+        return f"{DESCRIPTIONS[metric.removesuffix('_backbone')]}, backbone"
     if metric.startswith("readout/"):
         return "linear readout accuracy"
     return ""
