@@ -167,6 +167,33 @@ def test_r2_probe_end_to_end_on_sparse_coding(fit_tiny):
     for key in ("r2", "adjusted_r2"):
         assert np.array(records[-1][key]).shape == (2, 4)
     assert np.mean(records[-1]["adjusted_r2"][1]) == pytest.approx(metrics["r2/latent"])
+    assert 0 < metrics["mcc/latent"] <= 1
+
+
+class Identity(torch.nn.Module):
+    """An encoder whose output is its input's first columns: the latents themselves, permuted and scaled."""
+
+    def __init__(self, columns: list[int], scale: torch.Tensor) -> None:
+        super().__init__()
+        self.columns, self.scale = columns, scale
+
+    def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x[:, self.columns] * self.scale]
+
+
+def test_mcc_of_permuted_rescaled_latents_is_one_and_of_a_group_its_own(tmp_path):
+    """Fed the latents themselves (permuted, scaled, sign-flipped), the output's MCC with every latent is 1."""
+    data = SparseCodingDataModule(n=200, p=4, d=4, noise_std=0.0, dictionary="identity", seed=0)
+    encoder = Identity([2, 0, 3, 1], torch.tensor([2.0, -1.0, 0.5, -3.0]))
+    logged: dict[str, float] = {}
+    module = types.SimpleNamespace(method=types.SimpleNamespace(encoder=encoder), device=torch.device("cpu"),
+                                   log=lambda key, value, **_: logged.__setitem__(key, value))
+    trainer = types.SimpleNamespace(datamodule=data, current_epoch=0, max_epochs=1, global_step=1, loggers=[],
+                                    is_global_zero=True, default_root_dir=str(tmp_path))
+    probe = R2Probe.from_config(R2Probe.Config(samples=150), 1)
+    probe.setup(trainer, module, "fit")
+    probe.on_train_epoch_end(trainer, module)
+    assert logged["mcc/latent"] == pytest.approx(1.0)
 
 
 def test_r2_probe_on_cifar_is_a_capability_error(run_cli):
@@ -202,5 +229,6 @@ def test_r2_probe_logs_nan_for_non_finite_layers_and_restores_modes(tmp_path):
     assert encoder.training and encoder.norm.training
     assert 0.5 < logged["r2/layer0/latent"] <= 1
     assert math.isnan(logged["r2/layer1/latent"]) and math.isnan(logged["r2/latent"])
+    assert math.isnan(logged["mcc/latent"])
     record = json.loads((tmp_path / "r2.jsonl").read_text())
     assert record["epoch"] == 5 and record["step"] == 10 and record["r2"][1] == ["nan"] * 4

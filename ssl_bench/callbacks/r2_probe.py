@@ -3,6 +3,7 @@ latent (Rusak et al. 2022, Sec. 5; Zimmermann et al. 2021)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.config import check_positive
+from ssl_bench.metrics import mcc
 from ssl_bench.ops.metrics import r2_scores
 from ssl_bench.registry import register
 from ssl_bench.rundir import append_records, json_value
@@ -55,7 +57,9 @@ class R2Probe(Callback):
     ``trainer.datamodule.latent_groups`` (group name -> latent indices) and ``module.method.encoder.layer_outputs``
     (run in eval mode without gradients, ``batch_size`` inputs at a time). Logs the mean adjusted R^2 over each
     group's latents as ``r2/layer{k}/{group}`` for layer k (from 0) and ``r2/{group}`` for the output (the last
-    layer); appends the layers x latents matrices of R^2 and adjusted R^2 to ``r2.jsonl`` in the trainer's
+    layer), and beside it ``mcc/{group}``, the output's mean correlation coefficient with the group's held-out
+    latents (:func:`ssl_bench.metrics.mcc`: absolute Pearson correlations after Hungarian matching, as cl-ica
+    reports); appends the layers x latents matrices of R^2 and adjusted R^2 to ``r2.jsonl`` in the trainer's
     ``default_root_dir`` and logs the adjusted R^2 matrix as an image ``r2/heatmap`` (rows layers, columns latents,
     black 0, white 1) to every W&B logger. Non-finite activations give NaN for their layer.
     """
@@ -83,6 +87,7 @@ class R2Probe(Callback):
         train = frozen_layer_outputs(encoder, x_train, size, device)
         test = frozen_layer_outputs(encoder, x_test, size, device)
         layers = [r2_scores(f_train, z_train, f_test, z_test) for f_train, f_test in zip(train, test)]
+        self._output = test[-1], z_test
         return {key: torch.stack([layer[key] for layer in layers]).cpu() for key in ("r2", "adjusted_r2")}
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
@@ -97,6 +102,9 @@ class R2Probe(Callback):
             for k, mean in enumerate(means.tolist()):
                 module.log(f"r2/layer{k}/{name}", mean, rank_zero_only=True)
             module.log(f"r2/{name}", means[last].item(), rank_zero_only=True)
+            output, latents_test = self._output
+            module.log(f"mcc/{name}", mcc(output, latents_test[:, latents]) if bool(torch.isfinite(output).all())
+                       else math.nan, rank_zero_only=True)
         if trainer.is_global_zero:
             self._record(trainer, trainer.current_epoch + 1, scores, groups)
 
