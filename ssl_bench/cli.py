@@ -140,6 +140,22 @@ def _add_report(commands: Any) -> None:
     sub.set_defaults(handler=_report)
 
 
+def _add_diagnostics(commands: Any) -> None:
+    text = ("which label-free collapse diagnostic tells the truth: across the finished runs of sweeps run with "
+            "callbacks.collapse, the Spearman correlation (95%% bootstrap interval) of each collapse/ diagnostic "
+            "with ground-truth metrics; OUT/diagnostics.md and OUT/diagnostics.png (docs/diagnostics.md)")
+    sub = commands.add_parser("diagnostics", help="correlate collapse diagnostics with the ground truth",
+                              description=text)
+    sub.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="sweep directories")
+    sub.add_argument("--truth", required=True, metavar="M1,M2",
+                     help="ground-truth metrics, each used in the studies that logged it, e.g. "
+                          "maxcos/min,r2/style,predictor/surviving (the count of predictor eigenvalues above 0.01)")
+    sub.add_argument("--out", type=Path, required=True, help="where diagnostics.md and diagnostics.png go")
+    sub.add_argument("--backbone", action="store_true", help="the diagnostics of the backbone (before the projector)")
+    sub.add_argument("--draws", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    sub.set_defaults(handler=_diagnostics)
+
+
 def _add_reproduce(commands: Any) -> None:
     text = ("check the paper claims of studies at a profile: run the sweeps their claims need (only those grid "
             "points, with the profile's overrides and seeds, as ensembles where the profile says so), then write one "
@@ -201,6 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_evaluate(commands, help_text)
     _add_report(commands)
     _add_reproduce(commands)
+    _add_diagnostics(commands)
     _add_dashboard(commands)
     return parser
 
@@ -319,6 +336,16 @@ def _report(args: argparse.Namespace) -> int:
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     return report_command(args.dirs, args.out, metrics, args.point)
+
+
+def _diagnostics(args: argparse.Namespace) -> int:
+    """``ssl-bench diagnostics``: the correlation table on stdout, its markdown and figure written."""
+    from ssl_bench.study.truth import truth_command
+
+    if args.draws < 1:
+        raise UserError(f"--draws {args.draws}: give at least 1 bootstrap resample")
+    truths = [m.strip() for m in args.truth.split(",") if m.strip()]
+    return truth_command(args.dirs, truths, args.out, args.backbone, args.draws)
 
 
 def _sweep_task(args: argparse.Namespace) -> int:
