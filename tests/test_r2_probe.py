@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,6 +171,20 @@ def test_r2_probe_end_to_end_on_sparse_coding(fit_tiny):
     assert 0 < metrics["mcc/latent"] <= 1
 
 
+def probe_once(encoder: torch.nn.Module, data: SparseCodingDataModule, config: R2Probe.Config,
+               run_dir: Path) -> dict[str, float]:
+    """What the probe logs at the end of the last of 5 epochs (step 10) of a run of ``encoder`` on ``data``."""
+    logged: dict[str, float] = {}
+    module = types.SimpleNamespace(method=types.SimpleNamespace(encoder=encoder), device=torch.device("cpu"),
+                                   log=lambda key, value, **_: logged.__setitem__(key, value))
+    trainer = types.SimpleNamespace(datamodule=data, current_epoch=4, max_epochs=5, global_step=10, loggers=[],
+                                    is_global_zero=True, default_root_dir=str(run_dir))
+    probe = R2Probe.from_config(config, 50)
+    probe.setup(trainer, module, "fit")
+    probe.on_train_epoch_end(trainer, module)
+    return logged
+
+
 class Identity(torch.nn.Module):
     """An encoder whose output is its input's first columns: the latents themselves, permuted and scaled."""
 
@@ -185,14 +200,7 @@ def test_mcc_of_permuted_rescaled_latents_is_one_and_of_a_group_its_own(tmp_path
     """Fed the latents themselves (permuted, scaled, sign-flipped), the output's MCC with every latent is 1."""
     data = SparseCodingDataModule(n=200, p=4, d=4, noise_std=0.0, dictionary="identity", seed=0)
     encoder = Identity([2, 0, 3, 1], torch.tensor([2.0, -1.0, 0.5, -3.0]))
-    logged: dict[str, float] = {}
-    module = types.SimpleNamespace(method=types.SimpleNamespace(encoder=encoder), device=torch.device("cpu"),
-                                   log=lambda key, value, **_: logged.__setitem__(key, value))
-    trainer = types.SimpleNamespace(datamodule=data, current_epoch=0, max_epochs=1, global_step=1, loggers=[],
-                                    is_global_zero=True, default_root_dir=str(tmp_path))
-    probe = R2Probe.from_config(R2Probe.Config(samples=150), 1)
-    probe.setup(trainer, module, "fit")
-    probe.on_train_epoch_end(trainer, module)
+    logged = probe_once(encoder, data, R2Probe.Config(samples=150), tmp_path)
     assert logged["mcc/latent"] == pytest.approx(1.0)
 
 
@@ -218,14 +226,7 @@ class Diverged(torch.nn.Module):
 def test_r2_probe_logs_nan_for_non_finite_layers_and_restores_modes(tmp_path):
     data = SparseCodingDataModule(n=100, p=12, d=4, noise_std=0.05, seed=0)
     encoder = Diverged().train()
-    logged: dict[str, float] = {}
-    module = types.SimpleNamespace(method=types.SimpleNamespace(encoder=encoder), device=torch.device("cpu"),
-                                   log=lambda key, value, **_: logged.__setitem__(key, value))
-    trainer = types.SimpleNamespace(datamodule=data, current_epoch=4, max_epochs=5, global_step=10, loggers=[],
-                                    is_global_zero=True, default_root_dir=str(tmp_path))
-    probe = R2Probe.from_config(R2Probe.Config(samples=80), 50)
-    probe.setup(trainer, module, "fit")
-    probe.on_train_epoch_end(trainer, module)
+    logged = probe_once(encoder, data, R2Probe.Config(samples=80), tmp_path)
     assert encoder.training and encoder.norm.training
     assert 0.5 < logged["r2/layer0/latent"] <= 1
     assert math.isnan(logged["r2/layer1/latent"]) and math.isnan(logged["r2/latent"])
