@@ -6,8 +6,10 @@ RandomResizedCrop(32, scale=(crop_min_scale, 1), bicubic), ColorJitter(0.4, 0.4,
 RandomGrayscale(p=0.2), RandomHorizontalFlip(p=0.5), then ``(x / 255 - mean) / std`` with the CIFAR-10 channel
 statistics. ``views="simclr"`` uses this recipe for both views (solo-learn's own ``symmetric.yaml`` jitters harder,
 (0.8, 0.8, 0.8, 0.2), and blurs with p=0.5); ``views="byol"`` adds RandomSolarize(128 on uint8, i.e. 0.5 on [0, 1])
-with p=0.2 to view 2 only, as in ``asymmetric.yaml``; ``blur_prob`` adds GaussianBlur(13, sigma 0.1-2) after the
-grayscale step to both views (0 in solo-learn's CIFAR recipe). Evaluation images are only normalized.
+with p=0.2 to view 2 only, as in ``asymmetric.yaml``; ``views="vicreg"`` solarizes both views with p=0.1, as
+solo-learn's ``cifar/vicreg.yaml`` (which also crops from scale 0.2: ``crop_min_scale``); ``blur_prob`` adds
+GaussianBlur(13, sigma 0.1-2) after the grayscale step to both views (0 in solo-learn's CIFAR recipe). Evaluation
+images are only normalized.
 
 ``augment_on="cpu"`` makes the views with torchvision's transforms on PIL images in the loader's workers;
 ``augment_on="device"`` holds the train split as uint8 on the training device and makes each batch's views there with
@@ -39,7 +41,7 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Solarisation probability of (view 1, view 2).
-VIEWS = {"simclr": (0.0, 0.0), "byol": (0.0, 0.2)}
+VIEWS = {"simclr": (0.0, 0.0), "byol": (0.0, 0.2), "vicreg": (0.1, 0.1)}
 AUGMENT_ON = ("cpu", "device")
 AUGMENT_STREAM = 1 << 40
 """Added to :func:`~datamodules.epochs.epoch_seed` for the generator of an epoch's device augmentation parameters,
@@ -118,7 +120,8 @@ def augmentation(recipe: ViewRecipe) -> Callable:
 
 
 def view_recipes(views: str, crop_min_scale: float, blur_prob: float = 0.0) -> tuple[ViewRecipe, ViewRecipe]:
-    """The two views of ``views`` ("simclr" symmetric, "byol" asymmetric) as :class:`ViewRecipe`."""
+    """The two views of ``views`` ("simclr" symmetric, "byol" asymmetric, "vicreg" symmetric with solarisation) as
+    :class:`ViewRecipe`."""
     if views not in VIEWS:
         raise ValueError(f"views={views!r}; choose one of {tuple(VIEWS)}")
     first, second = (ViewRecipe(crop_min_scale=crop_min_scale, blur_prob=blur_prob, solarize_prob=p)
@@ -218,10 +221,10 @@ class CIFAR10DataModule(DataModule):
 
     @dataclass
     class Config(DataConfig):
-        """torchvision's CIFAR-10 under ``root``; ``views`` simclr (both views one recipe) or byol (solarisation on
-        view 2); random resized crops of scale ``crop_min_scale`` to 1; gaussian blur with ``blur_prob``;
-        ``num_workers`` loader processes; ``augment_on`` cpu (torchvision in the workers) or device (batched on the
-        training device)."""
+        """torchvision's CIFAR-10 under ``root``; ``views`` simclr (both views one recipe), byol (solarisation on
+        view 2) or vicreg (solarisation on both, p 0.1); random resized crops of scale ``crop_min_scale`` to 1;
+        gaussian blur with ``blur_prob``; ``num_workers`` loader processes; ``augment_on`` cpu (torchvision in the
+        workers) or device (batched on the training device)."""
 
         batch_size: int = 256
         root: str = "data/cifar10"

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -31,13 +33,21 @@ def test_speed_cifar_runs(capsys):
 
 def test_speed_sparse_runs(capsys):
     results = script("speed_sparse").main(["--epochs", "2", "--rounds", "1"])
-    assert set(results) == {"CL-basic", "NCL-basic"}
+    assert set(results) == {"CL-basic", "NCL-basic", "VICReg", "BarlowTwins"}
     for row in results.values():
         assert math.isfinite(row["ratio"]) and row["ratio"] > 0
         assert 0 < row["callback_share"] < 1  # the last epoch evaluates every metric callback
         assert row["suite_peak_mib"] > 100 and row["plain_peak_mib"] > 100  # the process holds torch at least
     out = capsys.readouterr().out
-    assert "| NCL-basic |" in out and "metric callbacks (% of ssl-bench)" in out
+    assert "| NCL-basic |" in out and "| BarlowTwins |" in out and "metric callbacks (% of ssl-bench)" in out
+
+
+def test_speed_sparse_times_the_models_asked_for(capsys):
+    results = script("speed_sparse").main(["--epochs", "1", "--rounds", "1", "--models", "VICReg"])
+    assert set(results) == {"VICReg"}
+    with pytest.raises(SystemExit):
+        script("speed_sparse").main(["--models", "VICReg,MoCo"])
+    assert "--models: unknown MoCo" in capsys.readouterr().err
 
 
 def test_callback_share_times_each_callback(capsys):

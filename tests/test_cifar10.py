@@ -131,7 +131,7 @@ def test_train_batches_hold_two_augmented_views_and_labels(root):
     assert labels.tolist() == [order[i] % 10 for i in range(16)]
 
 
-@pytest.mark.parametrize("views,solarized", [("simclr", (0.0, 0.0)), ("byol", (0.0, 0.2))])
+@pytest.mark.parametrize("views,solarized", [("simclr", (0.0, 0.0)), ("byol", (0.0, 0.2)), ("vicreg", (0.1, 0.1))])
 def test_only_the_second_byol_view_is_solarized(views, solarized):
     """On a white image, jitter keeps every pixel in [0.6, 1] (brightness 0.6..1.4, clipped; contrast, saturation
     and hue leave grey unchanged) and solarization maps it to [0, 0.4]."""

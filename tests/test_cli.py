@@ -32,7 +32,7 @@ from ssl_bench.study.report import sweep_table_markdown
 from ssl_bench.train.build import build_data, build_module
 
 MAXCOS = ("maxcos/max", "maxcos/median", "maxcos/min")
-METHODS = "adaptive_infonce, byol, directclr, dot_product, simclr, simsiam"
+METHODS = "adaptive_infonce, barlow_twins, byol, directclr, dot_product, simclr, simsiam, vicreg"
 SPARSE_DATA_KEYS = {f.name for f in fields(SparseCodingDataModule.Config)}
 CIFAR_DATA_KEYS = {f.name for f in fields(CIFAR10DataModule.Config)}
 SIMCLR_KEYS = {f.name for f in fields(SimCLR.Config)}
@@ -190,7 +190,8 @@ def test_all_experiment_configs_compose_and_validate():
     experiments, groups = available_configs()
     assert "quickstart" in experiments and "pokle2022/table2" in experiments
     assert "base" not in experiments
-    assert set(groups["method"]) == {"simclr", "simsiam", "byol", "directclr", "adaptive_infonce", "dot_product"}
+    assert set(groups["method"]) == {"simclr", "simsiam", "byol", "directclr", "adaptive_infonce", "dot_product",
+                                     "vicreg", "barlow_twins"}
     for name in experiments:
         cfg = load(name, [])
         assert cfg.experiment == name

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from conftest import REPO, TINY
 from torch import Tensor
 
-from ssl_bench.ops.losses import info_nce, nt_xent, standardize
+from ssl_bench.ops.losses import barlow_twins_loss, info_nce, nt_xent, standardize, vicreg_loss
 
 WORLD = 2
 DIM = 5
@@ -30,6 +30,11 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "nt_xent_tau_per_dim_unnormalized": lambda z1, z2: nt_xent(z1, z2, 4 * TAU_PER_DIM, normalize=False),
     "info_nce": lambda z1, z2: info_nce(z1, z2, 0.3),
     "nt_xent_standardized": lambda z1, z2: nt_xent(standardize(z1), standardize(z2), TAU_PER_DIM),
+    # batch statistics of the gathered global batch; VICReg's invariance is a mean over the local samples
+    "vicreg": lambda z1, z2: vicreg_loss(z1, z2),
+    "vicreg_shrunk": lambda z1, z2: vicreg_loss(0.3 * z1, 0.3 * z2, 2.0, 5.0, 3.0),  # every std below 1: hinge active
+    "barlow_twins": lambda z1, z2: barlow_twins_loss(z1, z2),
+    "barlow_twins_lambda": lambda z1, z2: barlow_twins_loss(z1, z2, 0.3),
 }
 
 
@@ -147,7 +152,10 @@ def assert_same_weights(one: dict[str, Tensor], two: dict[str, Tensor], toleranc
 @pytest.mark.parametrize("method", [
     ["method=simclr"],
     pytest.param(["method=byol", "method.target_update=ema", "method.predictor=linear"], marks=pytest.mark.slow),
-], ids=["simclr", "byol_ema"])
+    # without the expander's batch norm, which CPU processes cannot synchronise
+    ["method=vicreg", "method.projector=none"],
+    ["method=barlow_twins", "method.projector=none"],
+], ids=["simclr", "byol_ema", "vicreg", "barlow_twins"])
 def test_two_processes_train_the_same_weights_as_one(run_cli, tmp_path, method):
     one, two = fit_one_and_two(run_cli, tmp_path, *method, "encoder.batch_norm=false")
     assert_same_weights(one, two)

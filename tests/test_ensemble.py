@@ -23,6 +23,9 @@ MODELS = {
     # Pokle et al.'s NCL-basic: BYOL with alternating online and target SGD steps, batch norm, independent masks
     "non-contrastive": ("pokle2022/table2", [*TINY, *EPOCHS, "method=byol", "encoder=basic_official",
                                              "data.augmentation=independent"]),
+    # the regularised non-contrastive methods with their group files' expanders (3 layers of 256, batch norm)
+    "vicreg": ("quickstart", [*TINY, *EPOCHS, "method=vicreg"]),
+    "barlow_twins": ("quickstart", [*TINY, *EPOCHS, "method=barlow_twins"]),
 }
 MEMBERS = [["seed=1"], ["seed=2", "data.sparsity=0.3", "data.mask_prob=0.25"], ["seed=3", "optim.lr=0.02"]]
 ONE_OPTIMIZER = [["seed=1"], ["seed=2", "data.sparsity=0.3", "data.mask_prob=0.25"], ["seed=3", "data.mask_prob=0.9"]]
@@ -91,6 +94,28 @@ def test_members_whose_shapes_differ_train_in_separate_ensembles(tmp_path, monke
     assert sizes == [2, 2]
     for k in (1, 2):
         fit(load("quickstart", [*TINY, *EPOCHS, *members[k], f"run_dir={tmp_path / f'separate{k}'}"]))
+        assert_same_run(tmp_path / f"ensemble{k}", tmp_path / f"separate{k}")
+
+
+@pytest.mark.parametrize("method, members", [
+    ("vicreg", [["seed=1"], ["seed=2", "method.std_coeff=5.0"], ["seed=3", "method.sim_coeff=1.0",
+                                                                 "method.cov_coeff=4.0"]]),
+    ("barlow_twins", [["seed=1"], ["seed=2", "method.lambda_offdiag=0.1"], ["seed=3", "method.scale_loss=0.5"]]),
+])
+def test_members_whose_loss_weights_differ_share_one_vmapped_ensemble(tmp_path, monkeypatch, method, members):
+    """VICReg's and Barlow Twins' weights are buffers, stacked like SimCLR's temperature: one ensemble under vmap."""
+    from ssl_bench.train import ensemble
+
+    sizes = []
+    train = ensemble.train
+    monkeypatch.setattr(ensemble, "train", lambda members, batching: sizes.append(len(members)) or train(members,
+                                                                                                     batching))
+    overrides = [*TINY, *EPOCHS, f"method={method}", "method.projector_hidden_dim=32", "method.projector_dim=16"]
+    cfgs = [load("quickstart", [*overrides, *m, f"run_dir={tmp_path / f'ensemble{k}'}"]) for k, m in enumerate(members)]
+    assert [s["status"] for s in fit_ensemble(cfgs, batching="vmap")] == ["finished"] * 3
+    assert sizes == [3]
+    for k, member in enumerate(members):
+        fit(load("quickstart", [*overrides, *member, f"run_dir={tmp_path / f'separate{k}'}"]))
         assert_same_run(tmp_path / f"ensemble{k}", tmp_path / f"separate{k}")
 
 

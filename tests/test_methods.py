@@ -31,6 +31,8 @@ CIFAR_HEADS = {
     "cifar10/simsiam": ["method.projector_hidden_dim=32", "method.projector_dim=16", "method.predictor_hidden_dim=16"],
     "cifar10/byol": ["method.projector_hidden_dim=32", "method.projector_dim=16", "method.predictor_hidden_dim=16"],
     "cifar10/directclr": ["method.directclr_dim=64"],
+    "cifar10/vicreg": ["method.projector_hidden_dim=32", "method.projector_dim=16"],
+    "cifar10/barlow_twins": ["method.projector_hidden_dim=32", "method.projector_dim=16"],
     "rusak2022/table2_cifar10": ["encoder=resnet18", "method.projector_hidden_dim=32", "method.projector_dim=16",
                                  "method.temperatures=[1.0,0.7]"],
     "bao2023/cifar10_resnet18": [],

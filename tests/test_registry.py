@@ -159,7 +159,7 @@ def test_toy_keys_are_strict_and_checked(toy_parts, toy_config, run_cli, tmp_pat
     assert error("callbacks.toy.steps=3") == "callbacks.toy.steps is not a key of callbacks.toy; its keys: every"
     assert error("method.scale=0") == "method.scale=0.0 must be > 0"
     assert error("method.name=nope") == ("method.name='nope' is not registered; choose one of: adaptive_infonce, "
-                                         "byol, directclr, dot_product, simclr, simsiam, toy")
+                                         "barlow_twins, byol, directclr, dot_product, simclr, simsiam, toy, vicreg")
     assert not (tmp_path / "never").exists()
     assert BUILT == []  # nothing was built
 

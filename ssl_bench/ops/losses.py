@@ -3,11 +3,16 @@
 Stop-gradients are part of each loss's definition and applied here, so a method only chooses which outputs to pass.
 Under DDP the contrastive losses take their negatives from every process (:func:`~ssl_bench.ops.distributed.gather`,
 gradients flow back to the process that computed them); each process averages over its own anchors, so the mean of
-the per-process losses, and the DDP-averaged gradients, equal one process's over the global batch.
+the per-process losses, and the DDP-averaged gradients, equal one process's over the global batch. The regularised
+non-contrastive losses (:func:`vicreg_loss`, :func:`barlow_twins_loss`) follow the same convention: their batch
+statistics are those of the gathered global batch, the same value in every process, and per-sample means run over
+the process's own samples.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -207,3 +212,90 @@ def trace_loss(outputs: Tensor, c: Tensor) -> Tensor:
     """Esser et al. 2023, Eq. (8): ``L = tr(F C F^T)`` for outputs ``F`` (k x n, one column per data point) and a
     symmetric data-dependent ``C`` (n x n); Eqs. (1)-(2) are this loss for the ``C`` of their pairs (Eq. 7)."""
     return torch.einsum("ki,ij,kj->", outputs, c.to(outputs.dtype), outputs)
+
+
+def _full_precision(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``loss(z1, z2, ...)`` computed outside autocast, with 16-bit embeddings upcast to float32: batch variances and
+    a correlation near 1 lose most of their digits in 16 bits (bfloat16 resolves 1 - C_ii only to 2^-8). Other
+    dtypes (float32, float64) are kept."""
+
+    @functools.wraps(loss)
+    def in_full_precision(z1: Tensor, z2: Tensor, *args: object, **kwargs: object) -> Tensor:
+        with torch.autocast(z1.device.type, enabled=False):
+            return loss(*(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z for z in (z1, z2)), *args,
+                        **kwargs)
+
+    return in_full_precision
+
+
+def _off_diagonal(matrix: Tensor) -> Tensor:
+    """The d(d - 1) off-diagonal entries of a square d x d ``matrix``, flattened."""
+    d = matrix.shape[0]
+    return matrix.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
+
+
+def _variance_hinge(z: Tensor, eps: float) -> Tensor:
+    """VICReg's ``v(Z) = mean_j relu(1 - sqrt(Var(z^j) + eps))`` with the unbiased variance over the rows of ``z``
+    (Bardes et al. 2022, Eqs. 1-2)."""
+    return F.relu(1.0 - torch.sqrt(z.var(dim=0) + eps)).mean()
+
+
+def _covariance_penalty(z: Tensor) -> Tensor:
+    """VICReg's ``c(Z) = sum_{i != j} C(Z)_ij^2 / d`` with ``C(Z) = (Z - mean)^T (Z - mean) / (N - 1)`` over the rows
+    of ``z`` (Bardes et al. 2022, Eqs. 3-4)."""
+    centred = z - z.mean(dim=0)
+    covariance = centred.T @ centred / (z.shape[0] - 1)
+    return _off_diagonal(covariance).pow(2).sum() / z.shape[1]
+
+
+@_full_precision
+def vicreg_loss(z1: Tensor, z2: Tensor, sim_coeff: float | Tensor = 25.0, std_coeff: float | Tensor = 25.0,
+                cov_coeff: float | Tensor = 1.0, eps: float = 1e-4) -> Tensor:
+    """VICReg (Bardes et al. 2022, ICLR, Eqs. 1-6) of the embeddings ``z1``, ``z2`` (N x d) of two views:
+
+        L = sim_coeff s(Z1, Z2) + std_coeff (v(Z1) + v(Z2)) / 2 + cov_coeff (c(Z1) + c(Z2))
+
+    - invariance ``s(Z1, Z2) = mean_{i, j} (z1_ij - z2_ij)^2`` (Eq. 5 divided by d: the mean over samples and dims);
+    - variance ``v(Z) = mean_j relu(1 - sqrt(Var(z^j) + eps))`` (Eqs. 1-2; unbiased variance over the batch);
+    - covariance ``c(Z) = sum_{i != j} C(Z)_ij^2 / d``, ``C(Z)`` the unbiased covariance matrix (Eqs. 3-4).
+
+    The averaging is that of the official code (facebookresearch/vicreg, ``main_vicreg.py``), whose coefficients
+    25 / 25 / 1 the paper reports as lambda / mu / nu, and of lightly's ``VICRegLoss``: the two branches' variance
+    terms are averaged (Eq. 6 writes ``mu (v(Z1) + v(Z2))``), their covariance terms summed. A collapsed batch (all
+    rows equal) has ``v = 1 - sqrt(eps)`` per branch, so a variance term of ``std_coeff (1 - sqrt(eps))``, and
+    ``c = 0``.
+
+    Under DDP the variance and covariance are those of the global batch (every process's ``z`` gathered with
+    :func:`~ssl_bench.ops.distributed.gather`, as the official code), the same value in every process, and ``s`` is
+    the mean over the process's own samples; the mean of the per-process losses is one process's over the global
+    batch, and so are the DDP-averaged gradients. Under mixed precision the loss is computed in float32.
+    """
+    invariance = F.mse_loss(z1, z2)
+    a, b = gather(z1), gather(z2)
+    variance = (_variance_hinge(a, eps) + _variance_hinge(b, eps)) / 2
+    covariance = _covariance_penalty(a) + _covariance_penalty(b)
+    return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+
+
+@_full_precision
+def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_offdiag: float | Tensor = 5e-3, eps: float = 1e-5) -> Tensor:
+    """Barlow Twins (Zbontar et al. 2021, ICML, Eqs. 1-2) of the embeddings ``z1``, ``z2`` (N x d) of two views:
+
+        L = sum_i (1 - C_ii)^2 + lambda_offdiag sum_{i != j} C_ij^2,    C = Z1n^T Z2n / N,
+
+    where ``Zn = (Z - mean) / sqrt(Var(Z) + eps)`` standardises each dimension over the batch with the biased
+    variance: training-mode batch norm without affine, as the official code's ``nn.BatchNorm1d(affine=False)`` and
+    lightly's ``BarlowTwinsLoss`` (``F.batch_norm``, eps 1e-5), so ``C`` is Eq. (2)'s cross-correlation up to eps.
+    A collapsed batch (all rows equal) gives ``C = 0`` and ``L = d``.
+
+    Under DDP the means, variances and ``C`` are those of the global batch (every process's ``z`` gathered with
+    :func:`~ssl_bench.ops.distributed.gather`), the same loss in every process, so that the mean of the per-process
+    losses and the DDP-averaged gradients are one process's over the global batch. (The official code sums
+    per-process ``C`` with a non-differentiable all-reduce after synchronised batch norm, which leaves DDP's average
+    a 1/N_processes multiple of the one-process gradient; lightly's ``gather_distributed`` standardises per process.)
+    Under mixed precision the loss is computed in float32.
+    """
+    a, b = gather(z1), gather(z2)
+    a_n, b_n = ((z - z.mean(dim=0)) * torch.rsqrt(z.var(dim=0, unbiased=False) + eps) for z in (a, b))
+    c = a_n.T @ b_n / a.shape[0]
+    return (1.0 - c.diagonal()).pow(2).sum() + lambda_offdiag * _off_diagonal(c).pow(2).sum()
