@@ -125,10 +125,12 @@ class CollapseDiagnostics(L.Callback):
 
 
 def _take(loader: Iterable[Any], limit: int | None) -> tuple[Tensor, Tensor | None]:
-    """The inputs and labels (None for unlabelled batches) of ``loader``'s first ``limit`` samples, concatenated."""
+    """The inputs and labels (None for unlabelled batches: ``x`` or ``[x]``) of ``loader``'s first ``limit`` samples,
+    concatenated."""
     xs, ys, taken = [], [], 0
     for batch in loader:
-        x, y = (batch[0], batch[1]) if isinstance(batch, (list, tuple)) else (batch, None)
+        items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+        x, y = items[0], items[1] if len(items) > 1 else None
         keep = len(x) if limit is None else min(len(x), limit - taken)
         xs.append(x[:keep])
         if y is not None:

@@ -103,6 +103,29 @@ def test_lidar_from_views_equals_the_function():
     assert metrics["collapse/lidar"] == pytest.approx(lidar(views), rel=1e-6)
 
 
+def test_wandb_gets_the_scalars_and_a_spectrum_plot(tmp_path):
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    class Fitting(Collapsing):
+        def training_step(self, batch, batch_idx):
+            return self(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    loader = DataLoader(TensorDataset(torch.randn(64, 8)), batch_size=32)
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    try:
+        L.Trainer(max_epochs=2, logger=logger, callbacks=[CollapseDiagnostics(loader)], enable_progress_bar=False,
+                  enable_checkpointing=False, log_every_n_steps=1).fit(Fitting(collapse=False), loader)
+        summary = dict(logger.experiment.summary)
+    finally:
+        wandb.finish()
+    assert 1 <= summary["collapse/rankme"] <= 4
+    assert list(tmp_path.glob("wandb/offline-run-*/files/media/table/collapse/log_singular_values*.table.json"))
+
+
 def test_bad_arguments_are_one_clear_error():
     with pytest.raises(ValueError, match="views >= 2"):
         CollapseDiagnostics([torch.randn(4, 2)], views=1)
