@@ -370,7 +370,10 @@ def default_callbacks(plain: dict[str, Any], choices: dict[str, str | None], pic
                      and composed[name] == (group[name] or {}))
 
 
-def load(config: str, overrides: list[str]) -> RunConfig:
-    """The validated :class:`ssl_bench.config.RunConfig` of ``config`` with ``overrides``."""
+def load(config: str, overrides: list[str], sweep: bool = True) -> RunConfig:
+    """The validated :class:`ssl_bench.config.RunConfig` of ``config`` with ``overrides``; ``sweep=False`` leaves
+    the ``sweep`` section (grid, claims) out, at its defaults: what one run needs, without validating a large study's
+    claims once per grid point."""
     composed = compose_config(config, overrides)
-    return to_run_config(composed.plain, composed.default_callbacks)
+    plain = composed.plain if sweep else {key: value for key, value in composed.plain.items() if key != "sweep"}
+    return to_run_config(plain, composed.default_callbacks)

@@ -96,7 +96,7 @@ def point_settings(config: str, points: list[Point], overrides: list[str]) -> di
     settings = {}
     for point in points:
         try:
-            cfg = load(config, [*point.overrides, *RUN_OVERRIDES, *overrides])
+            cfg = load(config, [*point.overrides, *RUN_OVERRIDES, *overrides], sweep=False)
         except ConfigError as err:
             if not point.axes:
                 raise
