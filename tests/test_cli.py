@@ -202,19 +202,21 @@ def test_all_experiment_configs_compose_and_validate():
 def test_table2_grid_size():
     cfg = load("pokle2022/table2", [])
     points = expand_grid(cfg.sweep.grid)
-    # block 1: 2 models x 3 sparsities; block 2: 5 models x 3 sparsities x 4 mask probabilities
-    assert len(points) == 2 * 3 + 5 * 3 * 4
+    # block 1: 2 models x 3 sparsities; block 2: 5 NCL models, block 3: VICReg and Barlow Twins, each x 3 sparsities
+    # x 4 mask probabilities
+    assert len(points) == 2 * 3 + 5 * 3 * 4 + 2 * 3 * 4
     assert cfg.sweep.seeds == [1, 2, 3, 4, 5]
     # one grid point per model composes into a valid config with the model's settings
     firsts = {dict(p.axes)["model"]: p for p in reversed(points)}
     assert set(firsts) == {"CL-linear", "CL-basic", "NCL-linear", "NCL-basic", "NCL-simplified", "NCL-basic-2L",
-                           "NCL-basic-2L-first-layer"}
+                           "NCL-basic-2L-first-layer", "VICReg-basic", "BarlowTwins-basic"}
+    methods = {"VICReg-basic": "vicreg", "BarlowTwins-basic": "barlow_twins"}
     for model, point in firsts.items():
         run = load("pokle2022/table2", list(point.overrides))
-        assert run.method.name == ("simclr" if model.startswith("CL") else "byol")
+        assert run.method.name == methods.get(model, "simclr" if model.startswith("CL") else "byol")
         assert run.encoder.layers == (2 if "2L" in model else 1)
         assert run.encoder.batch_norm == (model in {"CL-basic", "NCL-basic", "NCL-basic-2L",
-                                                    "NCL-basic-2L-first-layer"})
+                                                    "NCL-basic-2L-first-layer", *methods})
         assert run.encoder.trainable == ("first_layer" if model.endswith("first-layer") else "all")
 
 
