@@ -72,7 +72,10 @@ def test_every_method_fits_on_cifar_format_data_and_reports_readout_and_spectrum
                                     ["method=byol", "method.target_update=ema", "method.predictor=identity"],
                                     ["method=simsiam", "method.predictor=identity_frozen_diagonal"],
                                     ["method=simclr", "method.projector=mlp", "method.projector_hidden_dim=16",
-                                     "optim=lars", "optim.lr=0.1"]])
+                                     "optim=lars", "optim.lr=0.1"],
+                                    ["method=vicreg"], ["method=vicreg", "method.projector=none"],
+                                    ["method=barlow_twins"], ["method=barlow_twins", "method.projector=none"],
+                                    ["method=vicreg", "optim=lars", "optim.lr=0.1"]])
 def test_every_method_runs_on_sparse_coding_data_through_config_alone(method, fit_tiny):
     code, _, summary = fit_tiny(*method)
     assert code == 0

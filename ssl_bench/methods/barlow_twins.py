@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +12,7 @@ from torch import Tensor, nn
 from ssl_bench.batch import Views
 from ssl_bench.config import MethodConfig, check_positive, check_range
 from ssl_bench.methods.base import Method
-from ssl_bench.nets.heads import ProjectorKeys
+from ssl_bench.nets.heads import ExpanderKeys
 from ssl_bench.ops.losses import barlow_twins_loss
 from ssl_bench.registry import register
 
@@ -27,11 +26,7 @@ class BarlowTwins(Method):
     for the small synthetic encoders; ``cifar10/barlow_twins`` has solo-learn's 2048-2048-2048."""
 
     @dataclass
-    class Config(ProjectorKeys, MethodConfig):
-        projector: str = "mlp"
-        projector_hidden_dim: int = 8192
-        projector_dim: Optional[int] = 8192
-        projector_layers: int = 3
+    class Config(ExpanderKeys, MethodConfig):
         lambda_offdiag: float = 5.0e-3
         scale_loss: float = 1.0
         eps: float = 1.0e-5

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +12,7 @@ from torch import Tensor, nn
 from ssl_bench.batch import Views
 from ssl_bench.config import ConfigError, MethodConfig, check_positive, check_range
 from ssl_bench.methods.base import Method
-from ssl_bench.nets.heads import ProjectorKeys
+from ssl_bench.nets.heads import ExpanderKeys
 from ssl_bench.ops.losses import vicreg_loss
 from ssl_bench.registry import register
 
@@ -30,11 +29,7 @@ class VICReg(Method):
     solo-learn's 2048-2048-2048."""
 
     @dataclass
-    class Config(ProjectorKeys, MethodConfig):
-        projector: str = "mlp"
-        projector_hidden_dim: int = 8192
-        projector_dim: Optional[int] = 8192
-        projector_layers: int = 3
+    class Config(ExpanderKeys, MethodConfig):
         sim_coeff: float = 25.0
         std_coeff: float = 25.0
         cov_coeff: float = 1.0

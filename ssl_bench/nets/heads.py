@@ -53,6 +53,17 @@ class ProjectorKeys:
 
 
 @dataclass
+class ExpanderKeys(ProjectorKeys):
+    """Projector keys defaulting to the 8192-8192-8192 MLP (Linear-BN-ReLU twice, then Linear) of VICReg (Bardes et
+    al. 2022, Sec. 4.2, the "expander") and Barlow Twins (Zbontar et al. 2021, Sec. 3)."""
+
+    projector: str = "mlp"
+    projector_hidden_dim: int = 8192
+    projector_dim: Optional[int] = 8192
+    projector_layers: int = 3
+
+
+@dataclass
 class PredictorKeys:
     """A predictor ``h`` on the embedding: ``predictor`` names a registered head (linear | linear_nobias | identity |
     identity_frozen_diagonal | mlp | none, where the method allows it); ``mlp`` is Linear-BN-ReLU-Linear through
