@@ -152,9 +152,10 @@ def assert_same_weights(one: dict[str, Tensor], two: dict[str, Tensor], toleranc
 @pytest.mark.parametrize("method", [
     ["method=simclr"],
     pytest.param(["method=byol", "method.target_update=ema", "method.predictor=linear"], marks=pytest.mark.slow),
-    # without the expander's batch norm, which CPU processes cannot synchronise
-    ["method=vicreg", "method.projector=none"],
-    ["method=barlow_twins", "method.projector=none"],
+    # without the expander's batch norm, which CPU processes cannot synchronise; slow: the gathered losses' values
+    # and gradients are checked on two processes in the default suite (test_gathered_losses_...)
+    pytest.param(["method=vicreg", "method.projector=none"], marks=pytest.mark.slow),
+    pytest.param(["method=barlow_twins", "method.projector=none"], marks=pytest.mark.slow),
 ], ids=["simclr", "byol_ema", "vicreg", "barlow_twins"])
 def test_two_processes_train_the_same_weights_as_one(run_cli, tmp_path, method):
     one, two = fit_one_and_two(run_cli, tmp_path, *method, "encoder.batch_norm=false")
