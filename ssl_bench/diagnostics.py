@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
 from ssl_bench.metrics import knn_accuracy, label_free_diagnostics
+from ssl_bench.ops.frozen import frozen
 
 Embedding = Tensor | dict[str, Tensor]
 
@@ -86,14 +87,8 @@ class CollapseDiagnostics(L.Callback):
 
     def _embed(self, pl_module: L.LightningModule, x: Tensor) -> dict[str, Tensor]:
         """The named embeddings of ``x`` (key "" for a plain tensor), flattened to N x d, on the module's device."""
-        modes = {module: module.training for module in pl_module.modules()}
-        pl_module.eval()
-        try:
-            with torch.no_grad():
-                outputs = [self.embed(pl_module, batch.to(pl_module.device)) for batch in x.split(512)]
-        finally:
-            for module, training in modes.items():
-                module.training = training
+        with frozen(pl_module):
+            outputs = [self.embed(pl_module, batch.to(pl_module.device)) for batch in x.split(512)]
         keys = list(outputs[0]) if isinstance(outputs[0], dict) else [""]
         return {key: torch.cat([(out[key] if key else out).flatten(1) for out in outputs]) for key in keys}
 

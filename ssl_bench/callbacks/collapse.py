@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ssl_bench.callbacks.base import CadenceConfig, Callback
-from ssl_bench.callbacks.spectrum import KINDS, frozen_representations
+from ssl_bench.callbacks.spectrum import KINDS, frozen_representations, labelled_representations
 from ssl_bench.config import check_non_negative, check_positive
 from ssl_bench.errors import ConfigError
 from ssl_bench.metrics import knn_accuracy, label_free_diagnostics
@@ -85,24 +85,8 @@ class LabelFreeDiagnostics(Callback):
         """kNN accuracy of the test split against the first ``knn_samples`` train samples, per kind."""
         c = self.config
         (train, train_labels), (test, test_labels) = (
-            self._labelled(module, loader, limit) for loader, limit in zip(loaders, (c.knn_samples, None)))
+            labelled_representations(module.method, loader, module.device, limit)
+            for loader, limit in zip(loaders, (c.knn_samples, None)))
         return {kind: knn_accuracy(train[kind], train_labels, test[kind], test_labels, c.knn_k, c.knn_temperature)
                 if bool(torch.isfinite(train[kind]).all() and torch.isfinite(test[kind]).all()) else float("nan")
                 for kind in KINDS}
-
-    def _labelled(self, module: Any, loader: Any, limit: int | None) -> tuple[dict[str, Tensor], Tensor]:
-        """Representations and labels of the ``(x, y)`` batches of ``loader`` up to ``limit`` samples."""
-        labels: list[Tensor] = []
-
-        def inputs():
-            taken = 0
-            for x, y in loader:
-                keep = len(x) if limit is None else min(len(x), limit - taken)
-                taken += keep
-                labels.append(y[:keep])
-                yield x[:keep]
-                if limit is not None and taken >= limit:
-                    return
-
-        features = frozen_representations(module.method, inputs(), module.device)
-        return features, torch.cat(labels).to(module.device)

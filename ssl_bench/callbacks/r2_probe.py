@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.config import check_positive
 from ssl_bench.metrics import mcc
+from ssl_bench.ops.frozen import frozen
 from ssl_bench.ops.metrics import r2_scores
 from ssl_bench.registry import register
 from ssl_bench.rundir import append_records, json_value
@@ -21,19 +22,13 @@ from ssl_bench.rundir import append_records, json_value
 def frozen_layer_outputs(encoder: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> list[Tensor]:
     """``encoder.layer_outputs`` of ``x``, ``batch_size`` rows at a time, each flattened to (N, features) and
     concatenated on ``device``; in eval mode without gradients, every submodule put back in its previous mode."""
-    modes = {module: module.training for module in encoder.modules()}
-    encoder.eval()
     layers: list[list[Tensor]] = []
-    try:
-        with torch.no_grad():
-            for batch in x.split(batch_size):
-                outputs = encoder.layer_outputs(batch.to(device))
-                layers = layers or [[] for _ in outputs]
-                for kept, output in zip(layers, outputs):
-                    kept.append(output.flatten(start_dim=1))
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with frozen(encoder):
+        for batch in x.split(batch_size):
+            outputs = encoder.layer_outputs(batch.to(device))
+            layers = layers or [[] for _ in outputs]
+            for kept, output in zip(layers, outputs):
+                kept.append(output.flatten(start_dim=1))
     return [torch.cat(kept) for kept in layers]
 
 

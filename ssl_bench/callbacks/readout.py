@@ -5,28 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
-
 from ssl_bench.callbacks.base import Callback
-from ssl_bench.callbacks.spectrum import KINDS, frozen_representations
+from ssl_bench.callbacks.spectrum import KINDS, labelled_representations
 from ssl_bench.config import CallbackConfig, check_positive
 from ssl_bench.ops.metrics import fit_linear_readout
 from ssl_bench.registry import register
-
-
-def _features(method: nn.Module, loader: DataLoader, device: torch.device) -> tuple[dict[str, Tensor], Tensor]:
-    """Frozen representations of every ``(x, y)`` item of ``loader`` and the labels, on ``device``."""
-    labels: list[Tensor] = []
-
-    def inputs():
-        for x, y in loader:
-            labels.append(y)
-            yield x
-
-    features = frozen_representations(method, inputs(), device)
-    return features, torch.cat(labels).to(device)
 
 
 @register("callback", "readout")
@@ -59,7 +42,7 @@ class LinearReadout(Callback):
         loaders = trainer.datamodule.readout_dataloaders(self.config.batch_size)
         if loaders is None:
             return
-        (train, train_labels), (test, test_labels) = (_features(module.method, loader, module.device)
+        (train, train_labels), (test, test_labels) = (labelled_representations(module.method, loader, module.device)
                                                       for loader in loaders)
         metrics = {f"readout/{kind}_acc": fit_linear_readout(train[kind], train_labels, test[kind], test_labels,
                                                              trainer.datamodule.num_classes, self.config.epochs,

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ssl_bench.callbacks.base import Callback
 from ssl_bench.config import CallbackConfig, check_positive
+from ssl_bench.ops.frozen import frozen
 from ssl_bench.ops.metrics import (
     effective_rank,
     embedding_spectrum,
@@ -28,21 +29,36 @@ def frozen_representations(method: nn.Module, batches: Iterable[Tensor], device:
                            ) -> dict[str, Tensor]:
     """``method.representations`` of every batch, concatenated per key, on ``device``.
 
-    Runs in eval mode without gradients and puts every submodule back in its previous train/eval mode.
+    Runs in eval mode without gradients and puts every submodule back in its previous train/eval mode
+    (:func:`~ssl_bench.ops.frozen.frozen`).
     """
-    modes = {module: module.training for module in method.modules()}
-    method.eval()
     outputs: dict[str, list[Tensor]] = {kind: [] for kind in KINDS}
-    try:
-        with torch.no_grad():
-            for x in batches:
-                representations = method.representations(x.to(device))
-                for kind in KINDS:
-                    outputs[kind].append(representations[kind])
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with frozen(method):
+        for x in batches:
+            representations = method.representations(x.to(device))
+            for kind in KINDS:
+                outputs[kind].append(representations[kind])
     return {kind: torch.cat(values) for kind, values in outputs.items()}
+
+
+def labelled_representations(method: nn.Module, loader: Iterable[Any], device: torch.device,
+                             limit: int | None = None) -> tuple[dict[str, Tensor], Tensor]:
+    """:func:`frozen_representations` of the ``(x, y)`` batches of ``loader`` (its first ``limit`` samples; all
+    when None) and their labels, on ``device``."""
+    labels: list[Tensor] = []
+
+    def inputs():
+        taken = 0
+        for x, y in loader:
+            keep = len(x) if limit is None else min(len(x), limit - taken)
+            taken += keep
+            labels.append(y[:keep])
+            yield x[:keep]
+            if limit is not None and taken >= limit:
+                return
+
+    representations = frozen_representations(method, inputs(), device)
+    return representations, torch.cat(labels).to(device)
 
 
 @register("callback", "spectrum")

@@ -12,6 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from ssl_bench.callbacks.base import CadenceConfig, Callback
+from ssl_bench.ops.frozen import frozen
 from ssl_bench.ops.metrics import cosine_matrix
 from ssl_bench.registry import register
 
@@ -61,15 +62,8 @@ def span_residual(weight: Tensor, initial: list[Tensor], dictionary: Tensor) -> 
 def atom_codes(encoder: nn.Module, dictionary: Tensor) -> Tensor:
     """The encoder's output for every noiseless atom ``x = M_.j`` (d x m), in eval mode without gradients; every
     submodule is put back in its previous train/eval mode."""
-    modes = {module: module.training for module in encoder.modules()}
-    encoder.eval()
-    try:
-        with torch.no_grad():
-            weight = encoder.first_layer_weight
-            return encoder(dictionary.T.to(weight))
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with frozen(encoder):
+        return encoder(dictionary.T.to(encoder.first_layer_weight))
 
 
 def geometry(encoder: nn.Module, dictionary: Tensor, initial: list[Tensor]) -> dict[str, float]:
