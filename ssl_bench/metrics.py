@@ -61,11 +61,10 @@ def label_free_diagnostics(z: Tensor, views: Tensor | None = None) -> dict[str, 
     names = DIAGNOSTICS + (("lidar", "alignment") if views is not None else ())
     if not bool(torch.isfinite(z).all()) or (views is not None and not bool(torch.isfinite(views).all())):
         return dict.fromkeys(names, math.nan)
-    u = torch.nn.functional.normalize(z.detach().double(), dim=1)
     fit = alpha_req(z)
     metrics = {"rankme": rankme(z), "alpha_req": fit["alpha"], "alpha_req_r2": fit["fit_r2"],
                "stable_rank": stable_rank(z), "nesum": nesum(z),
-               "effective_rank": effective_rank(embedding_spectrum(z)), "std": u.std(dim=0).mean().item(),
+               "effective_rank": effective_rank(embedding_spectrum(z)), "std": std_l2(z) / math.sqrt(z.shape[1]),
                "uniformity": uniformity(z),
                "wasserstein_uniformity": wasserstein_uniformity(z)}
     if views is not None:

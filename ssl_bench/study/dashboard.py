@@ -43,6 +43,7 @@ from typing import Any
 from ssl_bench.errors import ConfigError, UserError
 from ssl_bench.study.record import read_spec
 from ssl_bench.study.report import sweep_table_markdown
+from ssl_bench.study.truth import DIAGNOSTICS as COMPARED_DIAGNOSTICS
 
 X_AXIS = "epoch"
 """The x axis of every curve: Lightning logs the epoch with each metric."""
@@ -53,10 +54,9 @@ GROUP_BY = "Group"
 SPECTRUM = ["spectrum/effective_rank", "spectrum/rank", "collapse/std_l2"]
 """The spectrum callback's scalars for the projector's output; the backbone's carry the suffix ``_backbone``."""
 
-DIAGNOSTICS = ["collapse/rankme", "collapse/lidar", "collapse/alpha_req", "collapse/stable_rank", "collapse/nesum",
-               "collapse/effective_rank", "collapse/std", "collapse/uniformity", "collapse/wasserstein_uniformity",
-               "collapse/alignment"]
-"""The label-free diagnostics of ``callbacks.collapse`` (each also with a ``_backbone`` suffix)."""
+DIAGNOSTICS = [f"collapse/{name}" for name in (*COMPARED_DIAGNOSTICS, "alignment")]
+"""The label-free diagnostics of ``callbacks.collapse`` (each also with a ``_backbone`` suffix): those that
+``ssl-bench diagnostics`` compares, and the alignment of two views."""
 
 WEIGHT_SPECTRUM = ["spectrum/weight_effective_rank", "spectrum/weight_rank"]
 """The spectrum callback's scalars for the first-layer weight (``callbacks.spectrum.weights=true``)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata
 
 from ssl_bench.errors import ConfigError
 from ssl_bench.figures import new_figure, save_figure
@@ -59,20 +60,10 @@ def final_metrics(study: Study) -> list[dict[str, float]]:
     return runs
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks from 1, ties sharing their mean rank (as ``scipy.stats.rankdata``)."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    for value in np.unique(values):
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rho: Pearson's correlation of the average ranks; NaN when either side is constant."""
-    rx, ry = average_ranks(x), average_ranks(y)
+    """Spearman's rho: Pearson's correlation of the ranks, ties sharing their mean rank (``scipy.stats.rankdata``);
+    NaN when either side is constant."""
+    rx, ry = rankdata(x), rankdata(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denominator = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
     return float((rx * ry).sum() / denominator) if denominator > 0 else math.nan
