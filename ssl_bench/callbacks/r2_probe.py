@@ -73,8 +73,9 @@ class R2Probe(Callback):
     def setup(self, trainer: Any, module: Any, stage: str) -> None:
         self._data: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
 
-    def scores(self, trainer: Any, module: Any) -> dict[str, Tensor]:
-        """``{"r2": (layers, latents), "adjusted_r2": (layers, latents)}`` for the current encoder."""
+    def scores(self, trainer: Any, module: Any) -> tuple[dict[str, Tensor], Tensor]:
+        """``{"r2": (layers, latents), "adjusted_r2": (layers, latents)}`` for the current encoder, and its output on
+        the held-out inputs."""
         if self._data is None:
             self._data = trainer.datamodule.latent_probe_data(self.config.samples)
         (x_train, z_train), (x_test, z_test) = self._data
@@ -82,13 +83,13 @@ class R2Probe(Callback):
         train = frozen_layer_outputs(encoder, x_train, size, device)
         test = frozen_layer_outputs(encoder, x_test, size, device)
         layers = [r2_scores(f_train, z_train, f_test, z_test) for f_train, f_test in zip(train, test)]
-        self._output = test[-1], z_test
-        return {key: torch.stack([layer[key] for layer in layers]).cpu() for key in ("r2", "adjusted_r2")}
+        return {key: torch.stack([layer[key] for layer in layers]).cpu() for key in ("r2", "adjusted_r2")}, test[-1]
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
         if not self.due(trainer):
             return
-        scores = self.scores(trainer, module)
+        scores, output = self.scores(trainer, module)
+        latents_test = self._data[1][1]
         groups = trainer.datamodule.latent_groups
         adjusted = scores["adjusted_r2"]
         last = len(adjusted) - 1
@@ -97,7 +98,6 @@ class R2Probe(Callback):
             for k, mean in enumerate(means.tolist()):
                 module.log(f"r2/layer{k}/{name}", mean, rank_zero_only=True)
             module.log(f"r2/{name}", means[last].item(), rank_zero_only=True)
-            output, latents_test = self._output
             module.log(f"mcc/{name}", mcc(output, latents_test[:, latents]) if bool(torch.isfinite(output).all())
                        else math.nan, rank_zero_only=True)
         if trainer.is_global_zero:
