@@ -401,15 +401,17 @@ class CIFAR10DataModule(DataModule):
 
     def evaluation_inputs(self, num_samples: int) -> Tensor:
         """The first ``num_samples`` test images (fewer if the split is smaller), normalized, (N, 3, 32, 32) on CPU."""
-        images = torch.from_numpy(self.split(train=False).data[:num_samples]).permute(0, 3, 1, 2)
-        return self.eval_transform(images).as_subclass(Tensor).contiguous()
+        return self.eval_transform(self.first_test_images(num_samples)).as_subclass(Tensor).contiguous()
+
+    def first_test_images(self, num_samples: int) -> Tensor:
+        """The first ``num_samples`` test images as stored, uint8 (N, 3, 32, 32) on the CPU."""
+        return torch.from_numpy(self.split(train=False).data[:num_samples]).permute(0, 3, 1, 2).contiguous()
 
     def evaluation_views(self, num_samples: int, views: int) -> Tensor:
         """``views`` training augmentations (:class:`~datamodules.gpu_augment.BatchedViews`, batched on the trainer's
         device) of each of the first ``num_samples`` test images, normalized: ``(n, views, 3, 32, 32)``."""
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        images = torch.from_numpy(self.split(train=False).data[:num_samples]).permute(0, 3, 1, 2).contiguous()
-        images = images.to(device)
+        images = self.first_test_images(num_samples).to(device)
         generator = torch.Generator().manual_seed(self.seed + EVALUATION_VIEWS_STREAM)
 
         def pair() -> tuple[Tensor, ...]:
