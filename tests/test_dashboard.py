@@ -229,19 +229,19 @@ def test_collapse_diagnostics_have_their_section(tmp_path):
 
 
 def test_dynamics_callbacks_have_their_sections(tmp_path):
-    """Feature alignment, the predictor with Bao's norms and regimes, Esser's output dynamics and linear gap: each its
-    own section, their metrics out of Curves."""
+    """Feature alignment, the predictor with Bao's norms and regimes, Esser's output dynamics, linear gap and NTK:
+    each its own section, their metrics out of Curves."""
     settings = {"callbacks": {"feature_alignment": {}, "predictor_dynamics": {"norms": True, "regimes": True},
-                              "output_dynamics": {}, "linear_gap": {}}}
+                              "output_dynamics": {}, "linear_gap": {}, "ntk": {}}}
     spec = {"experiment": "study", "metrics": ["predictor/regime", "dynamics/ode_gap", "linear_gap/relative",
-                                               "train/loss"],
+                                               "ntk/drift", "train/loss"],
             "reference": [], "axes": ["rho"], "groups": ["study/rho=0.1"], "seeds": [1],
             "points": [{"label": "rho=0.1", "group": "study/rho=0.1", "dir": "rho=0.1", "axes": {"rho": "0.1"},
                         "overrides": [], "settings": settings}]}
     (tmp_path / "sweep.json").write_text(json.dumps(spec))
     workspace = build_workspace(tmp_path, "proj")
     assert [s.name for s in workspace.sections] == ["Table", "Final values", "Curves", "Feature alignment",
-                                                    "Predictor", "Output dynamics", "Linear gap"]
+                                                    "Predictor", "Output dynamics", "Linear gap", "NTK"]
     assert [p.y for p in panels(workspace, "Curves")] == [["train/loss"]]
     predictor = panels(workspace, "Predictor")
     assert re.search(predictor[0].metric_regex, "predictor/eigenvalue12")
@@ -253,6 +253,7 @@ def test_dynamics_callbacks_have_their_sections(tmp_path):
         "align/heatmap"]
     assert panels(workspace, "Output dynamics")[0].y == ["dynamics/ode_gap"]
     assert panels(workspace, "Linear gap")[0].y == ["linear_gap/relative"]
+    assert panels(workspace, "NTK")[0].y == ["ntk/drift"]
 
 
 def test_dry_run_prints_the_workspace_without_credentials(run_cli, sweep_dir, tmp_path, monkeypatch):

@@ -22,7 +22,6 @@ from ssl_bench.nets.two_layer import (
     semi_orthogonal,
 )
 from ssl_bench.ops.losses import contrastive_dot, non_contrastive_dot, trace_loss
-from ssl_bench.ops.metrics import effective_rank
 from ssl_bench.ops.trace_dynamics import (
     bottom_eigenspace_share,
     euler_step,
@@ -171,28 +170,6 @@ def test_output_gap_and_svm_accuracy():
     labels = torch.arange(40) % 2
     separable = torch.stack([labels.float() * 2 - 1 + 0.1 * torch.randn(40), torch.randn(40)], dim=1)
     assert svm_accuracy(separable, labels, 30) == 1.0
-
-
-def test_remark_3_a_fixed_projector_does_not_prevent_collapse():
-    """Remark 3: f(x) = P W x with P fixed (here V at its random semi-orthogonal init, P P^T = I) and W trained by
-    gradient descent, Frobenius-constrained (Prop. 2) or not: every row of F follows dF/dt = -2 F C~, so the k = 2
-    outputs turn to the same bottom eigenvector of C~ and collapse (effective rank 1.97 -> 1.00 at lr * steps = 20;
-    C~'s two non-zero eigenvalues -0.40 and -0.23 set the pace)."""
-    data = MoonsDataModule(MoonsDataModule.Config(n=100, batch_size=100), 0)
-    inputs, c = data.inputs.double(), data.trace_matrix("contrastive")
-    for constraint in ("frobenius", "none"):
-        encoder = network(data.input_dim, 16, 2, constraint=constraint)
-        encoder.V.requires_grad_(False)
-        projector = encoder.V.detach().clone()
-        start = effective_rank(torch.linalg.svdvals(encoder(inputs).detach()))
-        for _ in range(400):
-            encoder.zero_grad(set_to_none=True)
-            trace_loss(encoder(inputs).T, c).backward()
-            with torch.no_grad():
-                encoder.W.sub_(0.05 * encoder.W.grad)
-            encoder.after_optimizer_step()
-        end = effective_rank(torch.linalg.svdvals(encoder(inputs).detach()))
-        assert torch.equal(encoder.V, projector) and start > 1.9 and end < 1.01, (constraint, start, end)
 
 
 def fit_esser(run_cli, run_dir: Path, config: str, *overrides: str) -> tuple[dict, list[dict]]:

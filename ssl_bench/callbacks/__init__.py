@@ -7,6 +7,7 @@ from ssl_bench.callbacks import (  # noqa: F401  (each registers its callback)
     gradient_spectrum,
     linear_gap,
     max_cosine,
+    ntk,
     output_dynamics,
     predictor_dynamics,
     r2_probe,

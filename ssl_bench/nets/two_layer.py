@@ -64,18 +64,22 @@ class TwoLayer(nn.Module):
 
     ``init``: ``orthogonal`` draws uniformly random semi-orthogonal ``W`` and ``V`` (the setting of Theorem 1),
     ``gaussian`` draws ``N(0, 1 / fan_in)`` entries.
+
+    ``trainable``: ``all``, or ``first_layer``, which keeps ``V`` at its initial draw, the fixed projector ``P`` of
+    Remark 3 (``f(x) = P W x``, which does not prevent collapse).
     """
 
     @dataclass
     class Config(EncoderConfig):
         """``width`` hidden units (L), ``output_dim`` embedding dimensions (k), ``activation``, ``constraint`` and
-        ``init`` as the class says."""
+        ``init`` and ``trainable`` as the class says."""
 
         width: int = 64
         output_dim: int = 2
         activation: str = "linear"
         constraint: str = "orthogonal"
         init: str = "orthogonal"
+        trainable: str = "all"
         needs = ("vectors",)
 
         def provides(self) -> set[str]:
@@ -87,6 +91,7 @@ class TwoLayer(nn.Module):
             check_activation(f"{prefix}.activation", "two_layer", self.activation)
             check_choice(f"{prefix}.constraint", self.constraint, CONSTRAINTS)
             check_choice(f"{prefix}.init", self.init, ("orthogonal", "gaussian"))
+            check_choice(f"{prefix}.trainable", self.trainable, ("all", "first_layer"))
 
     def __init__(self, input_dim: int, width: int, output_dim: int, activation: str = "linear",
                  constraint: str = "orthogonal") -> None:
@@ -102,6 +107,7 @@ class TwoLayer(nn.Module):
         """A network for ``data.input_dim``-dimensional inputs, its weights drawn from ``generator``."""
         encoder = cls(data.input_dim, config.width, config.output_dim, config.activation, config.constraint)
         encoder.initialize(config.init, generator)
+        encoder.V.requires_grad_(config.trainable == "all")
         return encoder
 
     @torch.no_grad()

@@ -29,7 +29,8 @@ Its sections, in order:
 - ``Predictor`` (predictor_dynamics, Wen & Li 2022, Bao 2023): the head's eigenvalues, off-diagonal, distance to the
   identity and asymmetry; with ``norms`` Bao's ``N_Phi``, ``N_Psi``, ``N_T`` and commutator; with ``regimes`` the
   regime, the ODE's error and the eigenvalues drawn on their regimes;
-- ``Output dynamics`` (output_dynamics) and ``Linear gap`` (linear_gap), Esser et al. 2023: every scalar they log.
+- ``Output dynamics`` (output_dynamics), ``Linear gap`` (linear_gap) and ``NTK`` (ntk), Esser et al. 2023: every
+  scalar they log.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ SPECTRUM_PREFIXES = ("spectrum/", "collapse/std_l2")
 SPECTRUM_CHART = "spectrum/log_singular_values"
 """The key of the callback's line series (log singular value against rank); W&B keeps its data in ``KEY_table``."""
 
-OWN_SECTION = ("spectrum/", "collapse/", "r2/", "align/", "predictor/", "dynamics/", "linear_gap/")
+OWN_SECTION = ("spectrum/", "collapse/", "r2/", "align/", "predictor/", "dynamics/", "linear_gap/", "ntk/")
 """Metric prefixes that the callbacks' own sections show rather than Curves."""
 
 
@@ -228,7 +229,7 @@ def _sections(sweep_dir: Path, spec: dict[str, Any], panels: Panels) -> list[Any
     if "predictor_dynamics" in callbacks:
         sections.append(_predictor_section(spec, panels))
     for callback, name, prefix in (("output_dynamics", "Output dynamics", "dynamics/"),
-                                   ("linear_gap", "Linear gap", "linear_gap/")):
+                                   ("linear_gap", "Linear gap", "linear_gap/"), ("ntk", "NTK", "ntk/")):
         if callback in callbacks:
             sections.append(_section(name, [*(panels.curve(m) for m in metrics if m.startswith(prefix)),
                                             panels.curve(regex=rf"^{prefix}", title=f"{prefix}* (every scalar)")]))
