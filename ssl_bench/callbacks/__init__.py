@@ -9,6 +9,7 @@ from ssl_bench.callbacks import (  # noqa: F401  (each registers its callback)
     max_cosine,
     ntk,
     output_dynamics,
+    population,
     predictor_dynamics,
     r2_probe,
     readout,
