@@ -253,3 +253,13 @@ def test_an_ensemble_of_constrained_networks_equals_their_separate_runs(tmp_path
         separate = fit(load("esser2023/collapse", [*base, *m, f"run_dir={tmp_path / f'separate{k}'}"]))
         assert separate["status"] == "finished"
         assert_same_run(tmp_path / f"ensemble{k}", tmp_path / f"separate{k}")
+
+
+@pytest.mark.parametrize("model, epochs", [("VICReg", 1000), ("BarlowTwins", 100)])
+def test_the_regularised_losses_keep_both_dimensions_without_a_constraint(run_cli, tmp_path, model, epochs):
+    """esser2023/regularised: on the unconstrained network that the dot-product losses collapse (Prop. 1), VICReg
+    spreads the outputs over both dimensions within about 800 epochs and Barlow Twins at once."""
+    method = "vicreg" if model == "VICReg" else "barlow_twins"
+    summary, _ = fit_esser(run_cli, tmp_path / "run", "esser2023/regularised", f"method={method}",
+                           "method.projector=none", "encoder.constraint=none", f"trainer.max_epochs={epochs}")
+    assert summary["status"] == "finished" and summary["metrics"]["spectrum/effective_rank"] > 1.8, summary
