@@ -88,6 +88,16 @@ def test_each_kind_of_check_pools_the_finished_runs_of_the_selected_points(tmp_p
     assert all(run["value"] in (0.9, 0.7, 0.2) and run["seed"] in (1, 2) for run in runs)
 
 
+@pytest.mark.parametrize(("check", "shown"), [
+    ({"kind": "agreement", "at": {"model": "A"}, "tolerance": 0.05}, "0.8 (paper 0.85) (2 runs)"),
+    ({"kind": "agreement", "at": {"model": "A"}, "tolerance": 0.2, "expected": 0.9}, "0.8 (expected 0.9) (2 runs)"),
+])
+def test_an_agreement_names_where_its_expected_value_comes_from(tmp_path, check, shown):
+    """The reference row is the paper's value; an ``expected`` in the check is the config's own (a closed form, an
+    official script's number)."""
+    assert evaluate(toy_study(tmp_path), claim(**check))["reason"] == shown
+
+
 @pytest.mark.parametrize(("study_profile", "check", "reason"), [
     ("full", {"kind": "bound", "at": {"model": "C"}, "min": 0.0}, "no finished run with m at model=C (runs 0/1 (1 "
                                                                     "missing))"),

@@ -171,8 +171,9 @@ def judge(check: ClaimCheck, sides: list[Side], expected: float | None) -> tuple
             f"{higher:.4g} vs {lower:.4g}"
     value = values[0]
     holds = expected is not None and abs(value - expected) <= check.tolerance
+    source = "paper" if check.expected is None else "expected"
     return ("holds" if holds else "fails"), {"value": value, "expected": expected}, \
-        f"{value:.4g} (paper {expected:.4g})"
+        f"{value:.4g} ({source} {expected:.4g})"
 
 
 def evaluate(study: Study, claim: ClaimConfig, relative_to: Path | None = None) -> dict[str, Any]:
