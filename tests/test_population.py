@@ -138,6 +138,7 @@ def test_the_callback_logs_the_closed_form_beside_training(run_cli, tmp_path, me
     ("data.noise_from=2", "data.noise_from=0"),
     ("encoder=basic", "linear encoder without bias"),
     ("encoder.bias=true", "linear encoder without bias"),
+    ("encoder.width=16", "needs width <= data.dim"),
 ])
 def test_the_callback_refuses_settings_without_a_closed_form(run_cli, tmp_path, override, message):
     code, _, err = run_cli("fit", "--config", "bao2023/regularised", *TINY, override, f"run_dir={tmp_path}")

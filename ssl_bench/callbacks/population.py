@@ -9,6 +9,7 @@ import torch
 
 from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.config import ConfigError
+from ssl_bench.ops.frozen import frozen
 from ssl_bench.ops.population import (
     barlow_twins_optimum,
     barlow_twins_population_loss,
@@ -55,10 +56,12 @@ class PopulationLoss(Callback):
             raise ConfigError("callbacks.population needs data=gaussian with noise on every coordinate "
                               "(data.noise_from=0), whose optimum it knows in closed form")
         weight = getattr(method.encoder, "first_layer_weight", None)
-        probe = torch.randn(4, data.input_dim, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            linear = weight is not None and torch.allclose(method.encoder(probe.to(weight.device)),
-                                                           probe.to(weight.device) @ weight.T, atol=1e-5)
+        parameters = list(method.encoder.parameters())
+        linear = weight is not None and len(parameters) == 1 and parameters[0] is weight
+        if linear:
+            probe = torch.randn(4, data.input_dim, generator=torch.Generator().manual_seed(0)).to(weight.device)
+            with frozen(method.encoder):
+                linear = torch.allclose(method.encoder(probe), probe @ weight.T, atol=1e-5)
         if not linear:
             raise ConfigError("callbacks.population needs a linear encoder without bias, z = A x "
                               "(e.g. encoder=linear encoder.bias=false)")
