@@ -73,15 +73,16 @@ class PopulationLoss(Callback):
         if not self.due(trainer):
             return
         config, noise = module.method.config, trainer.datamodule.augmentation_covariance
-        weight, noise_std = module.method.encoder.first_layer_weight, isotropic_noise_std(noise)
+        weight, noise_std = module.method.encoder.first_layer_weight.detach(), isotropic_noise_std(noise)
         if config.name == "vicreg":
             loss = vicreg_population_loss(weight, noise, config.sim_coeff, config.std_coeff, config.cov_coeff,
-                                          config.eps)
+                                          config.eps).item()
             optimum = vicreg_optimum(noise_std, config.sim_coeff, config.std_coeff, config.eps)
             module.log("population/optimal_std", vicreg_optimal_std(noise_std, config.sim_coeff, config.std_coeff),
                        rank_zero_only=True)
         else:
-            loss = config.scale_loss * barlow_twins_population_loss(weight, noise, config.lambda_offdiag, config.eps)
+            loss = config.scale_loss * barlow_twins_population_loss(weight, noise, config.lambda_offdiag,
+                                                                    config.eps).item()
             optimum = config.scale_loss * barlow_twins_optimum(noise_std, weight.shape[0])
         view_covariance = view_moments(weight, noise)[0]
         module.log("population/loss", loss, rank_zero_only=True)

@@ -228,7 +228,7 @@ def _full_precision(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return in_full_precision
 
 
-def _off_diagonal(matrix: Tensor) -> Tensor:
+def off_diagonal(matrix: Tensor) -> Tensor:
     """The d(d - 1) off-diagonal entries of a square d x d ``matrix``, flattened."""
     d = matrix.shape[0]
     return matrix.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
@@ -245,7 +245,7 @@ def _covariance_penalty(z: Tensor) -> Tensor:
     of ``z`` (Bardes et al. 2022, Eqs. 3-4)."""
     centred = z - z.mean(dim=0)
     covariance = centred.T @ centred / (z.shape[0] - 1)
-    return _off_diagonal(covariance).pow(2).sum() / z.shape[1]
+    return off_diagonal(covariance).pow(2).sum() / z.shape[1]
 
 
 @_full_precision
@@ -298,4 +298,4 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_offdiag: float | Tensor = 5
     a, b = gather(z1), gather(z2)
     a_n, b_n = ((z - z.mean(dim=0)) * torch.rsqrt(z.var(dim=0, unbiased=False) + eps) for z in (a, b))
     c = a_n.T @ b_n / a.shape[0]
-    return (1.0 - c.diagonal()).pow(2).sum() + lambda_offdiag * _off_diagonal(c).pow(2).sum()
+    return (1.0 - c.diagonal()).pow(2).sum() + lambda_offdiag * off_diagonal(c).pow(2).sum()

@@ -15,22 +15,22 @@ import math
 import torch
 from torch import Tensor
 
+from ssl_bench.ops.losses import off_diagonal
+from ssl_bench.ops.metrics import cosine_matrix
+
 
 def view_moments(weight: Tensor, noise_covariance: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(H, G, D)`` of ``z = A x``: each view's covariance ``A (I + N) A^T``, the two views' cross-covariance
-    ``A A^T``, and the covariance ``2 A N A^T`` of their difference, in float64."""
-    a, noise = weight.detach().double(), noise_covariance.double()
+    ``A A^T``, and the covariance ``2 A N A^T`` of their difference, in float64, with ``weight``'s gradients."""
+    a, noise = weight.double(), noise_covariance.double()
     gram = a @ a.T
     return gram + a @ noise @ a.T, gram, 2 * a @ noise @ a.T
 
 
-def _off_diagonal_square_sum(matrix: Tensor) -> Tensor:
-    return matrix.square().sum() - matrix.diagonal().square().sum()
-
-
 def vicreg_population_loss(weight: Tensor, noise_covariance: Tensor, sim_coeff: float = 25.0,
-                           std_coeff: float = 25.0, cov_coeff: float = 1.0, eps: float = 1e-4) -> float:
-    """The infinite-batch limit of :func:`~ssl_bench.ops.losses.vicreg_loss` for ``z = A x``:
+                           std_coeff: float = 25.0, cov_coeff: float = 1.0, eps: float = 1e-4) -> Tensor:
+    """The infinite-batch limit of :func:`~ssl_bench.ops.losses.vicreg_loss` for ``z = A x`` (a float64 scalar with
+    ``weight``'s gradients):
 
         sim_coeff tr(D) / k + std_coeff mean_j relu(1 - sqrt(H_jj + eps)) + cov_coeff 2 sum_{i != j} H_ij^2 / k
 
@@ -40,20 +40,20 @@ def vicreg_population_loss(weight: Tensor, noise_covariance: Tensor, sim_coeff: 
     k = len(h)
     invariance = d.trace() / k
     variance = torch.relu(1 - (h.diagonal() + eps).sqrt()).mean()
-    covariance = 2 * _off_diagonal_square_sum(h) / k
-    return (sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance).item()
+    covariance = 2 * off_diagonal(h).square().sum() / k
+    return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
 
 
 def barlow_twins_population_loss(weight: Tensor, noise_covariance: Tensor, lambda_offdiag: float = 5e-3,
-                                 eps: float = 1e-5) -> float:
-    """The infinite-batch limit of :func:`~ssl_bench.ops.losses.barlow_twins_loss` for ``z = A x``: the
-    cross-correlation is ``C = S^(-1/2) G S^(-1/2)`` with ``S = diag(H) + eps``, and
+                                 eps: float = 1e-5) -> Tensor:
+    """The infinite-batch limit of :func:`~ssl_bench.ops.losses.barlow_twins_loss` for ``z = A x`` (a float64 scalar
+    with ``weight``'s gradients): the cross-correlation is ``C = S^(-1/2) G S^(-1/2)`` with ``S = diag(H) + eps``, and
 
         sum_i (1 - C_ii)^2 + lambda_offdiag sum_{i != j} C_ij^2."""
     h, g, _ = view_moments(weight, noise_covariance)
     scale = (h.diagonal() + eps).rsqrt()
     c = scale[:, None] * g * scale[None, :]
-    return ((1 - c.diagonal()).square().sum() + lambda_offdiag * _off_diagonal_square_sum(c)).item()
+    return (1 - c.diagonal()).square().sum() + lambda_offdiag * off_diagonal(c).square().sum()
 
 
 def vicreg_optimal_std(noise_std: float, sim_coeff: float = 25.0, std_coeff: float = 25.0) -> float:
@@ -90,12 +90,10 @@ def row_cosines(weight: Tensor) -> tuple[float, float]:
     """``(rms, max)`` of ``|cos(a_i, a_j)|`` over the pairs ``i != j`` of rows of ``weight``: both 0 at both losses'
     optima (orthogonal rows); max 1 when two rows are parallel (two collapsed dimensions); rms about ``d^(-1/2)`` for
     random rows in d dimensions."""
-    rows = torch.nn.functional.normalize(weight.detach().double(), dim=1)
-    k = len(rows)
-    if k < 2:
+    if len(weight) < 2:
         return 0.0, 0.0
-    cosines = (rows @ rows.T).fill_diagonal_(0).abs()
-    return (cosines.square().sum() / (k * (k - 1))).sqrt().item(), cosines.max().item()
+    cosines = off_diagonal(cosine_matrix(weight, weight.T)).abs()
+    return cosines.square().mean().sqrt().item(), cosines.max().item()
 
 
 def isotropic_noise_std(noise_covariance: Tensor) -> float | None:
