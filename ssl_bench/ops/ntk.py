@@ -15,12 +15,11 @@ def output_ntk(model: nn.Module, inputs: Tensor) -> Tensor:
     It is the kernel of the gradient the training takes: parameters a network re-parametrises in its forward pass
     (the Grassmannian projection of ``encoder.constraint=orthogonal``, the normalisation of ``scaled``) enter through
     the forward pass, as in training. The model's train/eval mode is left as it is."""
-    names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     parameters = {name: parameter.detach().double() for name, parameter in model.named_parameters()
-                  if name in names}
+                  if parameter.requires_grad}
     fixed = {name: tensor.detach().double() if tensor.is_floating_point() else tensor
-             for name, tensor in [*model.named_parameters(), *model.named_buffers()] if name not in names}
-    x = inputs.detach().double()
+             for name, tensor in [*model.named_parameters(), *model.named_buffers()] if name not in parameters}
+    names, x = list(parameters), inputs.detach().double()
 
     def outputs(trained: dict[str, Tensor]) -> Tensor:
         return functional_call(model, {**fixed, **trained}, (x,))
