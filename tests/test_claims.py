@@ -78,7 +78,6 @@ def claim(profiles: list[str] | None = None, **check: object) -> ClaimConfig:
     ({"kind": "agreement", "at": {"model": "A"}, "tolerance": 0.05}, "holds", {"value": 0.8, "expected": 0.85}),
     ({"kind": "agreement", "at": {"model": "A"}, "tolerance": 0.01, "expected": 0.9}, "fails",
      {"value": 0.8, "expected": 0.9}),
-    ({"kind": "bound", "at": {}, "min": 0.0}, "holds", {"value": statistics.fmean([0.9, 0.7, 0.2])}),
 ])
 def test_each_kind_of_check_pools_the_finished_runs_of_the_selected_points(tmp_path, check, verdict, ours):
     record = evaluate(toy_study(tmp_path), claim(**check))
@@ -102,6 +101,9 @@ def test_an_agreement_names_where_its_expected_value_comes_from(tmp_path, check,
     ("full", {"kind": "bound", "at": {"model": "C"}, "min": 0.0}, "no finished run with m at model=C (runs 0/1 (1 "
                                                                     "missing))"),
     ("full", {"kind": "bound", "at": {"model": "Z"}, "min": 0.0}, "no finished run with m at no grid point"),
+    ("full", {"kind": "bound", "at": {}, "min": 0.0}, "no finished run with m at model=C (runs 0/1 (1 missing)); it "
+                                                      "pools 3 grid points"),
+    ("full", {"kind": "ordering", "higher": {"model": "A"}, "lower": {}}, "at model=C"),
     ("full", {"kind": "agreement", "at": {"model": "B"}, "tolerance": 0.1}, "the paper gives no value"),
     ("quick", {"kind": "bound", "at": {"model": "A"}, "min": 0.0}, "meaningful at full; these runs were made at "
                                                                     "profile quick"),
@@ -112,6 +114,18 @@ def test_a_claim_without_runs_or_at_another_length_gets_no_holds_or_fails(tmp_pa
     expected = "not checked at this length" if study_profile != "full" else "not run"
     assert record["verdict"] == expected
     assert reason in record["reason"]
+
+
+def test_a_pool_over_several_grid_points_is_judged_once_every_point_has_a_run(tmp_path):
+    """Two of three points finished give another mixture than the claim names: no verdict until the third has run,
+    then the mean over every finished run of the three."""
+    study = toy_study(tmp_path)
+    pool = claim(kind="bound", at={}, min=0.0)
+    assert evaluate(study, pool)["verdict"] == "not run"
+    study.points[2] = point("model=C", [finished(tmp_path / "c", 1, m=0.4)])
+    record = evaluate(study, pool)
+    pooled_mean = statistics.fmean([0.9, 0.7, 0.2, 0.4])
+    assert (record["verdict"], record["ours"]) == ("holds", {"value": pytest.approx(pooled_mean)})
 
 
 def test_reduce_reads_the_max_or_min_over_the_run_history(tmp_path):

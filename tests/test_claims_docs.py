@@ -33,6 +33,15 @@ def test_every_configured_claim_is_in_the_latest_quick_scoreboard():
     assert not missing, f"claims not in docs/claims/quick.json (run `ssl-bench reproduce --profile quick`): {missing}"
 
 
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_committed_verdict_pooled_every_grid_point_its_selectors_match(profile):
+    """A holds or fails in docs/claims/ was judged on runs of each point the claim names, never on part of a pool."""
+    partial = [f"{record['id']}: {sorted(set(side['points']) - {run['point'] for run in side['runs']})}"
+               for record in RECORDS[profile].values() if record["verdict"] in ("holds", "fails")
+               for side in record.get("sides", []) if set(side["points"]) - {run["point"] for run in side["runs"]}]
+    assert partial == []
+
+
 def test_the_prose_check_reads_the_verdict_word_nearest_each_id():
     records = {profile: {} for profile in PROFILES}
     records["quick"] = {"a2000/t:x": {"verdict": "fails"}, "a2000/t:y": {"verdict": "holds"}}

@@ -10,10 +10,10 @@ the max / min / first of metrics.jsonl with ``reduce``), pooled into their mean 
 - ``agreement``: ``|v(at) - expected| <= tolerance`` (``expected``: the paper's value in the ``reference`` row of
   ``at`` unless given).
 
-The verdict is ``holds`` or ``fails``; ``not run`` when a selector has no finished run with the metric, and ``not
-checked at this length`` when the runs were made at a profile the claim does not name (or with overrides that are
-no profile's). Every number a verdict uses is in its record (:func:`claim_records`), with the run directories it
-came from, so that it can be recomputed from them.
+The verdict is ``holds`` or ``fails``; ``not run`` when a grid point a selector matches has no finished run with the
+metric (a pool is judged whole or not at all), and ``not checked at this length`` when the runs were made at a profile
+the claim does not name (or with overrides that are no profile's). Every number a verdict uses is in its record
+(:func:`claim_records`), with the run directories it came from, so that it can be recomputed from them.
 """
 
 from __future__ import annotations
@@ -93,6 +93,12 @@ class Side:
     points: list[str]
     runs: list[dict[str, Any]]
     value: float | None
+
+    def unrun_points(self) -> list[str]:
+        """The matched grid points without a finished run that recorded the metric: a pool that lacks one of its
+        points would be judged on another mixture than the claim names."""
+        run = {run["point"] for run in self.runs}
+        return [point for point in self.points if point not in run]
 
     def record(self, relative_to: Path | None) -> dict[str, Any]:
         runs = [{**run, "dir": _shown(run["dir"], relative_to)} for run in self.runs]
@@ -191,13 +197,15 @@ def evaluate(study: Study, claim: ClaimConfig, relative_to: Path | None = None) 
                 "reason": f"meaningful at {', '.join(claim.profiles)}; these runs were made at {made}"}
     sides = sides_of(study, check)
     record["sides"] = [side.record(relative_to) for side in sides]
-    empty = [side for side in sides if side.value is None]
-    if empty:
-        side = empty[0]
-        where = ", ".join(side.points) or "no grid point (the selector matches none)"
-        statuses = [s for point in study.points if point.label in side.points for s in point.statuses]
+    incomplete = [side for side in sides if side.value is None or side.unrun_points()]
+    if incomplete:
+        side = incomplete[0]
+        unrun = side.unrun_points()
+        where = ", ".join(unrun) or "no grid point (the selector matches none)"
+        statuses = [s for point in study.points if point.label in unrun for s in point.statuses]
+        pooled_part = f"; it pools {len(side.points)} grid points" if side.value is not None else ""
         return {**record, "verdict": "not run", "reason": f"no finished run with {side.metric} at {where}"
-                + (f" (runs {runs_cell(statuses)})" if statuses else "")}
+                + (f" (runs {runs_cell(statuses)})" if statuses else "") + pooled_part}
     expected = expected_value(check, study.reference) if check.kind == "agreement" else None
     if check.kind == "agreement" and expected is None:
         return {**record, "verdict": "not run", "reason": "the paper gives no value for this grid point"}
