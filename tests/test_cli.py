@@ -3,6 +3,7 @@ determinism, sweep references, W&B offline logging."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from conftest import REPO, TINY, error_line
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.sparse_coding import SparseCodingDataModule
 from ssl_bench import registry
-from ssl_bench.config import ConfigError
+from ssl_bench.config import ConfigError, RunConfig
 from ssl_bench.config.compose import available_configs, load, quote_paths
 from ssl_bench.methods.simclr import SimCLR
 from ssl_bench.ops.metrics import max_cosine
@@ -186,14 +187,20 @@ def test_fit_from_yaml_path(run_cli, tmp_path):
     check_finished(json.loads((run_dir / "summary.json").read_text()))
 
 
+@functools.cache
+def every_experiment() -> dict[str, RunConfig]:
+    """Each experiment config composed without overrides, once per test process (the tests only read them)."""
+    return {name: load(name, []) for name in available_configs()[0]}
+
+
 def test_all_experiment_configs_compose_and_validate():
     experiments, groups = available_configs()
     assert "quickstart" in experiments and "pokle2022/table2" in experiments
     assert "base" not in experiments
     assert set(groups["method"]) == {"simclr", "simsiam", "byol", "directclr", "adaptive_infonce", "dot_product",
                                      "vicreg", "barlow_twins"}
-    for name in experiments:
-        cfg = load(name, [])
+    assert list(every_experiment()) == experiments
+    for name, cfg in every_experiment().items():
         assert cfg.experiment == name
         points = expand_grid(cfg.sweep.grid)
         assert len({p.dirname for p in points}) == len(points), name  # distinct run directories
@@ -536,10 +543,8 @@ def test_report_aggregates_and_shows_reference(tmp_path):
 def test_every_sweep_reference_names_real_grid_axes_values_and_metrics():
     """A reference row that names a missing axis, a value no grid point has, or a metric the table lacks would leave
     the paper column silently empty."""
-    experiments, _ = available_configs()
     with_reference = 0
-    for name in experiments:
-        cfg = load(name, [])
+    for name, cfg in every_experiment().items():
         points = [dict(p.axes) for p in expand_grid(cfg.sweep.grid)]
         axes: dict[str, set[str]] = {}
         for point in points:
@@ -562,8 +567,8 @@ def test_adaptive_infonce_table_shows_the_paper_column(run_cli, tmp_path, monkey
     report shows the paper's value beside the metrics it reports."""
     import ssl_bench.study.sweep
 
-    configs = {name: load(name, []) for name in available_configs()[0]}
-    name, cfg = next((n, c) for n, c in configs.items() if c.method.name == "adaptive_infonce" and c.sweep.reference)
+    name, cfg = next((n, c) for n, c in every_experiment().items()
+                     if c.method.name == "adaptive_infonce" and c.sweep.reference)
     fake = {metric: 0.5 + i / 10 for i, metric in enumerate(cfg.sweep.metrics)}
 
     def run(command, stdout, **kwargs):

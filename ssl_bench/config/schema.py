@@ -9,6 +9,7 @@ what is allowed (exit code 2). Rules that span parts are capabilities (:data:`CA
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -443,8 +444,16 @@ class RunConfig(RunKeys):
         return plain
 
 
-def _plain(config: Any) -> Any:
-    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+def _plain(value: Any) -> Any:
+    """A validated config as plain dicts and lists (what ``OmegaConf.to_container`` of it gives, without building
+    its nodes again: a sweep section with a hundred claims took a second at every run's start)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {item.name: _plain(getattr(value, item.name)) for item in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def _field_type(schema: Any, path: str) -> Any:
@@ -472,9 +481,27 @@ def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "")
 
 
+_MERGED: dict[tuple[type, str, str, str], Any] = {}
+"""Validated sections by their schema, place and values as JSON: a sweep composes one config per grid point, each
+with the same ``sweep`` section (its grid, reference rows and claims), which OmegaConf validates in seconds."""
+
+
 def _merge(schema: type, values: Any, prefix: str, owner: str) -> Any:
     """``values`` (a mapping) merged into the dataclass ``schema``; unknown keys and wrong types are one line, also
-    inside lists and mappings (e.g. ``sweep.seeds[0]='a' has the wrong type; expected int``)."""
+    inside lists and mappings (e.g. ``sweep.seeds[0]='a' has the wrong type; expected int``). A copy of the first
+    validation of the same values is returned when there is one."""
+    try:
+        key = (schema, prefix, owner, json.dumps(values, sort_keys=True))
+    except (TypeError, ValueError):
+        return _validated(schema, values, prefix, owner)
+    if key not in _MERGED:
+        if len(_MERGED) >= 256:
+            _MERGED.clear()
+        _MERGED[key] = _validated(schema, values, prefix, owner)
+    return copy.deepcopy(_MERGED[key])
+
+
+def _validated(schema: type, values: Any, prefix: str, owner: str) -> Any:
     if values is None:
         values = {}
     if not isinstance(values, dict):
