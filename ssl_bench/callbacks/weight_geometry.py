@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from ssl_bench.callbacks.base import CadenceConfig, Callback
 from ssl_bench.ops.frozen import frozen
-from ssl_bench.ops.metrics import cosine_matrix
+from ssl_bench.ops.metrics import best_matching, cosine_matrix
 from ssl_bench.registry import register
 
 
@@ -32,7 +31,7 @@ def matching(cos: Tensor) -> dict[str, float]:
     ``||C - S P||_F^2 = 2 k (1 - perm_cos)`` for the nearest signed permutation ``S P`` (Thm. 1 (b)).
     """
     a = cos.abs()
-    rows, cols = linear_sum_assignment(a.numpy(), maximize=True)
+    rows, cols = best_matching(a)
     return {"best_min": a.max(dim=1).values.min().item(), "covered": float(a.argmax(dim=1).unique().numel()),
             "perm_cos": a[rows, cols].mean().item()}
 

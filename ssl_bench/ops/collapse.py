@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+
+from ssl_bench.ops.metrics import best_matching
 
 __all__ = ["rankme", "alpha_req", "lidar", "stable_rank", "nesum", "alignment", "uniformity", "wasserstein_uniformity",
            "knn_accuracy", "mcc"]
@@ -237,7 +238,7 @@ def mcc(z: Tensor, latents: Tensor) -> float:
 
     ``|rho_ab|`` is the absolute Pearson correlation over the N samples between column a of ``z`` (N x d_z) and
     column b of ``latents`` (N x d_l), 0 when either column is constant. A one-to-one matching of the columns that
-    maximises the summed ``|rho|`` (the Hungarian method, ``scipy.optimize.linear_sum_assignment``) pairs
+    maximises the summed ``|rho|`` (the Hungarian method, :func:`ssl_bench.ops.metrics.best_matching`) pairs
     ``min(d_z, d_l)`` of them; MCC is the mean ``|rho|`` over those pairs: 1 when every latent is an affine function
     of its own embedding dimension, about 0 for independent ones.
     """
@@ -249,6 +250,6 @@ def mcc(z: Tensor, latents: Tensor) -> float:
     x_norm, s_norm = x.norm(dim=0), s.norm(dim=0)
     x = x / torch.where(x_norm > 0, x_norm, torch.ones_like(x_norm))
     s = s / torch.where(s_norm > 0, s_norm, torch.ones_like(s_norm))
-    correlation = (x.T @ s).abs().clamp_max(1).cpu().numpy()
-    rows, cols = linear_sum_assignment(correlation, maximize=True)
-    return float(correlation[rows, cols].mean())
+    correlation = (x.T @ s).abs().clamp_max(1)
+    rows, cols = best_matching(correlation)
+    return correlation[rows, cols].mean().item()

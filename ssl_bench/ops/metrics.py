@@ -16,6 +16,15 @@ def cosine_matrix(rows: Tensor, columns: Tensor) -> Tensor:
     return (r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ (c / c.norm(dim=0, keepdim=True).clamp_min(1e-12))
 
 
+def best_matching(score: Tensor) -> tuple[Tensor, Tensor]:
+    """The one-to-one assignment of ``min(k, l)`` rows of ``score`` (k x l) to distinct columns that maximises the
+    summed score (the Hungarian method, ``scipy.optimize.linear_sum_assignment``): the row and column indices."""
+    from scipy.optimize import linear_sum_assignment  # imported here: half a second, and most runs never match
+
+    rows, cols = linear_sum_assignment(score.detach().cpu().numpy(), maximize=True)
+    return torch.as_tensor(rows), torch.as_tensor(cols)
+
+
 def max_cosine(weight: Tensor, dictionary: Tensor, absolute: bool = True) -> dict[str, float]:
     """Max-cosine of Pokle et al. 2022 (Eq. 12).
 
