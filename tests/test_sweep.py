@@ -322,3 +322,59 @@ def test_only_an_axis_of_one_grid_block_selects_none_of_the_other_blocks_points(
     assert [p.label for p in select_points(points, ["data.sparsity=0.1"])] == [
         "model=A,data.sparsity=0.1", "model=B,data.sparsity=0.1,data.mask_prob=0.5",
         "model=B,data.sparsity=0.1,data.mask_prob=0.9"]
+
+
+# ------------------------------------------------------------------------------- grid points composed without the sweep section
+
+
+def settings_both_ways(config: str, overrides_of_points: list[list[str]]) -> tuple[list[dict], list[dict]]:
+    """Each point's settings composed from the whole config file and from :func:`run_loader`'s copy."""
+    from ssl_bench.config.compose import run_loader
+    from ssl_bench.study.sweep import RUN_OVERRIDES, settings_of
+
+    whole = [settings_of(load(config, [*o, *RUN_OVERRIDES], sweep=False).to_container()) for o in overrides_of_points]
+    with run_loader(config) as load_run:
+        copied = [settings_of(load_run([*o, *RUN_OVERRIDES]).to_container()) for o in overrides_of_points]
+    return whole, copied
+
+
+def test_grid_points_of_a_study_compose_alike_without_its_sweep_section():
+    """Points that switch config groups (encoder=basic_2l, encoder=linear) or a part's keys compose to the same
+    settings from the copy without the 125-claim sweep section as from the study's file."""
+    points = {p.label: p for p in expand_grid(load("pokle2022/table2", []).sweep.grid)}
+    chosen = [points[label].overrides for label in (
+        "model=NCL-basic-2L-first-layer,data.sparsity=0.3,data.mask_prob=0.5",
+        "model=CL-linear,data.sparsity=0.1", "model=VICReg-basic,data.sparsity=0.1,data.mask_prob=0.5")]
+    whole, copied = settings_both_ways("pokle2022/table2", chosen)
+    assert copied == whole
+    assert [copied[0]["encoder"]["trainable"], copied[1]["method"]["name"], copied[2]["method"]["name"]] == [
+        "first_layer", "simclr", "vicreg"]
+
+
+def test_an_own_yaml_keeps_its_sibling_defaults_and_its_keys_after_the_sweep_section(tmp_path):
+    """A YAML of one's own is copied without its sweep block (a column-0 comment inside it, keys after it) and still
+    finds a config beside it that its defaults list names."""
+    (tmp_path / "common.yaml").write_text("# @package _global_\ndata:\n  n: 96\n")
+    path = tmp_path / "mine.yaml"
+    path.write_text("defaults: [base, common, _self_]\nsweep:\n  seeds: [1, 2]\n# the grid\n  grid:\n"
+                    "    - optim.lr: [0.1, 0.2]\noptim:\n  lr: 0.3\n")
+    whole, copied = settings_both_ways(str(path), [[], ["optim.lr=0.2"]])
+    assert copied == whole
+    assert [(s["data"]["n"], s["optim"]["lr"]) for s in copied] == [(96, 0.3), (96, 0.2)]
+
+
+def test_a_file_whose_copy_would_read_differently_is_composed_whole(tmp_path):
+    """Keys that refer to an anchor inside the sweep section cannot lose it: such a file is composed as it is."""
+    path = tmp_path / "anchored.yaml"
+    path.write_text("defaults: [base, _self_]\nsweep:\n  seeds: [1, &n 64]\ndata:\n  n: *n\n")
+    whole, copied = settings_both_ways(str(path), [[]])
+    assert copied == whole and copied[0]["data"]["n"] == 64
+
+
+def test_the_sweep_block_is_cut_from_the_text_and_every_other_line_kept():
+    from ssl_bench.config.compose import without_top_level_key
+
+    text = ("# @package _global_\ndefaults: [base, _self_]\nsweep:\n  seeds: [1]\n# the grid\n\n  grid:\n"
+            "    - seed: [1]\noptim:\n  lr: 0.3  # sweep: not a key\nsweeps: 1\nsweep: {seeds: [2]}\n")
+    assert without_top_level_key(text, "sweep") == (
+        "# @package _global_\ndefaults: [base, _self_]\noptim:\n  lr: 0.3  # sweep: not a key\nsweeps: 1\n")

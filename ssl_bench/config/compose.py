@@ -5,6 +5,9 @@ what is wrong and how to fix it. The only module that knows Hydra."""
 from __future__ import annotations
 
 import re
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -249,38 +252,73 @@ class Composed(NamedTuple):
     default_callbacks: frozenset[str]
 
 
-def compose_config(config: str, overrides: list[str]) -> Composed:
-    """Compose ``config`` (a name under configs/ or a path to a YAML file) with Hydra ``overrides``; a part whose
-    ``name`` was changed without its group is composed with the group option of that name
-    (:func:`switched_parts`)."""
-    path, user_yaml = Path(config), None
+class ConfigSource(NamedTuple):
+    """Where Hydra reads a config from: the directory and name it composes, the directories it searches after that
+    one, the config file's own content, and the user's YAML file (``None`` for an experiment under configs/)."""
+
+    config_dir: Path
+    name: str
+    search: tuple[Path, ...]
+    content: dict[str, Any]
+    user_yaml: Path | None
+
+    @property
+    def file(self) -> Path:
+        return self.user_yaml or CONFIG_DIR / f"{self.name}.yaml"
+
+
+def config_source(config: str) -> ConfigSource:
+    """The :class:`ConfigSource` of ``config``: a name under configs/ or a path to a YAML file of one's own."""
+    path = Path(config)
     experiment = (CONFIG_DIR / f"{config}.yaml").is_file()
     if config and (path.suffix in (".yaml", ".yml") or (path.exists() and not experiment)):
-        user_yaml, content = path, read_yaml_file(path)
-        config_dir, name = path.resolve().parent, path.stem
-    elif experiment and config.split("/")[0] not in CONFIG_GROUPS:
-        config_dir, name, content = CONFIG_DIR, config, read_yaml_file(CONFIG_DIR / f"{config}.yaml")
-    else:
-        experiments, _ = available_configs()
-        raise ConfigError(f"unknown config '{config}'; choose one of: {', '.join(experiments)} (or a path to a .yaml)")
+        return ConfigSource(path.resolve().parent, path.stem, (CONFIG_DIR,), read_yaml_file(path), path)
+    if experiment and config.split("/")[0] not in CONFIG_GROUPS:
+        return ConfigSource(CONFIG_DIR, config, (), read_yaml_file(CONFIG_DIR / f"{config}.yaml"), None)
+    experiments, _ = available_configs()
+    raise ConfigError(f"unknown config '{config}'; choose one of: {', '.join(experiments)} (or a path to a .yaml)")
+
+
+def compose_config(config: str, overrides: list[str]) -> Composed:
+    """Compose ``config`` (a name under configs/ or a path to a YAML file) with Hydra ``overrides``."""
+    return compose_source(config_source(config), overrides)
+
+
+def compose_source(source: ConfigSource, overrides: list[str]) -> Composed:
+    """Compose ``source`` with Hydra ``overrides``; a part whose ``name`` was changed without its group is composed
+    with the group option of that name (:func:`switched_parts`)."""
     overrides = quote_paths(overrides)
     check_override_syntax(overrides)
     hydra_overrides = [section_override(o) for o in overrides]
-    if user_yaml is not None:
-        hydra_overrides.insert(0, f"hydra.searchpath=[file://{CONFIG_DIR}]")
-    plain, choices = hydra_compose(config_dir, name, hydra_overrides, overrides, user_yaml)
+    if source.search:
+        hydra_overrides.insert(0, f"hydra.searchpath=[{','.join(f'file://{d}' for d in source.search)}]")
+    user_yaml, content = source.user_yaml, source.content
+    plain, choices = hydra_compose(source.config_dir, source.name, hydra_overrides, overrides, user_yaml)
     picked = picked_groups(content, overrides)
     switches = switched_parts(plain, choices, picked)
     if switches:
-        plain, choices = hydra_compose(config_dir, name, [*hydra_overrides, *switches], overrides, user_yaml)
+        plain, choices = hydra_compose(source.config_dir, source.name, [*hydra_overrides, *switches], overrides,
+                                       user_yaml)
     if user_yaml is not None and not has_base(content):
         unset = [section for section in ("data", "encoder", "method", "optim") if section not in plain]
         if unset:
             raise ConfigError(f"{user_yaml} sets no {unset[0]}: it {NEEDS_BASE.format(path=user_yaml)}, or set "
                               f"{', '.join(f'{s}.name' for s in unset)} in it")
     if plain.get("experiment", "adhoc") == "adhoc":
-        plain["experiment"] = name
+        plain["experiment"] = source.name
     return Composed(plain, default_callbacks(plain, choices, picked, content.get("callbacks"), overrides))
+
+
+def without_top_level_key(text: str, key: str) -> str:
+    """YAML ``text`` less the block of top-level ``key``: its line and every following line that is blank, a
+    comment or indented, so that every other line is kept as written."""
+    kept, inside = [], False
+    for line in text.splitlines(keepends=True):
+        if line[:1] not in ("", " ", "\t", "\n", "\r", "#"):
+            inside = line.startswith(f"{key}:")
+        if not inside:
+            kept.append(line)
+    return "".join(kept)
 
 
 def group_option(group: str, option: str) -> dict[str, Any]:
@@ -377,3 +415,36 @@ def load(config: str, overrides: list[str], sweep: bool = True) -> RunConfig:
     composed = compose_config(config, overrides)
     plain = composed.plain if sweep else {key: value for key, value in composed.plain.items() if key != "sweep"}
     return to_run_config(plain, composed.default_callbacks)
+
+
+@contextmanager
+def run_loader(config: str) -> Iterator[Callable[[list[str]], RunConfig]]:
+    """``load(config, overrides, sweep=False)`` for many lists of overrides (a sweep's grid points). A study's
+    ``sweep`` section (grid, reference rows, claims) is most of its YAML, which Hydra would parse and build again
+    for every point; the points are composed from a copy of the config file without it, in a temporary directory
+    that Hydra reads first (the config's own directories are searched after it). A file whose copy would read
+    differently is composed as it is."""
+    import yaml
+
+    source = config_source(config)
+    text = source.file.read_text(encoding="utf-8")
+    stripped = without_top_level_key(text, "sweep")
+    try:
+        same = (yaml.safe_load(stripped) or {}) == {k: v for k, v in source.content.items() if k != "sweep"}
+    except yaml.YAMLError:
+        same = False
+    if stripped == text or not same:
+        yield lambda overrides: load(config, overrides, sweep=False)
+        return
+    with tempfile.TemporaryDirectory(prefix="ssl-bench-config-") as directory:
+        copy = Path(directory) / f"{source.name}.yaml"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(stripped, encoding="utf-8")
+        search = (source.config_dir, *source.search) if source.user_yaml else (CONFIG_DIR,)
+        sweepless = source._replace(config_dir=Path(directory), search=search)
+
+        def load_run(overrides: list[str]) -> RunConfig:
+            composed = compose_source(sweepless, overrides)
+            return to_run_config({k: v for k, v in composed.plain.items() if k != "sweep"}, composed.default_callbacks)
+
+        yield load_run

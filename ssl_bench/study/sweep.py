@@ -91,17 +91,18 @@ def settings_of(plain: dict[str, Any]) -> dict[str, Any]:
 
 def point_settings(config: str, points: list[Point], overrides: list[str]) -> dict[str, dict[str, Any]]:
     """The resolved settings of every grid point (by label); a config error names the grid point it is in."""
-    from ssl_bench.config.compose import load
+    from ssl_bench.config.compose import run_loader
 
     settings = {}
-    for point in points:
-        try:
-            cfg = load(config, [*point.overrides, *RUN_OVERRIDES, *overrides], sweep=False)
-        except ConfigError as err:
-            if not point.axes:
-                raise
-            raise ConfigError(f"grid point {point.label}: {err}") from None
-        settings[point.label] = settings_of(cfg.to_container())
+    with run_loader(config) as load_run:
+        for point in points:
+            try:
+                cfg = load_run([*point.overrides, *RUN_OVERRIDES, *overrides])
+            except ConfigError as err:
+                if not point.axes:
+                    raise
+                raise ConfigError(f"grid point {point.label}: {err}") from None
+            settings[point.label] = settings_of(cfg.to_container())
     return settings
 
 
