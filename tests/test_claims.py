@@ -57,7 +57,7 @@ def finished(run_dir: Path, seed: int, **metrics: float) -> tuple[Path, dict]:
 def toy_study(tmp_path: Path, profile: str | None = "full") -> Study:
     a = [finished(tmp_path / "a", 1, m=0.9), finished(tmp_path / "a", 2, m=0.7),
          (tmp_path / "a" / "seed3", {"status": "diverged", "seed": 3, "metrics": {"m": 5.0}})]
-    b = [finished(tmp_path / "b", 1, m=0.2), (tmp_path / "b" / "seed2", None)]
+    b = [finished(tmp_path / "b", 1, m=0.2), (tmp_path / "b" / "seed2", {"status": "diverged", "seed": 2})]
     c = [(tmp_path / "c" / "seed1", None)]
     return Study("toy2022/t", tmp_path, ["model"], ["m"], [ReferenceRow({"model": "A"}, {"m": 0.85})],
                  [point("model=A", a), point("model=B", b), point("model=C", c)], [], profile)
@@ -126,6 +126,22 @@ def test_a_pool_over_several_grid_points_is_judged_once_every_point_has_a_run(tm
     record = evaluate(study, pool)
     pooled_mean = statistics.fmean([0.9, 0.7, 0.2, 0.4])
     assert (record["verdict"], record["ours"]) == ("holds", {"value": pytest.approx(pooled_mean)})
+
+
+@pytest.mark.parametrize("unended", [None, {"status": "failed", "seed": 3}, {"status": "interrupted", "seed": 3}])
+def test_a_point_is_judged_once_every_seeds_run_has_ended(tmp_path, unended):
+    """Two of three seeds finished are not the point's pool: no verdict while the third is missing, failed or
+    interrupted (a sweep runs it again; the two alone would hold), then the mean over all three."""
+    study = toy_study(tmp_path)
+    seeds = [finished(tmp_path / "b", 1, m=0.2), finished(tmp_path / "b", 2, m=0.4)]
+    study.points[1] = point("model=B", [*seeds, (tmp_path / "b" / "seed3", unended)])
+    check = claim(kind="bound", at={"model": "B"}, max=0.45)
+    record = evaluate(study, check)
+    assert record["verdict"] == "not run"
+    assert record["reason"].startswith("m at model=B waits for every seed's run to end (runs 2/3 (1 ")
+    study.points[1] = point("model=B", [*seeds, finished(tmp_path / "b", 3, m=0.9)])
+    record = evaluate(study, check)
+    assert (record["verdict"], record["ours"]) == ("fails", {"value": pytest.approx(0.5)})
 
 
 def test_reduce_reads_the_max_or_min_over_the_run_history(tmp_path):

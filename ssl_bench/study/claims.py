@@ -11,9 +11,10 @@ the max / min / first of metrics.jsonl with ``reduce``), pooled into their mean 
   ``at`` unless given).
 
 The verdict is ``holds`` or ``fails``; ``not run`` when a grid point a selector matches has no finished run with the
-metric (a pool is judged whole or not at all), and ``not checked at this length`` when the runs were made at a profile
-the claim does not name (or with overrides that are no profile's). Every number a verdict uses is in its record
-(:func:`claim_records`), with the run directories it came from, so that it can be recomputed from them.
+metric or a seed whose run has not ended (failed, interrupted, missing: a pool is judged whole or not at all), and
+``not checked at this length`` when the runs were made at a profile the claim does not name (or with overrides that
+are no profile's). Every number a verdict uses is in its record (:func:`claim_records`), with the run directories it
+came from, so that it can be recomputed from them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from ssl_bench.config import ClaimCheck, ClaimConfig, ReferenceRow
 from ssl_bench.errors import ConfigError
-from ssl_bench.rundir import as_number, read_records
+from ssl_bench.rundir import ENDED, as_number, read_records
 from ssl_bench.study.table import Study, matches, plural, reference_value, runs_cell
 
 VERDICTS = ("holds", "fails", "not run", "not checked at this length")
@@ -85,7 +86,8 @@ def pooled(values: list[float], over_seeds: str) -> float:
 
 @dataclass
 class Side:
-    """One selector of a check: the grid points it matched and the finished runs' values of its metric."""
+    """One selector of a check: the grid points it matched, the finished runs' values of its metric, and the matched
+    points with runs that have not ended yet (failed, interrupted or missing: a sweep runs them again)."""
 
     role: str
     selector: dict[str, Any]
@@ -93,12 +95,14 @@ class Side:
     points: list[str]
     runs: list[dict[str, Any]]
     value: float | None
+    unended: list[str] = dataclasses.field(default_factory=list)
 
-    def unrun_points(self) -> list[str]:
-        """The matched grid points without a finished run that recorded the metric: a pool that lacks one of its
-        points would be judged on another mixture than the claim names."""
+    def incomplete_points(self) -> list[str]:
+        """The matched grid points without a finished run that recorded the metric, or with a seed whose run has not
+        ended: a pool that lacks one of its points or seeds would be judged on another mixture than the claim
+        names."""
         run = {run["point"] for run in self.runs}
-        return [point for point in self.points if point not in run]
+        return [point for point in self.points if point not in run or point in self.unended]
 
     def record(self, relative_to: Path | None) -> dict[str, Any]:
         runs = [{**run, "dir": _shown(run["dir"], relative_to)} for run in self.runs]
@@ -124,7 +128,8 @@ def read_side(study: Study, role: str, selector: dict[str, Any], metric: str, ch
                 if value is not None:
                     runs.append({"dir": run_dir, "point": point.label, "seed": summary.get("seed"), "value": value})
     value = pooled([run["value"] for run in runs], check.over_seeds) if runs else None
-    return Side(role, dict(selector), metric, [point.label for point in points], runs, value)
+    unended = [point.label for point in points if any(status not in ENDED for status in point.statuses)]
+    return Side(role, dict(selector), metric, [point.label for point in points], runs, value, unended)
 
 
 def expected_value(check: ClaimCheck, reference: list[ReferenceRow]) -> float | None:
@@ -197,15 +202,19 @@ def evaluate(study: Study, claim: ClaimConfig, relative_to: Path | None = None) 
                 "reason": f"meaningful at {', '.join(claim.profiles)}; these runs were made at {made}"}
     sides = sides_of(study, check)
     record["sides"] = [side.record(relative_to) for side in sides]
-    incomplete = [side for side in sides if side.value is None or side.unrun_points()]
+    incomplete = [side for side in sides if side.value is None or side.incomplete_points()]
     if incomplete:
         side = incomplete[0]
-        unrun = side.unrun_points()
-        where = ", ".join(unrun) or "no grid point (the selector matches none)"
-        statuses = [s for point in study.points if point.label in unrun for s in point.statuses]
-        pooled_part = f"; it pools {len(side.points)} grid points" if side.value is not None else ""
-        return {**record, "verdict": "not run", "reason": f"no finished run with {side.metric} at {where}"
-                + (f" (runs {runs_cell(statuses)})" if statuses else "") + pooled_part}
+        waiting = side.incomplete_points()
+        where = ", ".join(waiting) or "no grid point (the selector matches none)"
+        statuses = [s for point in study.points if point.label in waiting for s in point.statuses]
+        runs = f" (runs {runs_cell(statuses)})" if statuses else ""
+        started = {run["point"] for run in side.runs} & set(waiting)
+        what = (f"{side.metric} at {where} waits for every seed's run to end{runs}" if started else
+                f"no finished run with {side.metric} at {where}{runs}")
+        if side.value is not None and len(side.points) > 1:
+            what += f"; it pools {len(side.points)} grid points"
+        return {**record, "verdict": "not run", "reason": what}
     expected = expected_value(check, study.reference) if check.kind == "agreement" else None
     if check.kind == "agreement" and expected is None:
         return {**record, "verdict": "not run", "reason": "the paper gives no value for this grid point"}
