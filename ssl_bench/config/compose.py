@@ -279,11 +279,6 @@ def config_source(config: str) -> ConfigSource:
     raise ConfigError(f"unknown config '{config}'; choose one of: {', '.join(experiments)} (or a path to a .yaml)")
 
 
-def compose_config(config: str, overrides: list[str]) -> Composed:
-    """Compose ``config`` (a name under configs/ or a path to a YAML file) with Hydra ``overrides``."""
-    return compose_source(config_source(config), overrides)
-
-
 def compose_source(source: ConfigSource, overrides: list[str]) -> Composed:
     """Compose ``source`` with Hydra ``overrides``; a part whose ``name`` was changed without its group is composed
     with the group option of that name (:func:`switched_parts`)."""
@@ -412,7 +407,12 @@ def load(config: str, overrides: list[str], sweep: bool = True) -> RunConfig:
     """The validated :class:`ssl_bench.config.RunConfig` of ``config`` with ``overrides``; ``sweep=False`` leaves
     the ``sweep`` section (grid, claims) out, at its defaults: what one run needs, without validating a large study's
     claims once per grid point."""
-    composed = compose_config(config, overrides)
+    return load_source(config_source(config), overrides, sweep)
+
+
+def load_source(source: ConfigSource, overrides: list[str], sweep: bool = True) -> RunConfig:
+    """:func:`load` of a config whose :class:`ConfigSource` was already read."""
+    composed = compose_source(source, overrides)
     plain = composed.plain if sweep else {key: value for key, value in composed.plain.items() if key != "sweep"}
     return to_run_config(plain, composed.default_callbacks)
 
@@ -434,17 +434,11 @@ def run_loader(config: str) -> Iterator[Callable[[list[str]], RunConfig]]:
     except yaml.YAMLError:
         same = False
     if stripped == text or not same:
-        yield lambda overrides: load(config, overrides, sweep=False)
+        yield lambda overrides: load_source(source, overrides, sweep=False)
         return
     with tempfile.TemporaryDirectory(prefix="ssl-bench-config-") as directory:
         copy = Path(directory) / f"{source.name}.yaml"
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_text(stripped, encoding="utf-8")
-        search = (source.config_dir, *source.search) if source.user_yaml else (CONFIG_DIR,)
-        sweepless = source._replace(config_dir=Path(directory), search=search)
-
-        def load_run(overrides: list[str]) -> RunConfig:
-            composed = compose_source(sweepless, overrides)
-            return to_run_config({k: v for k, v in composed.plain.items() if k != "sweep"}, composed.default_callbacks)
-
-        yield load_run
+        sweepless = source._replace(config_dir=Path(directory), search=(source.config_dir, *source.search))
+        yield lambda overrides: load_source(sweepless, overrides, sweep=False)

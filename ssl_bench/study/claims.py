@@ -95,7 +95,7 @@ class Side:
     points: list[str]
     runs: list[dict[str, Any]]
     value: float | None
-    unended: list[str] = dataclasses.field(default_factory=list)
+    unended: list[str]
 
     def incomplete_points(self) -> list[str]:
         """The matched grid points without a finished run that recorded the metric, or with a seed whose run has not
