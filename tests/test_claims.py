@@ -144,6 +144,21 @@ def test_a_point_is_judged_once_every_seeds_run_has_ended(tmp_path, unended):
     assert (record["verdict"], record["ours"]) == ("fails", {"value": pytest.approx(0.5)})
 
 
+def test_runs_ended_reads_a_diverged_run_at_its_last_record(tmp_path):
+    """A claim about what happens before a predicted divergence reads the diverged runs too (seed 3 of model A ended
+    diverged at m = 5.0); by default they are left out, and a point whose every run diverged is not run."""
+    study = toy_study(tmp_path)
+    study.points[2] = point("model=C", [(tmp_path / "c" / "seed1", {"status": "diverged", "seed": 1,
+                                                                     "metrics": {"m": 1.05}})])
+    record = evaluate(study, claim(kind="bound", at={"model": "A"}, max=1.0, runs="ended"))
+    assert (record["verdict"], record["ours"]) == ("fails", {"value": pytest.approx(statistics.fmean([0.9, 0.7, 5.0]))})
+    assert record["checks"] == "m (diverged runs at their last record) at model=A <= 1"
+    assert evaluate(study, claim(kind="bound", at={"model": "C"}, max=1.1, runs="ended"))["verdict"] == "holds"
+    record = evaluate(study, claim(kind="bound", at={"model": "C"}, max=1.1))
+    assert (record["verdict"], record["reason"]) == ("not run", "no finished run with m at model=C (runs 0/1 (1 "
+                                                                 "diverged))")
+
+
 def test_reduce_reads_the_max_or_min_over_the_run_history(tmp_path):
     run_dir, summary = finished(tmp_path / "a", 1, m=0.1)
     run_dir.mkdir(parents=True)
@@ -173,6 +188,7 @@ def test_the_profile_of_a_sweep_is_none_once_overrides_change_its_runs():
     ("[{id: a, source: T, statement: s, check: {kind: agreement, metric: m}}]",
      "sweep.claims[0].check.tolerance=None must be a number >= 0"),
     ("[{id: a, source: T, statement: s, check: {kind: order, metric: m}}]", "sweep.claims[0].check.kind='order'"),
+    ("[{id: a, source: T, statement: s, check: {metric: m, min: 1, runs: all}}]", "sweep.claims[0].check.runs='all'"),
     ("[{id: a, source: T, statement: s, check: {metric: m, min: 1}}, {id: a, source: T, statement: s, check: "
      "{metric: m, min: 1}}]", "sweep.claims[1].id=a is used twice"),
 ])

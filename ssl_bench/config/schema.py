@@ -239,6 +239,7 @@ REDUCTIONS = ("final", "max", "min", "first")
 """A run's value of a metric: summary.json's final value, the max or min over its metrics.jsonl records, or the
 first of them (where training started, e.g. a warm start's level)."""
 OVER_SEEDS = ("mean", "min", "max")
+RUN_SETS = ("finished", "ended")
 """How the values of the finished runs that a selector pools become one number."""
 
 
@@ -249,12 +250,14 @@ class ClaimCheck:
     ``margin``, the lower side reduced by ``lower_reduce``, so that "ends above where it started" reads one grid
     point twice) or ``agreement`` (|value at ``at`` - ``expected``| <= ``tolerance``; ``expected`` defaults to the
     ``reference`` row of ``at``). A selector maps grid axes to values and pools the finished runs of every grid point
-    it matches."""
+    it matches; ``runs: ended`` pools the diverged ones too, each read at its last finite record (a claim about what
+    happens before a divergence the paper predicts)."""
 
     kind: str = "bound"
     metric: str = ""
     reduce: str = "final"
     over_seeds: str = "mean"
+    runs: str = "finished"
     at: dict[str, Any] = field(default_factory=dict)
     higher: dict[str, Any] = field(default_factory=dict)
     lower: dict[str, Any] = field(default_factory=dict)
@@ -273,6 +276,7 @@ class ClaimCheck:
         if self.lower_reduce is not None:
             check_choice(f"{prefix}.lower_reduce", self.lower_reduce, REDUCTIONS)
         check_choice(f"{prefix}.over_seeds", self.over_seeds, OVER_SEEDS)
+        check_choice(f"{prefix}.runs", self.runs, RUN_SETS)
         if not self.metric:
             raise ConfigError(f"{prefix}.metric is missing; name the metric the claim reads, e.g. maxcos/min")
         if self.kind == "bound" and self.min is None and self.max is None:

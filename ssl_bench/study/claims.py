@@ -3,7 +3,8 @@
 A claim is checked at the profiles it names (``quick``, ``full``: :class:`ssl_bench.config.ProfileConfig`); the
 sweep records the profile its runs were made at in ``sweep.json``. Its check reads one number per selector: the
 value of ``metric`` of every finished run of every grid point the selector matches (summary.json's final value, or
-the max / min / first of metrics.jsonl with ``reduce``), pooled into their mean (or min / max, ``over_seeds``). Then
+the max / min / first of metrics.jsonl with ``reduce``; ``runs: ended`` adds the diverged runs, which end at their
+last finite record), pooled into their mean (or min / max, ``over_seeds``). Then
 
 - ``bound``: ``min <= v(at) <= max``;
 - ``ordering``: ``v(higher) >= factor * v'(lower) + margin`` (``v'`` reads ``lower_metric`` with ``lower_reduce``);
@@ -118,12 +119,14 @@ def _shown(path: Path, relative_to: Path | None) -> str:
 
 def read_side(study: Study, role: str, selector: dict[str, Any], metric: str, check: ClaimCheck,
               reduce: str) -> Side:
-    """The value of ``metric`` at the grid points ``selector`` matches: their finished runs pooled."""
+    """The value of ``metric`` at the grid points ``selector`` matches: their finished runs pooled (and their diverged
+    ones with ``runs: ended``: summary.json and metrics.jsonl of a diverged run end at its last finite record)."""
     points = [point for point in study.points if matches(point.axes, selector)]
+    read = ("finished", "diverged") if check.runs == "ended" else ("finished",)
     runs = []
     for point in points:
         for run_dir, summary, status in zip(point.runs, point.summaries, point.statuses):
-            if status == "finished" and summary is not None:
+            if status in read and summary is not None:
                 value = run_value(run_dir, summary, metric, reduce)
                 if value is not None:
                     runs.append({"dir": run_dir, "point": point.label, "seed": summary.get("seed"), "value": value})
@@ -155,6 +158,8 @@ def describe(check: ClaimCheck) -> str:
         return text if check.over_seeds == "mean" else f"{check.over_seeds} over runs of {text}"
 
     what = reduced(check.metric, check.reduce)
+    if check.runs == "ended":
+        what += " (diverged runs at their last record)"
     if check.kind == "bound":
         low = "" if check.min is None else f"{check.min:g} <= "
         high = "" if check.max is None else f" <= {check.max:g}"
@@ -211,7 +216,7 @@ def evaluate(study: Study, claim: ClaimConfig, relative_to: Path | None = None) 
         runs = f" (runs {runs_cell(statuses)})" if statuses else ""
         started = {run["point"] for run in side.runs} & set(waiting)
         what = (f"{side.metric} at {where} waits for every seed's run to end{runs}" if started else
-                f"no finished run with {side.metric} at {where}{runs}")
+                f"no {'finished' if check.runs == 'finished' else 'ended'} run with {side.metric} at {where}{runs}")
         if side.value is not None and len(side.points) > 1:
             what += f"; it pools {len(side.points)} grid points"
         return {**record, "verdict": "not run", "reason": what}
