@@ -4,6 +4,7 @@ on its own so that the schema loads without Hydra)."""
 
 from ssl_bench.config.schema import (
     CAPABILITIES,
+    TRAINABLE,
     CallbackConfig,
     ClaimCheck,
     ClaimConfig,
@@ -29,6 +30,6 @@ from ssl_bench.config.schema import (
 )
 
 __all__ = ["CAPABILITIES", "CallbackConfig", "ClaimCheck", "ClaimConfig", "ConfigError", "ensemble_key", "DataConfig",
-           "EncoderConfig", "LoggerConfig", "MethodConfig", "OptimConfig", "PartConfig", "ProfileConfig", "ReferenceRow",
-           "RunConfig", "SweepConfig", "TrainerConfig", "check_choice", "check_non_negative", "check_positive",
-           "check_range", "to_run_config", "to_yaml"]
+           "EncoderConfig", "LoggerConfig", "MethodConfig", "OptimConfig", "PartConfig", "ProfileConfig",
+           "ReferenceRow", "RunConfig", "SweepConfig", "TRAINABLE", "TrainerConfig", "check_choice",
+           "check_non_negative", "check_positive", "check_range", "to_run_config", "to_yaml"]

@@ -117,6 +117,11 @@ class EncoderConfig(PartConfig):
         raise NotImplementedError
 
 
+TRAINABLE = ("all", "first_layer")
+"""What a two-layer encoder trains (its ``trainable`` key): every parameter, or the first layer alone with the rest
+kept at its initial draw."""
+
+
 @dataclass
 class MethodConfig(PartConfig):
     """A method's config; :meth:`validate_embedding` checks what depends on the encoder's width."""

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssl_bench.config import (
+    TRAINABLE,
     ConfigError,
     EncoderConfig,
     check_choice,
@@ -99,7 +100,7 @@ class SparseEncoder(nn.Module):
             check_activation(f"{prefix}.activation", "sparse", self.activation)
             check_choice(f"{prefix}.bias_init", self.bias_init, ("default", "zero"))
             check_choice(f"{prefix}.weight_norm", self.weight_norm, ("none", "row", "column"))
-            check_choice(f"{prefix}.trainable", self.trainable, ("all", "first_layer"))
+            check_choice(f"{prefix}.trainable", self.trainable, TRAINABLE)
             if self.fixed_bias is not None:
                 check_non_negative(f"{prefix}.fixed_bias", self.fixed_bias)
             if self.init_std is not None:

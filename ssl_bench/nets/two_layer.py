@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ssl_bench.config import EncoderConfig, check_choice, check_positive
+from ssl_bench.config import TRAINABLE, EncoderConfig, check_choice, check_positive
 from ssl_bench.nets.activations import ELEMENTWISE, IDENTITY, check_activation
 from ssl_bench.registry import register
 
@@ -91,7 +91,7 @@ class TwoLayer(nn.Module):
             check_activation(f"{prefix}.activation", "two_layer", self.activation)
             check_choice(f"{prefix}.constraint", self.constraint, CONSTRAINTS)
             check_choice(f"{prefix}.init", self.init, ("orthogonal", "gaussian"))
-            check_choice(f"{prefix}.trainable", self.trainable, ("all", "first_layer"))
+            check_choice(f"{prefix}.trainable", self.trainable, TRAINABLE)
 
     def __init__(self, input_dim: int, width: int, output_dim: int, activation: str = "linear",
                  constraint: str = "orthogonal") -> None:
