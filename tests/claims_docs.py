@@ -11,9 +11,10 @@ After a new ``ssl-bench reproduce --profile quick --out OUT`` (or ``full``), cop
     python tests/claims_docs.py
 
 Full-length runs come a few studies at a time: ``--merge OUT/claims.json PROFILE`` takes into the committed
-scoreboard every claim of OUT's report that its runs judged (holds, fails, or not checked at a length made at
-PROFILE itself) and keeps the committed record of the others, then
-rewrites ``docs/scoreboard-PROFILE.md`` and the sections:
+scoreboard every claim of OUT's report that its runs judged (holds, fails, not checked at a length made at PROFILE
+itself, or not run while it waits for the other seeds of runs it read) and keeps the committed record of the others,
+then rewrites ``docs/scoreboard-PROFILE.md`` (a line on the merge added to its paragraph on how the runs were made)
+and the sections:
 
     python tests/claims_docs.py --merge runs/full/claims.json full
 """
@@ -32,6 +33,7 @@ import yaml
 from ssl_bench.config.compose import CONFIG_DIR, available_configs
 from ssl_bench.study.claims import claims_markdown, markdown_cell, scoreboard, scoreboard_markdown
 from ssl_bench.study.reproduce import machine
+from ssl_bench.study.table import plural
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -152,25 +154,33 @@ def prose_conflicts(text: str, records: dict[str, dict[str, dict[str, Any]]]) ->
     return conflicts
 
 
+def read_runs(record: dict[str, Any]) -> bool:
+    """Whether a claim's record read some run (a ``not run`` waiting for the other seeds of runs that exist)."""
+    return any(side.get("runs") for side in record.get("sides", []))
+
+
 def merge(new_claims: Path, profile: str, docs: Path = DOCS) -> None:
     """Take every claim of ``new_claims`` (a report's claims.json) that its runs judged into
-    ``docs/claims/PROFILE.json``, keep the committed record of the others that a config still holds, and rewrite
-    ``docs/scoreboard-PROFILE.md`` from the result."""
+    ``docs/claims/PROFILE.json`` (a ``not run`` too where it read some of them: it waits for their other seeds),
+    keep the committed record of the others that a config still holds, and rewrite ``docs/scoreboard-PROFILE.md``
+    from the result, its paragraph on how the runs were made extended by a line on this merge."""
     path = docs / "claims" / f"{profile}.json"
     claims = configured()
     kept = {i: record for i, record in committed(docs)[profile].items() if i in claims}
     judged = {record["id"]: record for record in json.loads(new_claims.read_text(encoding="utf-8"))["claims"]
-              if record["id"] not in kept or record["verdict"] in ("holds", "fails")
+              if record["id"] not in kept or record["verdict"] in ("holds", "fails") or read_runs(record)
               or (record["verdict"] == "not checked at this length" and record.get("profile") == profile)}
     records = list({**kept, **judged}.values())
     verdicts = sum(record["verdict"] in ("holds", "fails") for record in judged.values())
     path.write_text(json.dumps({"scoreboard": scoreboard(records), "claims": records}, indent=2) + "\n",
                     encoding="utf-8")
     board = docs / f"scoreboard-{profile}.md"
-    board.write_text(
-        f"# Scoreboard: profile {profile}\n\n{time.strftime('%Y-%m-%d')}, {machine()}: {verdicts} claims judged "
-        f"by the runs of {new_claims.parent}, the others as committed before.\n\n{scoreboard_markdown(records)}\n\n"
-        + claims_markdown(records) + "\n", encoding="utf-8")
+    parts = board.read_text(encoding="utf-8").split("\n\n") if board.exists() else []
+    made = parts[1] + "\n" if len(parts) > 2 and not parts[1].startswith("|") else ""
+    merged = (f"{time.strftime('%Y-%m-%d')}, {machine()}: {plural(verdicts, 'claim')} judged by the runs of "
+              f"{new_claims.parent}, the others as committed before.")
+    board.write_text(f"# Scoreboard: profile {profile}\n\n{made}{merged}\n\n{scoreboard_markdown(records)}\n\n"
+                     + claims_markdown(records) + "\n", encoding="utf-8")
 
 
 def main() -> int:

@@ -57,18 +57,23 @@ def test_a_merge_takes_the_judged_claims_and_keeps_the_committed_verdicts_of_the
 
     (tmp_path / "claims").mkdir()
     old = [record("a2022/t:kept", "holds"), record("a2022/t:rejudged", "holds"), record("b2022/t:unrun", "fails"),
-           record("a2022/t:no-longer-configured", "holds")]
-    monkeypatch.setattr(claims_docs, "configured", lambda: {"a2022/t:kept", "a2022/t:rejudged", "b2022/t:unrun"})
+           record("b2022/t:waits", "holds"), record("a2022/t:no-longer-configured", "holds")]
+    monkeypatch.setattr(claims_docs, "configured",
+                        lambda: {"a2022/t:kept", "a2022/t:rejudged", "b2022/t:unrun", "b2022/t:waits"})
     (tmp_path / "claims" / "full.json").write_text(json.dumps({"scoreboard": [], "claims": old}))
+    (tmp_path / "scoreboard-full.md").write_text("# Scoreboard: profile full\n\nRuns made on a laptop.\n\n| study |\n")
+    waits = {**record("b2022/t:waits", "not run"), "sides": [{"runs": [{"point": "m=A", "seed": 1, "value": 0.5}]}]}
     new = [record("a2022/t:rejudged", "fails"), record("b2022/t:unrun", "not run"), record("c2022/t:new", "not run"),
-           {**record("a2022/t:kept", "not checked at this length"), "profile": "release_scripts"}]
+           {**record("a2022/t:kept", "not checked at this length"), "profile": "release_scripts"}, waits]
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "claims.json").write_text(json.dumps({"claims": new}))
     merge(tmp_path / "report" / "claims.json", "full", tmp_path)
     merged = committed(tmp_path)["full"]
     assert {i: r["verdict"] for i, r in merged.items()} == {
-        "a2022/t:kept": "holds", "a2022/t:rejudged": "fails", "b2022/t:unrun": "fails", "c2022/t:new": "not run"}
+        "a2022/t:kept": "holds", "a2022/t:rejudged": "fails", "b2022/t:unrun": "fails", "b2022/t:waits": "not run",
+        "c2022/t:new": "not run"}
     board = json.loads((tmp_path / "claims" / "full.json").read_text())["scoreboard"]
-    assert board[-1] == {"study": "total", "claims": 4, "holds": 1, "fails": 2, "not run": 1,
+    assert board[-1] == {"study": "total", "claims": 5, "holds": 1, "fails": 2, "not run": 2,
                          "not checked at this length": 0}
-    assert "1 claims judged" in (tmp_path / "scoreboard-full.md").read_text().splitlines()[2]
+    made = (tmp_path / "scoreboard-full.md").read_text().split("\n\n")[1].splitlines()
+    assert made[0] == "Runs made on a laptop." and "1 claim judged by the runs of" in made[1]
