@@ -300,6 +300,16 @@ def test_only_runs_the_chosen_grid_points_and_the_table_keeps_the_whole_grid(run
     assert "2 already finished; running 2" in out and "| 1/1 |" in out and "missing" not in out
 
 
+def test_a_dry_run_shows_the_profiles_overrides_every_run_takes(run_cli, tmp_path):
+    """The release_scripts profile changes the learning rate of every run: the plan says so before the runs."""
+    code, out, err = run_cli("sweep", "--config", "pokle2022/one_hot", "--profile", "release_scripts", "--only",
+                             "model=NCL", "--dry-run", "--sweep-dir", tmp_path, "logger=none")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "every run: optim.lr=0.005 logger=none"
+    assert len(lines) == 11 and lines[1].endswith("method=byol encoder=simplified encoder.width=50 seed=1")
+
+
 @pytest.mark.parametrize("only, message", [
     ("lr", "--only 'lr' must be AXIS=VALUE[,VALUE...], e.g. --only data.sparsity=..."),
     ("optim.momentum=0.9", "--only optim.momentum=0.9: 'optim.momentum' is not an axis of the grid; its axes: "

@@ -290,8 +290,11 @@ def plan_sweep(config: str, cfg: RunConfig, overrides: list[str], sweep_dir: Pat
 
 
 def print_plan(plan: SweepPlan, batching: str | None, jobs: int) -> None:
-    """``--print-config``: each chosen run with its overrides and what becomes of a run already there; with
-    ``batching`` (``--ensemble``), how the runs to do group into ensembles."""
+    """``--dry-run``: the overrides every run takes (the profile's, then the command line's), each chosen run with its
+    own and what becomes of a run already there; with ``batching`` (``--ensemble``), how the runs to do group into
+    ensembles."""
+    if plan.overrides:
+        print(f"every run: {' '.join(plan.overrides)}")
     for run in plan.chosen:
         state = "" if plan.status[run] == "missing" else \
             f" [{plan.status[run]}: {'replaced' if plan.force else 'kept' if run not in plan.todo else 'run again'}]"
