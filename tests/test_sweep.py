@@ -70,7 +70,8 @@ def test_experiment_may_be_set_and_names_the_groups(run_cli, tmp_path):
     code, out, err = run_cli("sweep", "--config", "quickstart", *TINY, "sweep.seeds=[1,2]", "experiment=renamed",
                              "--sweep-dir", sweep_dir, "--print-config")
     assert code == 0, err
-    assert out.splitlines() == [f"{sweep_dir / 'default' / f'seed{seed}'}: seed={seed}" for seed in (1, 2)]
+    assert out.splitlines() == [f"every run: {' '.join([*TINY, 'sweep.seeds=[1,2]', 'experiment=renamed'])}",
+                                *(f"{sweep_dir / 'default' / f'seed{seed}'}: seed={seed}" for seed in (1, 2))]
     assert expand_grid(None)[0].group("renamed") == "renamed"
     assert expand_grid({"data.n": [8]})[0].group("renamed") == "renamed/data.n=8"
 
