@@ -244,8 +244,9 @@ REDUCTIONS = ("final", "max", "min", "first")
 """A run's value of a metric: summary.json's final value, the max or min over its metrics.jsonl records, or the
 first of them (where training started, e.g. a warm start's level)."""
 OVER_SEEDS = ("mean", "min", "max")
-RUN_SETS = ("finished", "ended")
 """How the values of the finished runs that a selector pools become one number."""
+RUN_SETS = ("finished", "ended")
+"""Which runs a selector pools: the finished ones, or the diverged ones too (``ended``)."""
 
 
 @dataclass
