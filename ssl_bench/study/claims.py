@@ -122,7 +122,7 @@ def read_side(study: Study, role: str, selector: dict[str, Any], metric: str, ch
     """The value of ``metric`` at the grid points ``selector`` matches: their finished runs pooled (and their diverged
     ones with ``runs: ended``: summary.json and metrics.jsonl of a diverged run end at its last finite record)."""
     points = [point for point in study.points if matches(point.axes, selector)]
-    read = ("finished", "diverged") if check.runs == "ended" else ("finished",)
+    read = ENDED if check.runs == "ended" else ("finished",)
     runs = []
     for point in points:
         for run_dir, summary, status in zip(point.runs, point.summaries, point.statuses):
@@ -216,7 +216,7 @@ def evaluate(study: Study, claim: ClaimConfig, relative_to: Path | None = None) 
         runs = f" (runs {runs_cell(statuses)})" if statuses else ""
         started = {run["point"] for run in side.runs} & set(waiting)
         what = (f"{side.metric} at {where} waits for every seed's run to end{runs}" if started else
-                f"no {'finished' if check.runs == 'finished' else 'ended'} run with {side.metric} at {where}{runs}")
+                f"no {check.runs} run with {side.metric} at {where}{runs}")
         if side.value is not None and len(side.points) > 1:
             what += f"; it pools {len(side.points)} grid points"
         return {**record, "verdict": "not run", "reason": what}
